@@ -1,0 +1,13 @@
+"""scnet: self-calibrated convolutions (Liu et al., CVPR 2020) and the SCNet family."""
+from .layers import SCConv, SafeBatchNorm2d, SelfCalibration
+from .models import (
+    PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
+)
+from .profile import count_macs, count_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
+    "count_macs", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
+]

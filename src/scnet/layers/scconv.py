@@ -1,0 +1,179 @@
+"""Self-calibrated convolution (Liu et al., CVPR 2020), as a generic layer that knows no architecture.
+
+Paper notation, for an input X split into halves X1 (calibrated) and X2 (plain):
+
+    T1  = AvgPool_r(X1)
+    X1' = Up(K2 * T1)                       sized back to X1's exact H x W
+    Y1  = K4 * (K3 * X1 . sigmoid(X1 + X1'))
+    Y2  = K1 * X2
+    Y   = [Y2, Y1]                          (order of the official code: plain half first)
+
+Every K is a 3x3 convolution followed by a norm. ``SelfCalibration`` is the K2/K3/K4 branch (the official
+``SCConv`` module, same state-dict names); ``SCConv`` is the whole drop-in for a 3x3 ``nn.Conv2d``.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
+from .validate import check_image_batch
+
+__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "conv3x3_norm", "UPSAMPLE_MODES"]
+
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def conv3x3_norm(
+    in_channels: int,
+    out_channels: int,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    norm_layer: NormLayer | None = SafeBatchNorm2d,
+) -> nn.Sequential:
+    """A 3x3 convolution (padding = dilation, so stride 1 keeps H x W) followed by a norm.
+
+    Returned as ``Sequential(conv, norm)`` because the official checkpoints name these ``k1.0`` / ``k1.1``
+    (weight compatibility requires the index keys). Without a norm the conv gets a bias, as a plain conv would.
+    """
+    conv = nn.Conv2d(
+        in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+        groups=groups, bias=norm_layer is None,
+    )
+    return nn.Sequential(conv, norm_layer(out_channels) if norm_layer is not None else nn.Identity())
+
+
+class CalibrationPool(nn.Module):
+    """Average pooling with an r x r window and stride r, floor mode, as the official ``AvgPool2d(r, r)``.
+
+    The size rule: a side of length L >= r gives floor(L / r) cells (the official numbers exactly); a side
+    shorter than r is averaged whole into one cell, where the official code raises "Output size is too
+    small". So the pooled size is ``max(1, L // r)`` and any map of at least 1 x 1 works.
+    """
+
+    def __init__(self, pooling_r: int) -> None:
+        super().__init__()
+        self.pooling_r = _positive_int(pooling_r, "pooling_r")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh = min(self.pooling_r, x.shape[-2])
+        kw = min(self.pooling_r, x.shape[-1])
+        return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
+
+    def extra_repr(self) -> str:
+        return f"pooling_r={self.pooling_r}"
+
+
+class SelfCalibration(nn.Module):
+    """The self-calibrated branch: ``K4(K3(x) * sigmoid(x + Up(K2(AvgPool_r(x)))))``.
+
+    K2 and K3 run at the input resolution and keep ``in_channels`` (the gate is added to ``x`` itself); only
+    K4 carries the stride and maps to ``out_channels``. This is where the official code puts the stride too.
+
+    Departure from the paper: the paper writes Up as bilinear; the official code (and so the official weights)
+    uses nearest, which is the default here.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        pooling_r: int = 4,
+        norm_layer: Union[str, NormLayer, None] = SafeBatchNorm2d,
+        upsample_mode: str = "nearest",
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        if upsample_mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}")
+        norm_layer = get_norm_layer(norm_layer)
+        self.upsample_mode = upsample_mode
+        # Keys k2.1/k2.2, k3.0/k3.1, k4.0/k4.1 are the official ones: k2.0 is the (parameter-free) pool.
+        self.k2 = nn.Sequential(CalibrationPool(pooling_r), *conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer))
+        self.k3 = conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer)
+        self.k4 = conv3x3_norm(in_channels, out_channels, stride, dilation, groups, norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        calib = self.k2(x)  # (N, C, max(1, H//r), max(1, W//r))
+        if self.upsample_mode == "nearest":
+            calib = F.interpolate(calib, size=x.shape[-2:], mode="nearest")  # (N, C, H, W)
+        else:
+            calib = F.interpolate(calib, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (N, C, H, W)
+        gate = torch.sigmoid(x + calib)
+        return self.k4(self.k3(x) * gate)  # (N, C_out, H/s, W/s)
+
+
+class SCConv(nn.Module):
+    """Self-calibrated convolution: a drop-in for ``nn.Conv2d(in_channels, out_channels, 3, stride, padding=dilation)``.
+
+    The first half of the channels goes through a plain 3x3 conv (K1), the second half through
+    ``SelfCalibration`` (K2, K3, K4); the outputs are concatenated in that order, as in the official
+    bottleneck. Output size equals the plain conv's: ``floor((H - 1) / stride) + 1``.
+
+    Conv parameters: ``9 * in * (in + out) / (2 * groups)``, which is ``nn.Conv2d(C, C, 3, groups=g)``'s
+    ``9 * C * C / g`` when in == out. When out != in, calibration happens in input space (K2, K3 keep
+    ``in / 2`` channels, so ``x + Up(K2(T))`` is defined) and only K1 and K4 map to ``out / 2``; the official
+    code requires out == in.
+
+    Args:
+        in_channels, out_channels: even channel counts (out defaults to in); each half must divide by groups.
+        stride: applied by K1 and K4 only, as in the official code.
+        dilation, groups: as for ``nn.Conv2d``, applied to all four convolutions.
+        pooling_r: the calibration pooling rate r (the paper's 4); maps smaller than r are pooled whole.
+        norm_layer: norm after each K (a callable, a name such as "groupnorm", or None for a BN-free net).
+        upsample_mode: "nearest" (what the official weights were trained with) or "bilinear" (the paper's text).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        pooling_r: int = 4,
+        norm_layer: Union[str, NormLayer, None] = SafeBatchNorm2d,
+        upsample_mode: str = "nearest",
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            _positive_int(value, name)
+            if value % 2:
+                raise ValueError(f"SCConv splits channels into two halves, so {name} must be even, got {value}")
+        for name, value in (("stride", stride), ("dilation", dilation), ("groups", groups), ("pooling_r", pooling_r)):
+            _positive_int(value, name)
+        half_in, half_out = in_channels // 2, out_channels // 2
+        if half_in % groups or half_out % groups:
+            raise ValueError(
+                f"groups={groups} must divide both halves (in_channels/2={half_in}, out_channels/2={half_out})"
+            )
+        norm_layer = get_norm_layer(norm_layer)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.k1 = conv3x3_norm(half_in, half_out, stride, dilation, groups, norm_layer)
+        self.scconv = SelfCalibration(half_in, half_out, stride, dilation, groups, pooling_r, norm_layer, upsample_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x, self.in_channels, "SCConv")
+        half = self.in_channels // 2
+        plain = self.k1(x[:, :half])  # (N, C_out/2, H/s, W/s)
+        calibrated = self.scconv(x[:, half:])  # (N, C_out/2, H/s, W/s)
+        return torch.cat([plain, calibrated], dim=1)  # (N, C_out, H/s, W/s)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"

@@ -1,0 +1,50 @@
+"""One small registry: model name -> builder function."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Callable, TypeVar
+
+import torch.nn as nn
+
+__all__ = ["register_model", "list_models", "get_model_builder", "create_model"]
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(fn: F) -> F:
+    """Register ``fn`` under its own name; a second registration of a name is a bug and raises."""
+    name = fn.__name__
+    if name in _BUILDERS:
+        raise ValueError(f"a model named {name!r} is already registered")
+    _BUILDERS[name] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+
+
+def get_model_builder(name: str) -> Callable[..., nn.Module]:
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(name, _BUILDERS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(list_models())}"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    return _BUILDERS[name]
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint_path: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Keyword arguments whose value is None are dropped, so tools can pass "use the default" without knowing
+    each model's defaults. ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
+    then loads a local ``.pth``/``.safetensors`` file over them (or over the random init).
+    """
+    from .weights import load_checkpoint
+
+    model = get_model_builder(name)(pretrained=pretrained, **{k: v for k, v in kwargs.items() if v is not None})
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    return model

@@ -1,0 +1,202 @@
+"""The generic ResNet trunk shared by SCNet and its plain twins.
+
+Child names (``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1..4``, ``fc``) and the index keys of the deep
+stem and of ``downsample`` are those of the official SCNet code: weight compatibility requires them, and
+torchvision's ``IntermediateLayerGetter``/FPN helpers and timm's feature wrappers rely on the first ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import create_classifier
+
+from ..layers import NormLayer, check_image_batch, get_norm_layer
+
+__all__ = ["ResNet", "STEM_TYPES"]
+
+STEM_TYPES = ("", "deep", "small")
+
+
+def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
+    """(stride, dilation) for the four stages; dilation replaces stride below ``output_stride``."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    plan, net_stride, dilation = [], 4, 1
+    for stride in (1, 2, 2, 2):
+        if net_stride * stride > output_stride and stride > 1:
+            dilation *= stride
+            stride = 1
+        else:
+            net_stride *= stride
+        plan.append((stride, dilation))
+    return plan
+
+
+def _make_stem(stem_type: str, in_chans: int, stem_width: int, norm_layer: NormLayer, act_layer: Callable[..., nn.Module]) -> tuple[nn.Module, int]:
+    """The stem conv(s) before ``bn1``: returns (module, out_channels)."""
+    if stem_type == "deep":
+        # Index keys conv1.0/.1/.3/.4/.6 are the official v1d ones; the last conv's norm is the trunk's bn1.
+        return nn.Sequential(
+            nn.Conv2d(in_chans, stem_width, 3, stride=2, padding=1, bias=False),
+            norm_layer(stem_width),
+            act_layer(inplace=True),
+            nn.Conv2d(stem_width, stem_width, 3, stride=1, padding=1, bias=False),
+            norm_layer(stem_width),
+            act_layer(inplace=True),
+            nn.Conv2d(stem_width, stem_width * 2, 3, stride=1, padding=1, bias=False),
+        ), stem_width * 2
+    if stem_type == "small":
+        # For 28-32 px images (CIFAR, Fashion-MNIST): no downsampling in the stem at all.
+        return nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False), 64
+    return nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False), 64
+
+
+def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, norm_layer: NormLayer) -> nn.Sequential:
+    if not avg_down:
+        return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), norm_layer(outplanes))
+    # ResNet-D shortcut. Index 0 stays a (parameter-free) pool even at stride 1 so the conv/norm keep the
+    # official keys downsample.1/.2.
+    pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    return nn.Sequential(pool, nn.Conv2d(inplanes, outplanes, 1, stride=1, bias=False), norm_layer(outplanes))
+
+
+class ResNet(nn.Module):
+    """A ResNet built from any bottleneck class, with the timm backbone API.
+
+    Args:
+        block: the residual block class (``SCBottleneck`` or the plain ``Bottleneck``).
+        layers: blocks per stage.
+        num_classes: classifier outputs; 0 gives pooled features.
+        in_chans: input image channels.
+        cardinality, base_width: the 3x3 width rule ``int(planes * base_width / 64) * cardinality``.
+        stem_type: "" (7x7/2 + max-pool), "deep" (three 3x3, v1d) or "small" (3x3/1, no max-pool, 28-32 px).
+        stem_width: first width of the deep stem.
+        avg_down: ResNet-D shortcut (average pool, then a stride-1 1x1).
+        avd: the stride of each stage's first block moves to a 3x3 average pool after its 3x3s.
+        output_stride: 32, 16 or 8; lower values dilate the last stages instead of striding them.
+        global_pool: timm pool type for the head ("avg", "max", "avgmax", "" for none).
+        drop_rate: dropout before the classifier.
+        norm_layer: a norm class/callable or a name ("batchnorm", "groupnorm", "frozenbn").
+        act_layer: activation class, called with ``inplace=True``.
+        zero_init_last: zero the last norm of every block (not done by the official code).
+        block_args: extra keyword arguments for every block (e.g. ``pooling_r``, ``upsample_mode``).
+    """
+
+    def __init__(
+        self,
+        block: Type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        cardinality: int = 1,
+        base_width: int = 64,
+        stem_type: str = "",
+        stem_width: int = 64,
+        avg_down: bool = False,
+        avd: bool = False,
+        output_stride: int = 32,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        norm_layer: Union[str, NormLayer] = "batchnorm",
+        act_layer: Callable[..., nn.Module] = nn.ReLU,
+        zero_init_last: bool = False,
+        block_args: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if stem_type not in STEM_TYPES:
+            raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {stem_type!r}")
+        if len(layers) != 4 or any(n < 1 for n in layers):
+            raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
+        if in_chans < 1 or num_classes < 0:
+            raise ValueError(f"need in_chans >= 1 and num_classes >= 0, got in_chans={in_chans}, num_classes={num_classes}")
+        norm_layer = get_norm_layer(norm_layer)
+        if norm_layer is None:
+            raise ValueError("the ResNet trunk needs a norm_layer")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+
+        self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, norm_layer, act_layer)
+        self.bn1 = norm_layer(self.inplanes)
+        self.relu = act_layer(inplace=True)
+        self.maxpool = nn.Identity() if stem_type == "small" else nn.MaxPool2d(3, stride=2, padding=1)
+        stem_reduction = 1 if stem_type == "small" else 2
+        self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
+
+        reduction = stem_reduction * (1 if stem_type == "small" else 2)
+        for idx, (planes, blocks, (stride, dilation)) in enumerate(zip((64, 128, 256, 512), layers, _stage_strides(output_stride))):
+            stage = self._make_stage(
+                block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,
+                norm_layer, act_layer, block_args or {},
+            )
+            self.add_module(f"layer{idx + 1}", stage)
+            reduction *= stride
+            self.feature_info.append(dict(num_chs=self.inplanes, reduction=reduction, module=f"layer{idx + 1}"))
+
+        self.num_features = self.head_hidden_size = self.inplanes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self._init_weights(zero_init_last)
+
+    def _make_stage(
+        self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, stage_idx: int,
+        cardinality: int, base_width: int, avg_down: bool, avd: bool, norm_layer: NormLayer,
+        act_layer: Callable[..., nn.Module], block_args: dict[str, Any],
+    ) -> nn.Sequential:
+        outplanes = planes * block.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != outplanes:
+            downsample = _make_downsample(self.inplanes, outplanes, stride, avg_down, norm_layer)
+        # As the official code: a dilated stage's first block uses half the dilation (1 for 2, 2 for 4), and
+        # avd also applies to the first block of stages 2-4 when dilation removed their stride (a 3x3/1 blur).
+        first_dilation = 1 if dilation in (1, 2) else 2
+        common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer, **block_args)
+        stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=avd and (stride > 1 or stage_idx > 0), **common)]
+        self.inplanes = outplanes
+        stage += [block(outplanes, planes, 1, None, dilation=dilation, avd=False, **common) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        # The official initialisation: He-normal (fan_out) convs, norms at weight 1 / bias 0, default Linear.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head; ``global_pool=None`` keeps the current pooling."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The unpooled last-stage map, (N, num_features, H/32, W/32) at output_stride 32."""
+        check_image_batch(x, self.in_chans, type(self).__name__)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)  # (N, num_features)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,181 @@
+"""The weight table and the one path every weight file takes into a model.
+
+``pretrained=True``, ``checkpoint_path=`` and every tool go through ``load_checkpoint``: read the file
+safely (safetensors, or ``torch.load(weights_only=True)`` which never unpickles code), unwrap the usual
+containers, remap legacy names in ``filter_state_dict``, check names and shapes, load.
+"""
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "pretrained_cfg", "download_weights",
+    "load_pretrained", "load_state_dict_file", "filter_state_dict", "load_checkpoint",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_OFFICIAL_HOST = "https://backseason.oss-cn-beijing.aliyuncs.com/scnet/"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a weight file lives and what it expects. ``sha256_prefix`` is the hash part of the file name."""
+
+    url: str
+    sha256_prefix: str
+    top1: float
+    top5: float
+    num_classes: int = 1000
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    crop_pct: float = 0.875  # Resize(256) + CenterCrop(224), the PyTorch ImageNet example the authors used
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    origin: str = "https://github.com/MCG-NKU/SCNet"
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+# Accuracies are the official README's (ImageNet-1k val, 224 px, single crop).
+PRETRAINED: dict[str, PretrainedWeights] = {
+    "scnet50": PretrainedWeights(_OFFICIAL_HOST + "scnet50-dc6a7e87.pth", "dc6a7e87", top1=77.81, top5=93.92),
+    "scnet50_v1d": PretrainedWeights(_OFFICIAL_HOST + "scnet50_v1d-4109d1e1.pth", "4109d1e1", top1=80.47, top5=95.32),
+    "scnet101": PretrainedWeights(_OFFICIAL_HOST + "scnet101-44c5b751.pth", "44c5b751", top1=78.94, top5=94.25),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The weights cannot be had: none were released, or the download failed."""
+
+
+def pretrained_cfg(name: str) -> dict:
+    """The data config of ``name`` (input size, mean/std, crop, and the weights when there are any)."""
+    spec = PRETRAINED.get(name)
+    if spec is None:
+        return dict(architecture=name, url=None, num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+                    interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return dict(architecture=name, **asdict(spec))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_weights(spec: PretrainedWeights, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> Path:
+    """Return the local path of ``spec``'s file, downloading it into the torch hub cache if needed.
+
+    The sha256 prefix is checked both for a cached file and for a fresh download. Offline, the error names
+    the file, its URL and the exact place to put a copy fetched by hand.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    dest = cache / spec.filename
+    if dest.exists():
+        digest = _sha256(dest)
+        if not digest.startswith(spec.sha256_prefix):
+            raise WeightsUnavailableError(
+                f"{dest} has sha256 {digest[:16]}..., expected a prefix {spec.sha256_prefix}: the file is corrupt or "
+                f"not the published one; delete it and try again"
+            )
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256_prefix, progress=progress)
+    except (urllib.error.URLError, OSError) as e:
+        raise WeightsUnavailableError(
+            f"could not download {spec.url} ({getattr(e, 'reason', e)}). If this machine is offline, download "
+            f"{spec.filename} elsewhere and copy it to {dest} (or pass checkpoint_path=...)"
+        ) from e
+    except RuntimeError as e:  # torch.hub's hash check; it has already removed the partial file
+        raise WeightsUnavailableError(f"{spec.url} did not match its sha256 prefix {spec.sha256_prefix}: {e}") from e
+    return dest
+
+
+def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> nn.Module:
+    """Load the published weights of ``name`` into ``model``."""
+    spec = PRETRAINED.get(name)
+    if spec is None:
+        known = ", ".join(sorted(PRETRAINED))
+        raise WeightsUnavailableError(
+            f"{name} has no published pretrained weights (models with weights: {known}); "
+            f"train it, or load your own file with checkpoint_path=..."
+        )
+    return load_checkpoint(model, download_weights(spec, cache_dir, progress))
+
+
+def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or torch file as a flat state dict, without ever unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
+        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint ({e})") from e
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict (name -> tensor)")
+    return obj
+
+
+def filter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remap names from other writers: DataParallel/DDP (``module.``) and ``torch.compile`` (``_orig_mod.``).
+
+    The official SCNet checkpoints need no remapping: the models use their names as they are.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True, classifier: Optional[str] = "fc") -> nn.Module:
+    """Load a weight file into ``model``, checking every name and shape first.
+
+    A classifier of another size than the model's (e.g. ImageNet weights into a 10-class model) is left at
+    its initialisation, so pretrained backbones can be fine-tuned; every other difference is an error.
+    """
+    state = filter_state_dict(load_state_dict_file(path))
+    own = model.state_dict()
+    dropped = set()
+    if classifier is not None:
+        head = [k for k in state if k.startswith(classifier + ".")]
+        if any(k in own and own[k].shape != state[k].shape for k in head):
+            dropped = set(head)
+            state = {k: v for k, v in state.items() if k not in dropped}
+    # Files written before torch 0.4.1 have no BN step counters; those are not weights.
+    missing = [k for k in own if k not in state and k not in dropped and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    if wrong_shape or (strict and (missing or unexpected)):
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if items:
+                problems.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+        raise ValueError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return model
+
