@@ -118,6 +118,7 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.input_owner = type(self).__name__  # for error messages; a plain str so TorchScript compiles it
 
         self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, norm_layer, act_layer)
         self.bn1 = norm_layer(self.inplanes)
@@ -185,7 +186,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The unpooled last-stage map, (N, num_features, H/32, W/32) at output_stride 32."""
-        check_image_batch(x, self.in_chans, type(self).__name__)
+        check_image_batch(x, self.in_chans, self.input_owner)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)

@@ -7,6 +7,7 @@ containers, remap legacy names in ``filter_state_dict``, check names and shapes,
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,7 +129,9 @@ def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
-        raise ValueError(f"refusing to load {path}: it is not a plain tensor checkpoint ({e})") from e
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        reason = f"it needs the Python global {found.group(1)!r}, which could run code" if found else str(e).splitlines()[0]
+        raise ValueError(f"refusing to load {path}: not a plain tensor checkpoint ({reason})") from e
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

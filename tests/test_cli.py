@@ -1,0 +1,34 @@
+"""The ``scnet`` command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scnet.cli import main
+
+
+def test_info_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--models", "scnet50*", "--format", "json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"scnet50", "scnet50_plain", "scnet50_v1d", "scnet50_v1d_plain"}
+    assert rows["scnet50"]["params"] == 25_564_584 and rows["scnet50"]["GMACs"] == 3.925
+    assert rows["scnet50_v1d"]["weights"] == "scnet50_v1d-4109d1e1.pth" and rows["scnet50_plain"]["top1"] is None
+
+
+def test_info_markdown_and_errors(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--models", "scnet101", "--input-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| model | params") and lines[2].startswith("| scnet101 | 44,565,416 |")
+    assert main(["info", "--models", "nothing*"]) == 2
+    assert "no model matches 'nothing*'" in capsys.readouterr().err
+    assert main(["info", "--input-size", "8"]) == 2
+    assert "--input-size must be at least 32, got 8" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "scnet", "info", "--models", "scnet50", "--format", "table"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1].split()[:3] == ["scnet50", "25,564,584", "3.925"]

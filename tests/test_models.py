@@ -1,0 +1,223 @@
+"""Every registered model: official layout and numbers, counts, small inputs, training, API and errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import scnet
+from scnet.models import SCBottleneck
+from scnet.models.registry import register_model
+from seeded import seeded_input, seeded_state_dict
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = ("scnet50", "scnet50_v1d", "scnet101", "scnet101_v1d")
+ALL = scnet.list_models()
+SC_MODELS = [n for n in ALL if not n.endswith("_plain")]
+
+
+def _conv_params(m: nn.Module) -> int:
+    return sum(mod.weight.numel() for mod in m.modules() if isinstance(mod, nn.Conv2d))
+
+
+@pytest.fixture(scope="module")
+def official_layout() -> dict:
+    return json.loads((FIXTURES / "official_layout.json").read_text())
+
+
+# ---- compatibility with the official code --------------------------------------------------------------------
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_state_dict_names_and_shapes_are_official(name: str, official_layout: dict) -> None:
+    ours = [[k, list(v.shape)] for k, v in scnet.create_model(name).state_dict().items()]
+    assert ours == official_layout[name]
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_outputs_equal_the_official_code(name: str) -> None:
+    golden = torch.load(FIXTURES / "official_logits.pt")
+    model = scnet.create_model(name).eval()
+    model.load_state_dict(seeded_state_dict(model.state_dict(), seed=1), strict=True)
+    for h, w in ((224, 224), (97, 130)):
+        with torch.no_grad():
+            y = model(seeded_input((2, 3, h, w), seed=2))
+        assert (y - golden[f"{name}@{h}x{w}"]).abs().max() <= 1e-5
+
+
+def test_plain_twin_is_torchvision_resnet50() -> None:
+    # Independent check of the trunk: the twin loads torchvision's ResNet-50 strictly and computes the same.
+    tv = torchvision.models.resnet50().eval()
+    tv.load_state_dict(seeded_state_dict(tv.state_dict(), seed=3))
+    twin = scnet.create_model("scnet50_plain").eval()
+    twin.load_state_dict(tv.state_dict(), strict=True)
+    x = seeded_input((2, 3, 97, 130), seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- counts ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,params",
+    [("scnet50", 25_564_584), ("scnet50_v1d", 25_583_816), ("scnet101", 44_565_416), ("scnet101_v1d", 44_689_192)],
+)
+def test_parameter_counts(name: str, params: int) -> None:
+    with torch.device("meta"):
+        assert scnet.count_params(scnet.create_model(name)) == params
+
+
+@pytest.mark.parametrize("name", SC_MODELS)
+def test_twin_has_equal_conv_params_and_torchvision_counts(name: str) -> None:
+    with torch.device("meta"):
+        sc, twin = scnet.create_model(name), scnet.create_model(scnet.plain_twin(name))
+    assert _conv_params(sc) == _conv_params(twin)
+    if "v1d" not in name:
+        tv = torchvision.models.resnet101() if "101" in name else torchvision.models.resnet50()
+        assert scnet.count_params(twin) == sum(p.numel() for p in tv.parameters())
+
+
+@pytest.mark.parametrize("name,gmacs", [("scnet50", 3.925), ("scnet50_v1d", 4.685), ("scnet101", 7.169), ("scnet50_plain", 4.089)])
+def test_multiply_adds_at_224(name: str, gmacs: float) -> None:
+    with torch.device("meta"):
+        macs = scnet.count_macs(scnet.create_model(name))
+    assert abs(macs / 1e9 - gmacs) < 5e-4
+
+
+def test_small_stem_cifar_counts() -> None:
+    # CIFAR-10 SCNet-50: 3x3/1 stem, 10 classes (counted independently with the official blocks).
+    with torch.device("meta"):
+        assert scnet.count_params(scnet.create_model("scnet50", stem_type="small", num_classes=10)) == 23_528_394
+
+
+# ---- every model, every size ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_works_from_32px_and_trains_with_batch_1(name: str) -> None:
+    model = scnet.create_model(name, num_classes=7)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+        assert model(torch.randn(1, 3, 33, 47)).shape == (1, 7)
+    model.train()
+    out = model(torch.randn(1, 3, 32, 32))  # every stage-4 norm sees a single value per channel
+    out.sum().backward()
+    assert out.shape == (1, 7) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model = scnet.create_model(name, num_classes=5).train()
+    model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ["scnet50", "scnet50_v1d_plain"])
+def test_small_stem_on_28px_grayscale(name: str) -> None:
+    model = scnet.create_model(name, stem_type="small", in_chans=1, num_classes=10).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(2, 1, 28, 28))
+    assert feats.shape == (2, 2048, 4, 4)  # no stem downsampling: 28 -> 28, 14, 7, 4
+    assert isinstance(model.maxpool, nn.Identity)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_backbone_api(name: str) -> None:
+    model = scnet.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (1, model.num_features, 2, 3)
+        assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
+        assert [f["num_chs"] for f in model.feature_info] == [model.bn1.num_features, 256, 512, 1024, 2048]
+        model.reset_classifier(3)
+        assert model(x).shape == (1, 3) and model.get_classifier() is model.fc
+        model.reset_classifier(0)
+        assert model(x).shape == (1, 2048)
+
+
+@pytest.mark.parametrize("output_stride,size", [(16, 4), (8, 8)])
+def test_output_stride_dilates_the_last_stages(output_stride: int, size: int) -> None:
+    model = scnet.create_model("scnet50_v1d", output_stride=output_stride).eval()
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == size
+
+
+# ---- injection ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["groupnorm", lambda c: nn.GroupNorm(4, c)])
+def test_group_norm_injection_leaves_no_batch_norm(norm) -> None:
+    model = scnet.create_model("scnet50_v1d", norm_layer=norm)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    model(torch.randn(1, 3, 64, 64)).sum().backward()  # GroupNorm trains with batch 1 anywhere
+
+
+def test_frozen_batch_norm_for_detection() -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = scnet.create_model("scnet50", norm_layer="frozenbn")
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_zero_init_last_starts_blocks_as_identity() -> None:
+    model = scnet.create_model("scnet50", zero_init_last=True)
+    assert all(b.bn3.weight.abs().sum() == 0 for b in model.modules() if isinstance(b, SCBottleneck))
+
+
+# ---- execution modes ------------------------------------------------------------------------------------
+def test_meta_device_construction() -> None:
+    with torch.device("meta"):
+        model = scnet.create_model("scnet101_v1d")
+        y = model(torch.empty(2, 3, 224, 224))
+    assert all(t.device.type == "meta" for t in model.state_dict().values()) and y.shape == (2, 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["scnet50", "scnet50_v1d"])
+def test_torchscript_matches_eager(name: str) -> None:
+    model = scnet.create_model(name).eval()
+    model.load_state_dict(seeded_state_dict(model.state_dict(), seed=5))
+    scripted = torch.jit.script(model)
+    x = seeded_input((1, 3, 97, 130), seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+# ---- errors --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "x,error,match",
+    [
+        (torch.zeros(3, 64, 64), ValueError, "4-D"),
+        (torch.zeros(1, 1, 64, 64), ValueError, "expects 3 input channels, got 1"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, "floating-point"),
+    ],
+)
+def test_bad_model_input(x: torch.Tensor, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        scnet.create_model("scnet50")(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(stem_type="tiny"), "stem_type must be one of"),
+        (dict(output_stride=4), "output_stride must be 8, 16 or 32, got 4"),
+        (dict(block_args=dict(pooling_r=0)), "pooling_r must be an integer >= 1, got 0"),
+        (dict(num_classes=-1), "num_classes >= 0"),
+    ],
+)
+def test_bad_model_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        scnet.create_model("scnet50", **kwargs)
+
+
+def test_registry_errors_and_none_kwargs() -> None:
+    with pytest.raises(ValueError, match="did you mean scnet50"):
+        scnet.create_model("scnet5O")
+    with pytest.raises(TypeError):
+        scnet.create_model("scnet50", not_a_model_arg=1)
+    assert scnet.create_model("scnet50", num_classes=None).num_classes == 1000
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(lambda **kw: None).__name__  # noqa: B018 - first registration of "<lambda>" is fine
+        register_model(lambda **kw: None)
+    assert scnet.list_models("scnet50*") == ["scnet50", "scnet50_plain", "scnet50_v1d", "scnet50_v1d_plain"]
