@@ -11,7 +11,7 @@ import torchvision
 
 import scnet
 from scnet.models import SCBottleneck
-from scnet.models.registry import register_model
+from scnet.models import registry
 from seeded import seeded_input, seeded_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -211,13 +211,18 @@ def test_bad_model_arguments(kwargs: dict, match: str) -> None:
         scnet.create_model("scnet50", **kwargs)
 
 
-def test_registry_errors_and_none_kwargs() -> None:
+def test_registry_errors_and_none_kwargs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # leave the real registry untouched
     with pytest.raises(ValueError, match="did you mean scnet50"):
         scnet.create_model("scnet5O")
     with pytest.raises(TypeError):
         scnet.create_model("scnet50", not_a_model_arg=1)
     assert scnet.create_model("scnet50", num_classes=None).num_classes == 1000
-    with pytest.raises(ValueError, match="already registered"):
-        register_model(lambda **kw: None).__name__  # noqa: B018 - first registration of "<lambda>" is fine
-        register_model(lambda **kw: None)
+    def extra_model(**kwargs):
+        return None
+
+    registry.register_model(extra_model)
+    assert "extra_model" in scnet.list_models()
+    with pytest.raises(ValueError, match="'extra_model' is already registered"):
+        registry.register_model(extra_model)
     assert scnet.list_models("scnet50*") == ["scnet50", "scnet50_plain", "scnet50_v1d", "scnet50_v1d_plain"]
