@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import timm
 import torchvision
 
 import scnet
@@ -47,15 +48,25 @@ def test_outputs_equal_the_official_code(name: str) -> None:
         assert (y - golden[f"{name}@{h}x{w}"]).abs().max() <= 1e-5
 
 
-def test_plain_twin_is_torchvision_resnet50() -> None:
-    # Independent check of the trunk: the twin loads torchvision's ResNet-50 strictly and computes the same.
-    tv = torchvision.models.resnet50().eval()
-    tv.load_state_dict(seeded_state_dict(tv.state_dict(), seed=3))
-    twin = scnet.create_model("scnet50_plain").eval()
-    twin.load_state_dict(tv.state_dict(), strict=True)
+# Independent references for the trunk: each plain twin is a well-known model and loads its weights.
+TWIN_REFERENCES = {
+    "scnet50_plain": lambda: torchvision.models.resnet50(),
+    "scnet101_plain": lambda: torchvision.models.resnet101(),
+    "scnext50_32x4d_plain": lambda: torchvision.models.resnext50_32x4d(),
+    "scnext101_32x4d_plain": lambda: timm.create_model("resnext101_32x4d"),
+    "sescnet50_plain": lambda: timm.create_model("seresnet50"),
+}
+
+
+@pytest.mark.parametrize("name", ["scnet50_plain", "scnext50_32x4d_plain", "sescnet50_plain"])
+def test_plain_twin_is_the_reference_model(name: str) -> None:
+    ref = TWIN_REFERENCES[name]().eval()
+    ref.load_state_dict(seeded_state_dict(ref.state_dict(), seed=3))
+    twin = scnet.create_model(name).eval()
+    twin.load_state_dict(ref.state_dict(), strict=True)
     x = seeded_input((2, 3, 97, 130), seed=4)
     with torch.no_grad():
-        torch.testing.assert_close(twin(x), tv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(twin(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 # ---- counts ----------------------------------------------------------------------------------------------
@@ -73,9 +84,8 @@ def test_twin_has_equal_conv_params_and_torchvision_counts(name: str) -> None:
     with torch.device("meta"):
         sc, twin = scnet.create_model(name), scnet.create_model(scnet.plain_twin(name))
     assert _conv_params(sc) == _conv_params(twin)
-    if "v1d" not in name:
-        tv = torchvision.models.resnet101() if "101" in name else torchvision.models.resnet50()
-        assert scnet.count_params(twin) == sum(p.numel() for p in tv.parameters())
+    if plain_name := TWIN_REFERENCES.get(scnet.plain_twin(name)):
+        assert scnet.count_params(twin) == sum(p.numel() for p in plain_name().parameters())
 
 
 @pytest.mark.parametrize("name,gmacs", [("scnet50", 3.925), ("scnet50_v1d", 4.685), ("scnet101", 7.169), ("scnet50_plain", 4.089)])

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from timm.layers import create_attn
 
 from ..layers import NormLayer, SafeBatchNorm2d, SelfCalibration, conv3x3_norm
 
@@ -29,15 +30,18 @@ class _BottleneckBase(nn.Module):
     expansion = 4
 
     def _init_merge(
-        self, width: int, planes: int, downsample: Optional[nn.Module], norm_layer: NormLayer, act_layer: Callable[..., nn.Module]
+        self, width: int, planes: int, downsample: Optional[nn.Module], norm_layer: NormLayer,
+        act_layer: Callable[..., nn.Module], attn_layer: Optional[str],
     ) -> None:
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = norm_layer(planes * self.expansion)
+        # Channel attention on the residual branch before the sum, where SENet (and timm's seresnet) put it.
+        self.se = create_attn(attn_layer, planes * self.expansion) if attn_layer else nn.Identity()
         self.act = act_layer(inplace=True)
         self.downsample = downsample
 
     def _merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn3(self.conv3(out))
+        out = self.se(self.bn3(self.conv3(out)))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act(out + shortcut)
 
@@ -68,6 +72,7 @@ class SCBottleneck(_BottleneckBase):
         avd: bool = False,
         norm_layer: NormLayer = SafeBatchNorm2d,
         act_layer: Callable[..., nn.Module] = nn.ReLU,
+        attn_layer: Optional[str] = None,
         pooling_r: int = 4,
         upsample_mode: str = "nearest",
     ) -> None:
@@ -82,7 +87,7 @@ class SCBottleneck(_BottleneckBase):
         self.k1 = conv3x3_norm(half, half, conv_stride, dilation, cardinality, norm_layer)
         self.scconv = SelfCalibration(half, half, conv_stride, dilation, cardinality, pooling_r, norm_layer, upsample_mode)
         self.avd_layer = _avd_pool(avd, stride)
-        self._init_merge(width, planes, downsample, norm_layer, act_layer)
+        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act(self.bn1_a(self.conv1_a(x)))  # (N, w/2, H, W)
@@ -107,6 +112,7 @@ class Bottleneck(_BottleneckBase):
         avd: bool = False,
         norm_layer: NormLayer = SafeBatchNorm2d,
         act_layer: Callable[..., nn.Module] = nn.ReLU,
+        attn_layer: Optional[str] = None,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
@@ -118,7 +124,7 @@ class Bottleneck(_BottleneckBase):
         )
         self.bn2 = norm_layer(width)
         self.avd_layer = _avd_pool(avd, stride)
-        self._init_merge(width, planes, downsample, norm_layer, act_layer)
+        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))  # (N, w, H, W)

@@ -42,9 +42,11 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     each model's defaults. ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
     then loads a local ``.pth``/``.safetensors`` file over them (or over the random init).
     """
-    from .weights import load_checkpoint
+    from .weights import load_checkpoint, load_pretrained
 
-    model = get_model_builder(name)(pretrained=pretrained, **{k: v for k, v in kwargs.items() if v is not None})
+    model = get_model_builder(name)(pretrained=False, **{k: v for k, v in kwargs.items() if v is not None})
+    if pretrained:
+        load_pretrained(model, name)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     return model

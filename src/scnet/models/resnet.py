@@ -6,12 +6,15 @@ torchvision's ``IntermediateLayerGetter``/FPN helpers and timm's feature wrapper
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_classifier
+from timm.models._features import feature_take_indices
+from timm.models import checkpoint_seq
 
 from ..layers import NormLayer, check_image_batch, get_norm_layer
 
@@ -81,8 +84,11 @@ class ResNet(nn.Module):
         drop_rate: dropout before the classifier.
         norm_layer: a norm class/callable or a name ("batchnorm", "groupnorm", "frozenbn").
         act_layer: activation class, called with ``inplace=True``.
+        attn_layer: channel attention after each block's last norm (a timm name such as "se"), or None.
         zero_init_last: zero the last norm of every block (not done by the official code).
         block_args: extra keyword arguments for every block (e.g. ``pooling_r``, ``upsample_mode``).
+        device, dtype: where and in which precision to create the parameters (``device="meta"`` allocates
+            nothing), as timm's factory keyword arguments.
     """
 
     def __init__(
@@ -102,8 +108,11 @@ class ResNet(nn.Module):
         drop_rate: float = 0.0,
         norm_layer: Union[str, NormLayer] = "batchnorm",
         act_layer: Callable[..., nn.Module] = nn.ReLU,
+        attn_layer: Optional[str] = None,
         zero_init_last: bool = False,
         block_args: Optional[dict[str, Any]] = None,
+        device: Union[str, torch.device, None] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if stem_type not in STEM_TYPES:
@@ -112,39 +121,44 @@ class ResNet(nn.Module):
             raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"need in_chans >= 1 and num_classes >= 0, got in_chans={in_chans}, num_classes={num_classes}")
-        norm_layer = get_norm_layer(norm_layer)
-        if norm_layer is None:
-            raise ValueError("the ResNet trunk needs a norm_layer")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_owner = type(self).__name__  # for error messages; a plain str so TorchScript compiles it
+        # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            norm_layer = get_norm_layer(norm_layer)
+            if norm_layer is None:
+                raise ValueError("the ResNet trunk needs a norm_layer")
+            self.num_classes = num_classes
+            self.in_chans = in_chans
+            self.drop_rate = drop_rate
+            self.input_owner = type(self).__name__  # for error messages; a plain str so TorchScript compiles it
 
-        self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, norm_layer, act_layer)
-        self.bn1 = norm_layer(self.inplanes)
-        self.relu = act_layer(inplace=True)
-        self.maxpool = nn.Identity() if stem_type == "small" else nn.MaxPool2d(3, stride=2, padding=1)
-        stem_reduction = 1 if stem_type == "small" else 2
-        self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
+            self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, norm_layer, act_layer)
+            self.bn1 = norm_layer(self.inplanes)
+            self.relu = act_layer(inplace=True)
+            self.maxpool = nn.Identity() if stem_type == "small" else nn.MaxPool2d(3, stride=2, padding=1)
+            stem_reduction = 1 if stem_type == "small" else 2
+            self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
 
-        reduction = stem_reduction * (1 if stem_type == "small" else 2)
-        for idx, (planes, blocks, (stride, dilation)) in enumerate(zip((64, 128, 256, 512), layers, _stage_strides(output_stride))):
-            stage = self._make_stage(
-                block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,
-                norm_layer, act_layer, block_args or {},
-            )
-            self.add_module(f"layer{idx + 1}", stage)
-            reduction *= stride
-            self.feature_info.append(dict(num_chs=self.inplanes, reduction=reduction, module=f"layer{idx + 1}"))
+            reduction = stem_reduction * (1 if stem_type == "small" else 2)
+            for idx, (planes, blocks, (stride, dilation)) in enumerate(zip((64, 128, 256, 512), layers, _stage_strides(output_stride))):
+                stage = self._make_stage(
+                    block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,
+                    norm_layer, act_layer, attn_layer, block_args or {},
+                )
+                self.add_module(f"layer{idx + 1}", stage)
+                reduction *= stride
+                self.feature_info.append(dict(num_chs=self.inplanes, reduction=reduction, module=f"layer{idx + 1}"))
 
-        self.num_features = self.head_hidden_size = self.inplanes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self._init_weights(zero_init_last)
+            self.num_features = self.head_hidden_size = self.inplanes
+            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+            self._init_weights(zero_init_last)
+        if dtype is not None:
+            self.to(dtype=dtype)
+        self.grad_checkpointing = False
 
     def _make_stage(
         self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, stage_idx: int,
         cardinality: int, base_width: int, avg_down: bool, avd: bool, norm_layer: NormLayer,
-        act_layer: Callable[..., nn.Module], block_args: dict[str, Any],
+        act_layer: Callable[..., nn.Module], attn_layer: Optional[str], block_args: dict[str, Any],
     ) -> nn.Sequential:
         outplanes = planes * block.expansion
         downsample = None
@@ -153,7 +167,7 @@ class ResNet(nn.Module):
         # As the official code: a dilated stage's first block uses half the dilation (1 for 2, 2 for 4), and
         # avd also applies to the first block of stages 2-4 when dilation removed their stride (a 3x3/1 blur).
         first_dilation = 1 if dilation in (1, 2) else 2
-        common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer, **block_args)
+        common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer, attn_layer=attn_layer, **block_args)
         stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=avd and (stride > 1 or stage_idx > 0), **common)]
         self.inplanes = outplanes
         stage += [block(outplanes, planes, 1, None, dilation=dilation, avd=False, **common) for _ in range(1, blocks)]
@@ -173,21 +187,77 @@ class ResNet(nn.Module):
                     m.zero_init_last()
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for layer-wise learning-rate decay: the stem, then stages or single blocks."""
+        return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (memory for compute)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head; ``global_pool=None`` keeps the current pooling."""
+        """Replace the head on the model's device and dtype; ``global_pool=None`` keeps the current pooling."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
+        ref = self.conv1.weight if isinstance(self.conv1, nn.Conv2d) else self.conv1[0].weight
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, device=ref.device, dtype=ref.dtype,
+        )
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Union[int, list[int], None] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Feature maps of the stem (index 0) and the four stages (1-4), timm's contract.
+
+        ``indices``: None for all, an int n for the last n, or a list (negative counts from the end).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_take_indices(5, indices)
+        check_image_batch(x, self.in_chans, self.input_owner)
+        x = self.relu(self.bn1(self.conv1(x)))
+        feats = [x] if 0 in take else []
+        x = self.maxpool(x)
+        stages = self._stages()[:max_index] if stop_early else self._stages()
+        for idx, stage in enumerate(stages, start=1):
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if idx in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last requested feature (and the head); returns the kept indices."""
+        take, max_index = feature_take_indices(5, indices)
+        for name in ("layer1", "layer2", "layer3", "layer4")[max(max_index, 0):]:
+            setattr(self, name, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The unpooled last-stage map, (N, num_features, H/32, W/32) at output_stride 32."""
         check_image_batch(x, self.in_chans, self.input_owner)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)

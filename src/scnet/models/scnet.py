@@ -1,80 +1,103 @@
-"""The SCNet family and its plain-ResNet twins: variants as data over one trunk.
+"""The SCNet family and its plain twins: variants as data over one trunk, registered here and in timm.
 
-Each builder is a few keyword arguments merged under the caller's (the caller wins). The twin of a variant
-``X`` is ``X_plain``: the same trunk, stem, shortcut and avd options, with the plain ``Bottleneck`` in place
-of ``SCBottleneck``, so conv parameter counts are equal and comparisons are like for like.
+Each variant is a row of keyword arguments; the caller's keyword arguments win over it. Every SC variant
+``X`` has a twin ``X_plain``: the same row with the plain ``Bottleneck`` in place of ``SCBottleneck``, so
+convolution parameter counts are equal and comparisons are like for like.
+
+Importing this module registers every variant in scnet's registry and in timm's (``timm.create_model``),
+with a timm ``pretrained_cfg`` derived from the one weight table in ``weights.py``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import register_model as timm_register_model
 
 from .blocks import Bottleneck, SCBottleneck
 from .registry import register_model
 from .resnet import ResNet
-from .weights import load_pretrained, pretrained_cfg
+from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
 
-__all__ = ["build_model", "plain_twin"]
+__all__ = ["ARCHS", "build_model", "plain_twin"]
 
+_R50 = dict(layers=(3, 4, 6, 3))
+_R101 = dict(layers=(3, 4, 23, 3))
 _V1D = dict(stem_type="deep", avg_down=True, avd=True)
+_32X4D = dict(cardinality=32, base_width=4)
 
-
-def build_model(name: str, pretrained: bool, arch_args: dict[str, Any], **kwargs: Any) -> ResNet:
-    """The one builder behind every registered name: trunk, config, and (optionally) the official weights."""
-    model = ResNet(**{**arch_args, **kwargs})
-    model.pretrained_cfg = pretrained_cfg(name)
-    if pretrained:
-        load_pretrained(model, name)
-    return model
+# name -> (trunk arguments, one-line description). The plain twins are derived, not listed.
+ARCHS: dict[str, tuple[dict[str, Any], str]] = {
+    "scnet50": (dict(**_R50), "SCNet-50 (official weights: 77.81% ImageNet top-1)"),
+    "scnet101": (dict(**_R101), "SCNet-101 (official weights: 78.94% ImageNet top-1)"),
+    "scnet50_v1d": (dict(**_R50, stem_width=32, **_V1D), "SCNet-50 v1d: deep stem, avg-pool shortcuts, avd (official weights: 80.47%)"),
+    "scnet101_v1d": (dict(**_R101, stem_width=64, **_V1D), "SCNet-101 v1d (no official weights were released)"),
+    # SCNeXt: ResNeXt's 32x4d width; each SC half is half of ResNeXt's width with 32 groups, so the four
+    # grouped 3x3s hold exactly the conv parameters of ResNeXt's one.
+    "scnext50_32x4d": (dict(**_R50, **_32X4D), "SCNeXt-50 32x4d"),
+    "scnext101_32x4d": (dict(**_R101, **_32X4D), "SCNeXt-101 32x4d"),
+    "sescnet50": (dict(**_R50, attn_layer="se"), "SE-SCNet-50: SCNet-50 with squeeze-and-excitation (reduction 16)"),
+}
 
 
 def plain_twin(name: str) -> str:
-    """The registered name of ``name``'s plain-ResNet twin."""
+    """The registered name of ``name``'s plain twin (``name`` itself when it is already a twin)."""
     return name if name.endswith("_plain") else f"{name}_plain"
 
 
-@register_model
-def scnet50(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """SCNet-50 (25.56 M params, 77.81% ImageNet top-1 with the official weights)."""
-    return build_model("scnet50", pretrained, dict(block=SCBottleneck, layers=(3, 4, 6, 3)), **kwargs)
+def _arch_args(name: str) -> dict[str, Any]:
+    plain = name.endswith("_plain")
+    args, _ = ARCHS[name[: -len("_plain")] if plain else name]
+    return dict(args, block=Bottleneck if plain else SCBottleneck)
 
 
-@register_model
-def scnet101(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """SCNet-101 (44.57 M params, 78.94% ImageNet top-1 with the official weights)."""
-    return build_model("scnet101", pretrained, dict(block=SCBottleneck, layers=(3, 4, 23, 3)), **kwargs)
+def _timm_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained cfg. The sha256 prefix is in the file name (torch.hub's convention)."""
+    spec = PRETRAINED.get(name)
+    deep = _arch_args(name).get("stem_type") == "deep"
+    return dict(
+        url=spec.url if spec else "",
+        num_classes=1000, input_size=(3, 224, 224), min_input_size=(3, 32, 32), pool_size=(7, 7),
+        crop_pct=spec.crop_pct if spec else 0.875, interpolation=spec.interpolation if spec else "bilinear",
+        mean=spec.mean if spec else IMAGENET_MEAN, std=spec.std if spec else IMAGENET_STD,
+        first_conv="conv1.0" if deep else "conv1", classifier="fc", license="mit",
+        origin_url="https://github.com/MCG-NKU/SCNet",
+        paper_name="Improving Convolutional Networks with Self-Calibrated Convolutions",
+        notes=(f"sha256 prefix {spec.sha256_prefix}; reported top-1 {spec.top1}",) if spec else (),
+    )
 
 
-@register_model
-def scnet50_v1d(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """SCNet-50 v1d: deep 3x3 stem (width 32), avg-pool shortcuts, avd (80.47% top-1 with the official weights)."""
-    return build_model("scnet50_v1d", pretrained, dict(block=SCBottleneck, layers=(3, 4, 6, 3), stem_width=32, **_V1D), **kwargs)
+_NAMES = [n for base in ARCHS for n in (base, plain_twin(base))]
+# timm reads this module's ``default_cfgs`` when a builder is registered, so it must exist first.
+default_cfgs = generate_default_cfgs({(f"{n}.mcg_in1k" if n in PRETRAINED else n): _timm_cfg(n) for n in _NAMES})
 
 
-@register_model
-def scnet101_v1d(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """SCNet-101 v1d: deep 3x3 stem (width 64), avg-pool shortcuts, avd. No official weights were released."""
-    return build_model("scnet101_v1d", pretrained, dict(block=SCBottleneck, layers=(3, 4, 23, 3), stem_width=64, **_V1D), **kwargs)
+def build_model(name: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """The one builder behind every name, through timm's ``build_model_with_cfg``.
+
+    timm's builder fills ``pretrained_cfg``, handles ``features_only``/``out_indices`` and, for
+    ``timm.create_model(..., pretrained=True)``, loads weights (adapting ``num_classes``/``in_chans``)
+    after ``filter_state_dict``. ``scnet.create_model`` loads official weights itself (hash-checked, with
+    offline instructions) and calls this with ``pretrained=False``.
+    """
+    return build_model_with_cfg(
+        ResNet, name, pretrained,
+        feature_cfg=dict(flatten_sequential=True), pretrained_filter_fn=filter_state_dict,
+        **{**_arch_args(name), **kwargs},
+    )
 
 
-@register_model
-def scnet50_plain(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Plain twin of SCNet-50: ResNet-50 (v1.5, stride in the 3x3) on the same trunk."""
-    return build_model("scnet50_plain", pretrained, dict(block=Bottleneck, layers=(3, 4, 6, 3)), **kwargs)
+def _make_builder(name: str) -> Callable[..., ResNet]:
+    base = name[: -len("_plain")] if name.endswith("_plain") else name
+    description = ARCHS[base][1] if base == name else f"Plain twin of {base}: the same trunk with a plain ResNet bottleneck"
+
+    def builder(pretrained: bool = False, **kwargs: Any) -> ResNet:
+        return build_model(name, pretrained, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"{description}.\n\nKeyword arguments go to ``scnet.ResNet`` and override the variant's."
+    return builder
 
 
-@register_model
-def scnet101_plain(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Plain twin of SCNet-101: ResNet-101 on the same trunk."""
-    return build_model("scnet101_plain", pretrained, dict(block=Bottleneck, layers=(3, 4, 23, 3)), **kwargs)
-
-
-@register_model
-def scnet50_v1d_plain(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Plain twin of SCNet-50 v1d: a ResNet-50-D with avd on the same trunk."""
-    return build_model("scnet50_v1d_plain", pretrained, dict(block=Bottleneck, layers=(3, 4, 6, 3), stem_width=32, **_V1D), **kwargs)
-
-
-@register_model
-def scnet101_v1d_plain(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Plain twin of SCNet-101 v1d: a ResNet-101-D with avd on the same trunk."""
-    return build_model("scnet101_v1d_plain", pretrained, dict(block=Bottleneck, layers=(3, 4, 23, 3), stem_width=64, **_V1D), **kwargs)
+for _name in _NAMES:
+    timm_register_model(register_model(_make_builder(_name)))
