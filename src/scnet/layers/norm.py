@@ -7,12 +7,14 @@ from typing import Callable, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 __all__ = ["SafeBatchNorm2d", "group_norm", "get_norm_layer", "NormLayer"]
 
 NormLayer = Callable[[int], nn.Module]
 
 
+@register_notrace_module  # shape-dependent branch: a leaf for FX tracing
 class SafeBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that also trains when a batch holds a single value per channel.
 

@@ -18,6 +18,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
 from .validate import check_image_batch
@@ -53,6 +54,7 @@ def conv3x3_norm(
     return nn.Sequential(conv, norm_layer(out_channels) if norm_layer is not None else nn.Identity())
 
 
+@register_notrace_module  # the window depends on the input size: a leaf for FX tracing
 class CalibrationPool(nn.Module):
     """Average pooling with an r x r window and stride r, floor mode, as the official ``AvgPool2d(r, r)``.
 

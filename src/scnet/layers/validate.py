@@ -6,10 +6,13 @@ saw. These checks run once at a module boundary; they compile under TorchScript 
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_function
 
 __all__ = ["check_image_batch"]
 
 
+# Shape checks are Python control flow: FX tracing (timm/torchvision feature extraction) keeps them as a call.
+@register_notrace_function
 def check_image_batch(x: torch.Tensor, channels: int, owner: str) -> None:
     """Raise ``ValueError``/``TypeError`` unless ``x`` is a floating (N, channels, H, W) tensor."""
     if x.dim() != 4:

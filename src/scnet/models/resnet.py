@@ -4,7 +4,6 @@ Child names (``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1..4``, ``fc``) a
 stem and of ``downsample`` are those of the official SCNet code: weight compatibility requires them, and
 torchvision's ``IntermediateLayerGetter``/FPN helpers and timm's feature wrappers rely on the first ones.
 """
-from __future__ import annotations
 
 import contextlib
 from typing import Any, Callable, Optional, Sequence, Type, Union
@@ -246,8 +245,10 @@ class ResNet(nn.Module):
     def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
         """Drop the stages after the last requested feature (and the head); returns the kept indices."""
         take, max_index = feature_take_indices(5, indices)
-        for name in ("layer1", "layer2", "layer3", "layer4")[max(max_index, 0):]:
+        for name in ("layer1", "layer2", "layer3", "layer4")[max_index:]:
             setattr(self, name, nn.Identity())
+        if max_index == 0:  # the stem tap is taken before the max-pool, so the features must end there too
+            self.maxpool = nn.Identity()
         if prune_head:
             self.reset_classifier(0, "")
         return take

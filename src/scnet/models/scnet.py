@@ -81,8 +81,7 @@ def build_model(name: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
     offline instructions) and calls this with ``pretrained=False``.
     """
     return build_model_with_cfg(
-        ResNet, name, pretrained,
-        feature_cfg=dict(flatten_sequential=True), pretrained_filter_fn=filter_state_dict,
+        ResNet, name, pretrained, pretrained_filter_fn=filter_state_dict,
         **{**_arch_args(name), **kwargs},
     )
 
