@@ -3,11 +3,12 @@ from .layers import SCConv, SafeBatchNorm2d, SelfCalibration
 from .models import (
     PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
 )
+from .convert import ConversionReport, convert
 from .profile import count_macs, count_params
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
-    "count_macs", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
+    "ConversionReport", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
+    "convert", "count_macs", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
 ]
