@@ -26,7 +26,7 @@ def test_torchvision_resnet50_keeps_conv_params_and_trains() -> None:
     assert "converted 16 convolution(s)" in str(report) and "23,454,912 -> 23,454,912" in str(report)
 
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.002, momentum=0.9)
     losses = []
     for _ in range(6):
         loss = nn.functional.cross_entropy(model(x), y)
