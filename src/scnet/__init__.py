@@ -3,6 +3,7 @@ from .layers import SCConv, SafeBatchNorm2d, SelfCalibration
 from .models import (
     PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
 )
+from . import detection
 from .convert import ConversionReport, convert
 from .profile import count_macs, count_params
 
@@ -10,5 +11,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConversionReport", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
-    "convert", "count_macs", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
+    "convert", "count_macs", "detection", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
 ]

@@ -169,9 +169,11 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = Tru
         if any(k in own and own[k].shape != state[k].shape for k in head):
             dropped = set(head)
             state = {k: v for k, v in state.items() if k not in dropped}
-    # Files written before torch 0.4.1 have no BN step counters; those are not weights.
+    # BN step counters are not weights: files written before torch 0.4.1 lack them, and frozen norms
+    # (detection backbones) have none to receive them.
     missing = [k for k in own if k not in state and k not in dropped and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
+    state = {k: v for k, v in state.items() if k in own}
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
     if wrong_shape or (strict and (missing or unexpected)):
         problems = []
