@@ -32,8 +32,8 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"SafeBatchNorm2d expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
-        single_value = x.shape[0] * x.shape[2] * x.shape[3] == 1
-        if self.training and single_value and self.running_mean is not None and self.running_var is not None:
+        # The shape test comes last so that eval-mode graphs (torch.export, ONNX) carry no guard on the size.
+        if self.training and self.running_mean is not None and self.running_var is not None and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
         factor = 0.0 if self.momentum is None else self.momentum

@@ -1,0 +1,89 @@
+"""Export to ONNX (dynamic batch, height and width) and TorchScript, and check ONNX against onnxruntime.
+
+ONNX pooling kernels are static, so an exported graph keeps the r x r calibration window everywhere: it is
+valid for inputs at which every calibrated map is at least r pixels on each side (``min_export_size``:
+97 px for the ImageNet-stem models, as the official code). Eager PyTorch and TorchScript have no such limit.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .layers import CalibrationPool
+
+__all__ = ["min_export_size", "export_onnx", "export_torchscript", "check_onnx"]
+
+
+def _smallest_calibrated_side(meta_model: nn.Module, in_chans: int, size: int) -> int:
+    """Smallest side of any calibration-pool input for a ``size`` x ``size`` image, on a meta-device model."""
+    sides: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: sides.append(min(args[0].shape[-2:])))
+             for m in meta_model.modules() if isinstance(m, CalibrationPool)]
+    try:
+        meta_model(torch.empty(1, in_chans, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return min(sides) if sides else size
+
+
+def min_export_size(model: nn.Module, in_chans: int = 3, limit: int = 4096) -> int:
+    """The smallest square input side for which an exported graph computes what eager PyTorch does."""
+    rates = [m.pooling_r for m in model.modules() if isinstance(m, CalibrationPool)]
+    if not rates:
+        return 1
+    r = max(rates)
+    meta_model = copy.deepcopy(model).to("meta").eval()  # shapes only: no memory, no arithmetic
+    if _smallest_calibrated_side(meta_model, in_chans, limit) < r:
+        raise ValueError(f"no input up to {limit} px gives every calibration map at least {r} px")
+    lo, hi = 1, limit
+    while lo < hi:  # the smallest map grows with the input, so bisect
+        mid = (lo + hi) // 2
+        if _smallest_calibrated_side(meta_model, in_chans, mid) >= r:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, example_size: int = 224, max_size: int = 4096) -> int:
+    """Write ``model`` (eval mode) as one ONNX file with dynamic batch/height/width; returns the minimum side."""
+    from torch.export import Dim
+
+    model = model.eval()
+    min_side = min_export_size(model, in_chans)
+    example_size = max(example_size, min_side)
+    dims = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=min_side, max=max_size), 3: Dim("width", min=min_side, max=max_size)}
+    torch.onnx.export(
+        model, (torch.randn(2, in_chans, example_size, example_size),), str(path), dynamo=True, external_data=False,
+        dynamic_shapes={"x": dims}, input_names=["input"], output_names=["output"], verbose=False,
+    )
+    return min_side
+
+
+def export_torchscript(model: nn.Module, path: Union[str, Path]) -> None:
+    """Script (not trace) the model, so every input size and the small-map rule keep working."""
+    torch.jit.script(model.eval()).save(str(path))
+
+
+def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:
+    """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: relative error and argmax agreement."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for h, w in sizes:
+        x = torch.randn(batch, in_chans, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model.eval()(x).numpy()
+        out = session.run(None, {name: x.numpy()})[0]
+        rel = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
+        rows.append(dict(size=f"{h}x{w}", rel_error=rel, argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
+    return rows
