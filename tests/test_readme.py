@@ -8,12 +8,14 @@ import pytest
 
 from scnet.info import format_table, model_table
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_snippet_runs(index: int) -> None:
+def test_snippet_runs(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # snippets are written for the repository root
     exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {})
 
 
