@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test clean
 
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +17,19 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(VENV)/bin/scnet info
+# Fashion-MNIST (real data, 70k images) from Debian's dataset-fashion-mnist package.
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-test: setup
+data: $(FASHION)
+
+# The main job: the demo SCNet and its plain twin, same recipe, on Fashion-MNIST; report in runs/demo/.
+demo: setup data
+	$(VENV)/bin/scnet info --models 'scnet_demo*' --input-size 32
+	$(VENV)/bin/scnet compare --models scnet_demo --seeds 0 --epochs 2 --limit-train 10000 --channels-last --out runs/demo
+
+test: setup data
 	$(PY) -m pytest -q
 
 clean:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -55,6 +56,74 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import fit, load_yaml, merge_config
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
+    cfg = merge_config(load_yaml(args.config) if args.config else None, flags)
+    result = fit(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {cfg.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .train import compare, load_yaml, merge_config
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug", "models", "seeds")}
+    base = merge_config(load_yaml(args.config) if args.config else None, flags)
+    out = Path(args.out or "runs/compare")
+    report = compare(base, args.models, args.seeds, out, command="scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    for name, entry in report["models"].items():
+        print(f"{name:24s} {entry['mean']:6.2f} ± {entry['std']:.2f} % ({len(entry['runs'])} seed(s))")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.limit_val, args.batch_size, args.workers, args.ema)
+    print(f"{r['model']} (epoch {r['epoch']}) on {r['data']}: top-1 {r['acc']:.2f}% ({r['count']} images), loss {r['loss']:.4f}")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    # Every default is None: "not given" lets the YAML file (or the run being resumed) decide.
+    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    p.add_argument("--model", help=f"registered model (default {d.model}, the small demo SCNet)")
+    p.add_argument("--stem-type", choices=("", "deep", "small"), help="override the model's stem ('small' for 28-32 px images)")
+    p.add_argument("--norm-layer", choices=("batchnorm", "groupnorm"), help="override the model's norm layer")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="synchronise batch norm across processes (GPU)")
+    p.add_argument("--data", help=f"fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {d.data})")
+    p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST defaults to the Debian package's)")
+    p.add_argument("--download", action="store_true", default=None, help="download Fashion-MNIST if it is not found")
+    p.add_argument("--image-size", type=int, help=f"imagefolder crop size (default {d.image_size})")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
+    p.add_argument("--opt", choices=("sgd", "adamw"), help=f"default {d.opt}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up before the cosine decay (default {d.warmup_epochs})")
+    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
+    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay, e.g. 0.999")
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16 on CPU, fp16 on GPU)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.workers})")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images")
+    p.add_argument("--limit-val", type=int, help="use only the first N validation images")
+    p.add_argument("--out", help="run directory (default runs/<model>-<data>-seed<seed>)")
+    p.add_argument("--resume", help="run directory or checkpoint to continue from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     exp.set_defaults(func=_export)
+
+    train = sub.add_parser("train", help="train a model (default: the demo SCNet on Fashion-MNIST)")
+    _add_train_args(train)
+    train.set_defaults(func=_train)
+
+    cmp_ = sub.add_parser("compare", help="each SC model vs its plain twin over several seeds, with a report")
+    _add_train_args(cmp_)
+    cmp_.add_argument("--models", nargs="+", default=["scnet_demo"], help="SC models (their plain twins are added)")
+    cmp_.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
+    cmp_.set_defaults(func=_compare)
+
+    ev = sub.add_parser("eval", help="accuracy of a training checkpoint")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint written by scnet train")
+    ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
+    ev.add_argument("--data-dir", help="dataset folder")
+    ev.add_argument("--limit-val", type=int, help="use only the first N validation images")
+    ev.add_argument("--batch-size", type=int, help="default: the training batch size")
+    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    ev.set_defaults(func=_eval)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
@@ -85,7 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "input_size", 32) < 32:
         print(f"scnet: --input-size must be at least 32, got {args.input_size}", file=sys.stderr)
         return 2
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # user mistakes: one line, no traceback
+        print(f"scnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scnet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

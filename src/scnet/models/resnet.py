@@ -37,8 +37,8 @@ def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
     return plan
 
 
-def _make_stem(stem_type: str, in_chans: int, stem_width: int, norm_layer: NormLayer, act_layer: Callable[..., nn.Module]) -> tuple[nn.Module, int]:
-    """The stem conv(s) before ``bn1``: returns (module, out_channels)."""
+def _make_stem(stem_type: str, in_chans: int, stem_width: int, out_width: int, norm_layer: NormLayer, act_layer: Callable[..., nn.Module]) -> tuple[nn.Module, int]:
+    """The stem conv(s) before ``bn1``: returns (module, out_channels). The deep stem ends at ``2 * stem_width``."""
     if stem_type == "deep":
         # Index keys conv1.0/.1/.3/.4/.6 are the official v1d ones; the last conv's norm is the trunk's bn1.
         return nn.Sequential(
@@ -52,8 +52,8 @@ def _make_stem(stem_type: str, in_chans: int, stem_width: int, norm_layer: NormL
         ), stem_width * 2
     if stem_type == "small":
         # For 28-32 px images (CIFAR, Fashion-MNIST): no downsampling in the stem at all.
-        return nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False), 64
-    return nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False), 64
+        return nn.Conv2d(in_chans, out_width, 3, stride=1, padding=1, bias=False), out_width
+    return nn.Conv2d(in_chans, out_width, 7, stride=2, padding=3, bias=False), out_width
 
 
 def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, norm_layer: NormLayer) -> nn.Sequential:
@@ -76,6 +76,7 @@ class ResNet(nn.Module):
         cardinality, base_width: the 3x3 width rule ``int(planes * base_width / 64) * cardinality``.
         stem_type: "" (7x7/2 + max-pool), "deep" (three 3x3, v1d) or "small" (3x3/1, no max-pool, 28-32 px).
         stem_width: first width of the deep stem.
+        widths: the four stages' bottleneck planes (outputs are 4x); the 7x7 and small stems output widths[0].
         avg_down: ResNet-D shortcut (average pool, then a stride-1 1x1).
         avd: the stride of each stage's first block moves to a 3x3 average pool after its 3x3s.
         output_stride: 32, 16 or 8; lower values dilate the last stages instead of striding them.
@@ -100,6 +101,7 @@ class ResNet(nn.Module):
         base_width: int = 64,
         stem_type: str = "",
         stem_width: int = 64,
+        widths: Sequence[int] = (64, 128, 256, 512),
         avg_down: bool = False,
         avd: bool = False,
         output_stride: int = 32,
@@ -118,6 +120,8 @@ class ResNet(nn.Module):
             raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {stem_type!r}")
         if len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
+        if len(widths) != 4 or any(w < 1 for w in widths):
+            raise ValueError(f"widths must give 4 positive stage widths, got {list(widths)}")
         if in_chans < 1 or num_classes < 0:
             raise ValueError(f"need in_chans >= 1 and num_classes >= 0, got in_chans={in_chans}, num_classes={num_classes}")
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
@@ -130,7 +134,7 @@ class ResNet(nn.Module):
             self.drop_rate = drop_rate
             self.input_owner = type(self).__name__  # for error messages; a plain str so TorchScript compiles it
 
-            self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, norm_layer, act_layer)
+            self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, widths[0], norm_layer, act_layer)
             self.bn1 = norm_layer(self.inplanes)
             self.relu = act_layer(inplace=True)
             self.maxpool = nn.Identity() if stem_type == "small" else nn.MaxPool2d(3, stride=2, padding=1)
@@ -138,7 +142,7 @@ class ResNet(nn.Module):
             self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
 
             reduction = stem_reduction * (1 if stem_type == "small" else 2)
-            for idx, (planes, blocks, (stride, dilation)) in enumerate(zip((64, 128, 256, 512), layers, _stage_strides(output_stride))):
+            for idx, (planes, blocks, (stride, dilation)) in enumerate(zip(widths, layers, _stage_strides(output_stride))):
                 stage = self._make_stage(
                     block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,
                     norm_layer, act_layer, attn_layer, block_args or {},

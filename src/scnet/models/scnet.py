@@ -37,6 +37,8 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
     "scnext50_32x4d": (dict(**_R50, **_32X4D), "SCNeXt-50 32x4d"),
     "scnext101_32x4d": (dict(**_R101, **_32X4D), "SCNeXt-101 32x4d"),
     "sescnet50": (dict(**_R50, attn_layer="se"), "SE-SCNet-50: SCNet-50 with squeeze-and-excitation (reduction 16)"),
+    # A quarter-width, one-block-per-stage SCNet for 28-32 px images: the training tools' demo model.
+    "scnet_demo": (dict(layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_type="small"), "Small demo SCNet for 28-32 px images (0.5 M params)"),
 }
 
 
@@ -54,13 +56,15 @@ def _arch_args(name: str) -> dict[str, Any]:
 def _timm_cfg(name: str) -> dict[str, Any]:
     """timm's pretrained cfg. The sha256 prefix is in the file name (torch.hub's convention)."""
     spec = PRETRAINED.get(name)
-    deep = _arch_args(name).get("stem_type") == "deep"
+    stem = _arch_args(name).get("stem_type")
+    small = stem == "small"  # no stem downsampling: 32 px images and a 4x4 last map
     return dict(
         url=spec.url if spec else "",
-        num_classes=1000, input_size=(3, 224, 224), min_input_size=(3, 32, 32), pool_size=(7, 7),
-        crop_pct=spec.crop_pct if spec else 0.875, interpolation=spec.interpolation if spec else "bilinear",
+        num_classes=1000, input_size=(3, 32, 32) if small else (3, 224, 224),
+        min_input_size=(3, 16, 16) if small else (3, 32, 32), pool_size=(4, 4) if small else (7, 7),
+        crop_pct=spec.crop_pct if spec else (1.0 if small else 0.875), interpolation=spec.interpolation if spec else "bilinear",
         mean=spec.mean if spec else IMAGENET_MEAN, std=spec.std if spec else IMAGENET_STD,
-        first_conv="conv1.0" if deep else "conv1", classifier="fc", license="mit",
+        first_conv="conv1.0" if stem == "deep" else "conv1", classifier="fc", license="mit",
         origin_url="https://github.com/MCG-NKU/SCNet",
         paper_name="Improving Convolutional Networks with Self-Calibrated Convolutions",
         notes=(f"sha256 prefix {spec.sha256_prefix}; reported top-1 {spec.top1}",) if spec else (),

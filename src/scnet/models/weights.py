@@ -18,7 +18,7 @@ import torch.nn as nn
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "pretrained_cfg", "download_weights",
-    "load_pretrained", "load_state_dict_file", "filter_state_dict", "load_checkpoint",
+    "load_pretrained", "read_checkpoint", "load_state_dict_file", "filter_state_dict", "load_checkpoint",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,26 +117,41 @@ def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, Non
     return load_checkpoint(model, download_weights(spec, cache_dir, progress))
 
 
-def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or torch file as a flat state dict, without ever unpickling code."""
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    """Read a whole torch checkpoint (weights, optimizer, config, ...) without ever unpickling code.
+
+    ``weights_only=True`` admits only tensors and plain Python containers; anything else is refused with the
+    name of the global it would have needed.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         reason = f"it needs the Python global {found.group(1)!r}, which could run code" if found else str(e).splitlines()[0]
         raise ValueError(f"refusing to load {path}: not a plain tensor checkpoint ({reason})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a dictionary")
+    return obj
+
+
+def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or torch file as a flat state dict (unwrapping training checkpoints)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = read_checkpoint(path)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (name -> tensor)")
     return obj
 

@@ -1,0 +1,238 @@
+"""Datasets for the training tools: Fashion-MNIST, CIFAR-10/100, any ImageFolder tree, and a synthetic set.
+
+Every loader fails with a ``DataError`` whose one-line message names the missing or corrupt file and how to
+get it; the CLI prints it without a traceback.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2 as T
+
+__all__ = ["DataError", "DataInfo", "DATASETS", "build_datasets", "FASHION_MNIST_SYSTEM_DIR"]
+
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class DataError(ValueError):
+    """A dataset cannot be read; the message says which file and how to get it."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, C, H, W) and int labels in memory, with a per-sample transform on float tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+def _tensor_transforms(train: bool, size: int, mean: tuple[float, ...], std: tuple[float, ...], flip: bool = True) -> Callable:
+    steps: list = [T.ToDtype(torch.float32, scale=True)]
+    if train:
+        steps = [T.RandomCrop(size, padding=size // 8)] + ([T.RandomHorizontalFlip()] if flip else []) + steps
+    return T.Compose(steps + [T.Normalize(mean, std)])
+
+
+# ---- Fashion-MNIST ------------------------------------------------------------------------------------
+def _read_idx(path: Path, expected_dims: int, count: int) -> np.ndarray:
+    """Read an IDX file (optionally .gz), checking magic number, dimensions and length."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expected_dims:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes with {expected_dims} dimension(s)")
+    header = 4 + 4 * expected_dims
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_dims))
+    if shape[0] != count or len(raw) != header + int(np.prod(shape)):
+        raise DataError(f"{path} is truncated or not Fashion-MNIST: header says {shape}, {len(raw) - header} bytes of data, expected {count} items")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_fashion_dir(data_dir: Optional[Path]) -> Optional[Path]:
+    candidates = [data_dir, data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist"] if data_dir else [FASHION_MNIST_SYSTEM_DIR]
+    for folder in candidates:
+        if folder and any((folder / f"{_FASHION_FILES['train'][0]}{ext}").is_file() for ext in ("", ".gz")):
+            return folder
+    return None
+
+
+def _fashion_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_name, labels_name, count = _FASHION_FILES[split]
+    paths = []
+    for name in (images_name, labels_name):
+        found = [folder / f"{name}{ext}" for ext in ("", ".gz") if (folder / f"{name}{ext}").is_file()]
+        if not found:
+            raise DataError(f"{folder / name}[.gz] is missing; the Fashion-MNIST folder needs all four IDX files")
+        paths.append(found[0])
+    images = _read_idx(paths[0], 3, count)
+    labels = _read_idx(paths[1], 1, count)
+    if labels.max() > 9:
+        raise DataError(f"{paths[1]} holds labels above 9: not Fashion-MNIST")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))  # (N, 1, 28, 28)
+
+
+def _fashion_mnist(data_dir: Optional[Path], download: bool) -> tuple[Dataset, Dataset, DataInfo]:
+    folder = _find_fashion_dir(data_dir)
+    if folder is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        root = data_dir or Path.home() / ".cache" / "scnet" / "data"
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
+        except Exception as e:  # noqa: BLE001 - any download failure ends in the same advice
+            raise DataError(f"Fashion-MNIST download into {root} failed ({e}); install the Debian package dataset-fashion-mnist instead") from e
+        folder = root / "FashionMNIST" / "raw"
+    if folder is None:
+        where = str(data_dir) if data_dir else str(FASHION_MNIST_SYSTEM_DIR)
+        raise DataError(
+            f"Fashion-MNIST not found in {where} (expected train-images-idx3-ubyte[.gz] and the three other IDX files); "
+            f"install it with `apt-get install dataset-fashion-mnist`, pass --data-dir, or add --download on a machine with internet"
+        )
+    info = DataInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES)
+    train, val = (_fashion_split(folder, s) for s in ("train", "val"))
+    return (
+        TensorImages(*train, _tensor_transforms(True, 28, info.mean, info.std)),
+        TensorImages(*val, _tensor_transforms(False, 28, info.mean, info.std)),
+        info,
+    )
+
+
+# ---- CIFAR (python format) ------------------------------------------------------------------------------
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR python files are pickles; allow only what they contain (numpy arrays, builtins)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("copyreg", "_reconstructor")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing global {module}.{name}")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; extract the python version of CIFAR (cifar-*-python.tar.gz) into --data-dir")
+    try:
+        batch = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, whatever the exception
+        raise DataError(f"{path} is not a CIFAR python batch ({e})") from e
+    if len(data) != len(labels):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def _cifar(name: str, data_dir: Optional[Path]) -> tuple[Dataset, Dataset, DataInfo]:
+    if data_dir is None:
+        raise DataError(f"{name} needs --data-dir pointing at the extracted python version of the dataset")
+    ten = name == "cifar10"
+    folder = data_dir / ("cifar-10-batches-py" if ten else "cifar-100-python")
+    folder = folder if folder.is_dir() else data_dir
+    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)] if ten else [folder / "train"]
+    parts = [_load_cifar_batch(p) for p in train_files]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    val = _load_cifar_batch(folder / ("test_batch" if ten else "test"))
+    classes = 10 if ten else 100
+    mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if ten else ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+    info = DataInfo(name, classes, 3, 32, mean, std, tuple(str(i) for i in range(classes)))
+    make = lambda arr, train_mode: TensorImages(torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1]), _tensor_transforms(train_mode, 32, mean, std))  # noqa: E731
+    return make(train, True), make(val, False), info
+
+
+# ---- ImageFolder ------------------------------------------------------------------------------------------
+def _imagefolder(data_dir: Optional[Path], image_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+    from torchvision.datasets import ImageFolder
+
+    if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
+        raise DataError(f"imagefolder needs --data-dir with train/<class>/* and val/<class>/* subfolders (got {data_dir})")
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    val_tf = T.Compose([T.RGB(), T.Resize(int(image_size / 0.875), antialias=True), T.CenterCrop(image_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    try:
+        train, val = ImageFolder(str(data_dir / "train"), train_tf), ImageFolder(str(data_dir / "val"), val_tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"cannot read the image folders under {data_dir}: {e}") from e
+    if train.classes != val.classes:
+        raise DataError(f"train and val class folders differ under {data_dir}")
+    return train, val, DataInfo("imagefolder", len(train.classes), 3, image_size, mean, std, tuple(train.classes))
+
+
+# ---- synthetic -------------------------------------------------------------------------------------------
+def _synthetic(seed: int) -> tuple[Dataset, Dataset, DataInfo]:
+    """Learnable noise: each class adds its own fixed pattern to the images. For tests and smoke runs."""
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(4, 1, 16, 16, generator=gen)
+
+    def make(n: int) -> TensorImages:
+        labels = torch.randint(0, 4, (n,), generator=gen)
+        images = (0.5 * torch.rand(n, 1, 16, 16, generator=gen) + 0.5 * patterns[labels]) * 255
+        return TensorImages(images.to(torch.uint8), labels, _tensor_transforms(False, 16, (0.5,), (0.25,)))
+
+    return make(256), make(128), DataInfo("synthetic", 4, 1, 16, (0.5,), (0.25,), ("a", "b", "c", "d"))
+
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def build_datasets(
+    name: str, data_dir: Optional[str] = None, limit_train: Optional[int] = None, limit_val: Optional[int] = None,
+    image_size: int = 224, download: bool = False, seed: int = 0,
+) -> tuple[Dataset, Dataset, DataInfo]:
+    """(train, val, info) for a dataset name; ``limit_*`` keep the first N samples (deterministic)."""
+    folder = Path(data_dir).expanduser() if data_dir else None
+    if folder is not None and not folder.is_dir():
+        raise DataError(f"--data-dir {folder} is not a directory")
+    if name == "fashion_mnist":
+        train, val, info = _fashion_mnist(folder, download)
+    elif name in ("cifar10", "cifar100"):
+        train, val, info = _cifar(name, folder)
+    elif name == "imagefolder":
+        train, val, info = _imagefolder(folder, image_size)
+    elif name == "synthetic":
+        train, val, info = _synthetic(seed)
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(name, DATASETS, n=1)
+        raise DataError(f"unknown dataset {name!r}" + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(DATASETS)}"))
+    for label, limit in (("--limit-train", limit_train), ("--limit-val", limit_val)):
+        if limit is not None and limit < 1:
+            raise DataError(f"{label} must be at least 1, got {limit}")
+    if limit_train is not None and limit_train < len(train):
+        train = Subset(train, range(limit_train))
+    if limit_val is not None and limit_val < len(val):
+        val = Subset(val, range(limit_val))
+    return train, val, info

@@ -1,0 +1,143 @@
+"""``compare``: the paper's claim in miniature. Each SC model and its plain twin, trained with one recipe over
+several seeds; mean and spread of test accuracy, parameters, multiply-adds and time, as Markdown, JSON and a plot.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data import build_datasets
+from ..models import plain_twin
+from ..profile import count_macs, count_params
+from .config import TrainConfig
+from .runner import build_model_for, fit
+
+__all__ = ["compare"]
+
+
+def _pairs(models: Sequence[str]) -> list[str]:
+    """Each requested model with its twin, plain first, without duplicates."""
+    ordered: list[str] = []
+    for name in models:
+        sc = name[: -len("_plain")] if name.endswith("_plain") else name
+        for n in (plain_twin(sc), sc):
+            if n not in ordered:
+                ordered.append(n)
+    return ordered
+
+
+def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out: Path, command: str = "", show_progress: bool = True) -> dict[str, Any]:
+    """Train every model (and twin) for every seed with ``base``'s recipe; write report.md/json/png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = _pairs(models)
+    _, _, info = build_datasets(base.data, base.data_dir, 1, 1, base.image_size, base.download, 0)
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        cfg0 = replace(base, model=name)
+        with torch.device("meta"):
+            model = build_model_for(cfg0, info)
+        size = (info.in_chans, info.image_size, info.image_size)
+        entry = dict(params=count_params(model), macs=count_macs(model, size), runs=[])
+        for seed in seeds:
+            cfg = replace(cfg0, seed=seed, out=str(out / f"{name}-seed{seed}"), resume=None).validate()
+            start = time.perf_counter()
+            metrics = fit(cfg, show_progress=show_progress)
+            entry["runs"].append(dict(seed=seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],
+                                      train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start,
+                                      curve=_val_curve(Path(cfg.out))))
+        accs = [r["final_val_acc"] for r in entry["runs"]]
+        entry.update(mean=statistics.fmean(accs), std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     train_seconds=statistics.fmean(r["train_seconds"] for r in entry["runs"]))
+        results[name] = entry
+    report = dict(data=info.name, seeds=list(seeds), recipe=_recipe(base), machine=_machine(), command=command, models=results)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plot(out / "report.png", report)
+    (out / "report.md").write_text(_markdown(report))
+    return report
+
+
+def _val_curve(run: Path) -> list[float]:
+    import csv
+
+    with open(run / "log.csv") as f:
+        return [float(row["val_acc"]) for row in csv.DictReader(f)]
+
+
+def _recipe(cfg: TrainConfig) -> dict[str, Any]:
+    keys = ("epochs", "batch_size", "opt", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "limit_train", "limit_val", "stem_type", "amp")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def _machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    seeds = report["seeds"]
+    lines = [
+        f"# Plain vs self-calibrated on {report['data']}",
+        "",
+        f"Command: `{report['command']}`" if report["command"] else "",
+        f"Machine: {report['machine']}. Seeds: {', '.join(map(str, seeds))}. Recipe: "
+        + ", ".join(f"{k}={v}" for k, v in report["recipe"].items()) + ".",
+        "",
+        "| model | params | MMACs / image | test top-1 (%) mean ± std | per seed | train time / run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in report["models"].items():
+        per_seed = ", ".join(f"{r['final_val_acc']:.2f}" for r in e["runs"])
+        lines.append(f"| {name} | {e['params']:,} | {e['macs'] / 1e6:.1f} | {e['mean']:.2f} ± {e['std']:.2f} | {per_seed} | {e['train_seconds']:.0f} |")
+    lines += ["", "![accuracy per model and validation curves](report.png)", ""]
+    for name, e in report["models"].items():
+        if name.endswith("_plain") and name[: -len("_plain")] in report["models"]:
+            sc = report["models"][name[: -len("_plain")]]
+            diff = sc["mean"] - e["mean"]
+            spread = max(e["std"], sc["std"])
+            if len(seeds) < 2:
+                verdict = "one seed: no spread to tell an effect from noise; run more seeds"
+            elif abs(diff) <= spread:
+                verdict = f"within the seed-to-seed spread of {spread:.2f}"
+            else:
+                verdict = f"{'better' if diff > 0 else 'worse'} by more than the seed-to-seed spread of {spread:.2f}"
+            lines.append(f"- {name[: -len('_plain')]} vs {name}: {diff:+.2f} points ({verdict}).")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.2))
+    means = [report["models"][n]["mean"] for n in names]
+    stds = [report["models"][n]["std"] for n in names]
+    colors = ["tab:gray" if n.endswith("_plain") else "tab:blue" for n in names]
+    ax_bar.bar(range(len(names)), means, yerr=stds, color=colors, capsize=6)
+    for i, n in enumerate(names):
+        accs = [r["final_val_acc"] for r in report["models"][n]["runs"]]
+        ax_bar.scatter([i] * len(accs), accs, color="black", zorder=3, s=12)
+    low = min(min(r["final_val_acc"] for r in e["runs"]) for e in report["models"].values())
+    ax_bar.set(xticks=range(len(names)), ylabel="test top-1 (%)", title=f"{report['data']}: final accuracy (mean ± std, dots = seeds)")
+    ax_bar.set_xticklabels(names, rotation=15)
+    ax_bar.set_ylim(max(0.0, low - 2.0), 100.0 if low > 90 else None)
+    for n, c in zip(names, colors):
+        curves = [r["curve"] for r in report["models"][n]["runs"]]
+        mean = [statistics.fmean(v) for v in zip(*curves)]
+        ax_curve.plot(range(1, len(mean) + 1), mean, "o-", color=c, label=n)
+    ax_curve.set(xlabel="epoch", ylabel="test top-1 (%)", title="validation accuracy per epoch (seed mean)")
+    ax_curve.xaxis.get_major_locator().set_params(integer=True)
+    ax_curve.grid(alpha=0.3)
+    ax_curve.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,171 @@
+"""Training and evaluation steps, the schedule, reproducible sampling and atomic checkpoints.
+
+Reproducibility: batches are cut from one permutation per (seed, epoch), and each sample's augmentation
+is seeded by (seed, epoch, index). What a run sees therefore depends neither on where it was resumed nor on
+the number of data workers or processes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+__all__ = [
+    "SeededSamples", "EpochBatches", "warmup_cosine", "train_one_epoch", "evaluate", "save_checkpoint", "autocast",
+]
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so sample ``i`` of epoch ``e`` is augmented with RNG seed (seed, e, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Batches of one seeded permutation per epoch; with ``world > 1`` each rank takes its slice of every batch.
+
+    The union over ranks of batch k is exactly batch k of a single process with the same global batch size.
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise ValueError(f"the global batch size {batch_size} must divide by the number of processes {world}")
+        self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
+        else:
+            order = list(range(self.size))
+        for k in range(len(self)):
+            batch = order[k * self.batch_size:(k + 1) * self.batch_size]
+            share = math.ceil(len(batch) / self.world)
+            mine = batch[self.rank * share:(self.rank + 1) * share]
+            if mine:  # a short last batch may leave nothing for the last ranks
+                yield mine
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_one_epoch(
+    model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, device: torch.device,
+    epoch: int, amp: bool = False, channels_last: bool = False, clip_grad: Optional[float] = None, ema=None,
+    scaler: Optional[torch.amp.GradScaler] = None, show_progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, accuracy and throughput (reduced over processes)."""
+    model.train()
+    loss_sum, correct, seen, start = 0.0, 0.0, 0.0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not show_progress or None, dynamic_ncols=True)
+    for images, labels in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}; lower --lr or enable --clip-grad")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(getattr(model, "module", model))  # the DDP wrapper's inner model
+        n = labels.shape[0]
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+    elapsed = time.perf_counter() - start
+    return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), images_per_s=seen / elapsed, seconds=elapsed)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, channels_last: bool = False, show_progress: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy (percent) over ``loader``, reduced over processes."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0.0, 0.0
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not show_progress or None, dynamic_ncols=True):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += labels.shape[0]
+    loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
+    return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), count=int(seen))
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` atomically: a temporary file in the same folder, flushed, then renamed over ``path``.
+
+    A crash at any moment leaves either the previous file or the new one, never a partial file.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,268 @@
+"""``fit``: a whole training run (data, model, optimiser, loop, logs, checkpoints, curves); ``evaluate_checkpoint``.
+
+A run directory holds ``config.yaml`` (the resolved configuration), ``log.csv``, ``checkpoint-last.pth`` and
+``checkpoint-best.pth`` (plain dicts: model, optimiser, schedule, EMA, epoch, history, config),
+``metrics.json`` and ``curves.png``. ``--resume`` accepts the directory or a checkpoint file and continues
+exactly where the last completed epoch left off.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..data import DataInfo, build_datasets
+from ..models import create_model
+from ..models.weights import read_checkpoint
+from .config import ConfigError, TrainConfig
+from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, train_one_epoch, warmup_cosine
+
+__all__ = ["fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
+
+LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "images_per_s", "seconds")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model_for(cfg: TrainConfig, info: DataInfo) -> nn.Module:
+    return create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, stem_type=cfg.stem_type, norm_layer=cfg.norm_layer)
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def resolve_resume(resume: str) -> Path:
+    """A run directory (its checkpoint-last.pth) or a checkpoint file."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoint-last.pth"
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: no checkpoint found (looked for {path})")
+    return path
+
+
+def _prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output directory {out} is not writable ({e.strerror or e})") from e
+
+
+def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int) -> tuple[DataLoader, DataLoader, EpochBatches]:
+    sampler = EpochBatches(len(train_set), cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers)
+    val_batches = EpochBatches(len(val_set), cfg.batch_size, shuffle=False, drop_last=False, rank=rank, world=world)
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=cfg.workers)
+    return train_loader, val_loader, sampler
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases (1-D parameters), as timm and torchvision's recipes.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
+    with open(out / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+
+def _plot_curves(out: Path, history: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax_acc.plot(epochs, [h["val_acc"] for h in history], "s-", label="val")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; log.csv always exists
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to metrics.json).
+
+    ``stop_after_epoch`` ends the run early while keeping the schedule of ``cfg.epochs`` (resume continues it).
+    """
+    start_epoch, history, best_acc, state = 0, [], -1.0, None
+    if cfg.resume:
+        path = resolve_resume(cfg.resume)
+        state = read_checkpoint(path)
+        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs})
+        cfg = saved.validate()  # the run's own configuration wins; only the epoch count may grow
+        start_epoch, history, best_acc = state["epoch"], state["history"], state["best_acc"]
+        log(f"resuming {path} after epoch {start_epoch}")
+    rank, world, device = _init_distributed()
+    main_process = rank == 0
+    if not main_process:
+        show_progress, log = False, (lambda *a, **k: None)
+    out = Path(cfg.out)
+    if main_process:
+        _prepare_out(out)
+    _seed_all(cfg.seed)
+    train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed)
+    model = build_model_for(cfg, info).to(device)
+    if cfg.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, val_loader, sampler = _loaders(cfg, train_set, val_set, rank, world)
+    optimizer = _optimizer(cfg, model)
+    steps_per_epoch = len(sampler)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, cfg.epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and "model_ema" in state:
+            ema.module.load_state_dict(state["model_ema"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    # Processes average gradients, so a global batch split over ranks updates like one process (same global batch).
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    writer = None
+    if main_process:
+        (out / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        writer = _tensorboard(out)
+    log(f"training {cfg.model} on {info.name} ({len(train_set)} train / {len(val_set)} val images) for {cfg.epochs} epochs"
+        f"{f' on {world} processes' if world > 1 else ''} -> {out}")
+
+    for epoch in range(start_epoch, min(cfg.epochs, stop_after_epoch or cfg.epochs)):
+        _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
+        sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(net, train_loader, optimizer, scheduler, criterion, device, epoch, cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, show_progress)
+        val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
+        row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
+                   images_per_s=train["images_per_s"], seconds=train["seconds"])
+        if ema is not None:
+            row["ema_val_acc"] = evaluate(ema.module, val_loader, device, cfg.amp, cfg.channels_last)["acc"]
+        history.append(row)
+        is_best = val["acc"] > best_acc
+        best_acc = max(best_acc, val["acc"])
+        checkpoint = dict(
+            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch + 1,
+            history=history, best_acc=best_acc, config=cfg.to_dict(), arch=cfg.model, data_info=asdict(info),
+        )
+        if ema is not None:
+            checkpoint["model_ema"] = ema.module.state_dict()
+        if scaler is not None:
+            checkpoint["scaler"] = scaler.state_dict()
+        if main_process:
+            save_checkpoint(checkpoint, out / "checkpoint-last.pth")
+            if is_best:
+                save_checkpoint(checkpoint, out / "checkpoint-best.pth")
+            _write_log(out, history)
+        if writer is not None:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+                writer.add_scalar(key, row[key], epoch + 1)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.2f}% | {train['images_per_s']:.0f} img/s")
+    final = dict(model=cfg.model, data=info.name, epochs=cfg.epochs, best_val_acc=best_acc,
+                 final_val_acc=history[-1]["val_acc"] if history else None, train_seconds=sum(h["seconds"] for h in history))
+    if main_process:
+        if writer is not None:
+            writer.close()
+        if history:
+            _plot_curves(out, history, f"{cfg.model} on {info.name}")
+        (out / "metrics.json").write_text(json.dumps(final, indent=2))
+    if world > 1:
+        dist.barrier()
+    return final
+
+
+def _yaml(values: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def evaluate_checkpoint(
+    checkpoint: str, data: Optional[str] = None, data_dir: Optional[str] = None, limit_val: Optional[int] = None,
+    batch_size: Optional[int] = None, workers: int = 0, use_ema: bool = False,
+) -> dict[str, Any]:
+    """Accuracy of a training checkpoint on its dataset's validation split (or another one given by name)."""
+    state = read_checkpoint(checkpoint)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{checkpoint} is not a training checkpoint of this tool (no config/model entries)")
+    cfg = TrainConfig(**state["config"])
+    cfg.data = data or cfg.data
+    cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
+    cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
+    _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed)
+    model = build_model_for(cfg, info)
+    weights = state["model_ema"] if use_ema else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ConfigError(f"{checkpoint} does not fit {cfg.model} on {info.name}: {str(e).splitlines()[0]}") from e
+    loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
+    result = evaluate(model, loader, torch.device("cpu"))
+    return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)

@@ -1,0 +1,157 @@
+"""Training tools: artefacts, exact resume, evaluation of saved checkpoints, real data, and bad input."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scnet.cli import main
+from scnet.data import FASHION_MNIST_SYSTEM_DIR, build_datasets
+from scnet.models.weights import read_checkpoint
+from scnet.train import evaluate_checkpoint, fit, merge_config
+
+TINY = dict(model="scnet_demo", data="synthetic", batch_size=32, lr=0.05, epochs=3)
+
+
+def _cfg(out: Path, **kwargs):
+    return merge_config(flags={**TINY, "out": str(out), **kwargs})
+
+
+def test_one_epoch_writes_every_artefact(tmp_path: Path) -> None:
+    result = fit(_cfg(tmp_path / "run", epochs=1), show_progress=False, log=lambda *a: None)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.csv", "metrics.json", "curves.png", "checkpoint-last.pth", "checkpoint-best.pth"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    state = read_checkpoint(run / "checkpoint-last.pth")  # weights_only: plain types only
+    assert state["epoch"] == 1 and state["config"]["model"] == "scnet_demo" and state["config"]["out"] == str(run)
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert len(rows) == 1 and float(rows[0]["val_acc"]) == result["final_val_acc"]
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    fit(_cfg(tmp_path / "straight"), **quiet)
+    fit(_cfg(tmp_path / "cut"), stop_after_epoch=2, **quiet)
+    fit(merge_config(flags=dict(resume=str(tmp_path / "cut"), epochs=3)), **quiet)
+    a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
+    b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    assert b["epoch"] == 3
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fit(_cfg(tmp_path / "run", epochs=2, ema_decay=0.9), show_progress=False, log=lambda *a: None)
+    logged = read_checkpoint(tmp_path / "run" / "checkpoint-last.pth")["history"][-1]
+    assert evaluate_checkpoint(str(tmp_path / "run" / "checkpoint-last.pth"))["acc"] == logged["val_acc"]
+    assert evaluate_checkpoint(str(tmp_path / "run" / "checkpoint-last.pth"), use_ema=True)["acc"] == logged["ema_val_acc"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint-last.pth")]) == 0
+    assert f"top-1 {logged['val_acc']:.2f}%" in capsys.readouterr().out
+
+
+def test_fashion_mnist_real_subset(tmp_path: Path) -> None:
+    train, val, info = build_datasets("fashion_mnist", limit_train=512, limit_val=256)
+    assert (len(train), len(val), info.num_classes, info.in_chans) == (512, 256, 10, 1)
+    assert [int(train.dataset.labels[i]) for i in range(10)] == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the published order
+    result = fit(merge_config(flags=dict(data="fashion_mnist", limit_train=512, limit_val=256, epochs=1, batch_size=64, out=str(tmp_path / "fm"))),
+                 show_progress=False, log=lambda *a: None)
+    assert 10.0 < result["final_val_acc"] <= 100.0
+
+
+def test_config_file_and_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "c.yaml").write_text("data: synthetic\nepochs: 1\nbatch-size: 32\nlr: 0.05\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), "--seed", "3"]) == 0
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "seed: 3" in saved and "batch_size: 32" in saved and "data: synthetic" in saved
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'epoch'" in err and "did you mean 'epochs'" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--model", "scnet5O", "--data", "synthetic"], "unknown model 'scnet5O'; did you mean"),
+        (["train", "--data", "fashion_mnst"], "unknown dataset 'fashion_mnst'; did you mean fashion_mnist?"),
+        (["train", "--data", "fashion_mnist", "--data-dir", "{tmp}"], "Fashion-MNIST not found in"),
+        (["train", "--data", "synthetic", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+        (["train", "--data", "synthetic", "--out", "{tmp}/a-file/run"], "is not writable"),
+        (["eval", "--checkpoint", "{tmp}/missing.pth"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(args: list, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a-file").write_text("x")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_checkpoint_of_another_architecture(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fit(_cfg(tmp_path / "run", epochs=1), show_progress=False, log=lambda *a: None)
+    path = tmp_path / "run" / "checkpoint-last.pth"
+    state = read_checkpoint(path)
+    state["config"]["model"] = "scnet_demo_plain"
+    torch.save(state, tmp_path / "other.pth")
+    before = path.read_bytes()
+    assert main(["eval", "--checkpoint", str(tmp_path / "other.pth")]) == 2
+    assert "does not fit scnet_demo_plain" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--batch-size", "0", "--out", str(tmp_path / "run")]) == 2
+    assert path.read_bytes() == before  # nothing overwritten
+
+
+def test_cli_subprocess_has_no_traceback(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "scnet", "train", "--data", "nope"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().startswith("scnet train: error: unknown dataset 'nope'")
+    assert "Traceback" not in run.stderr
+
+
+def test_compare_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--out", str(out)]) == 0
+    import json
+    import statistics
+
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["scnet_demo_plain", "scnet_demo"] and report["seeds"] == [0, 1]
+    for name, entry in report["models"].items():
+        accs = [r["final_val_acc"] for r in entry["runs"]]
+        assert entry["mean"] == pytest.approx(statistics.fmean(accs)) and entry["std"] == pytest.approx(statistics.stdev(accs))
+        assert (out / f"{name}-seed1" / "checkpoint-last.pth").is_file()
+    md = (out / "report.md").read_text()
+    params = report["models"]["scnet_demo"]["params"]
+    assert f"| scnet_demo | {params:,} |" in md and params == 506_708  # 1-channel input, 4 classes
+    assert "scnet_demo vs scnet_demo_plain" in md and (out / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
+    # GroupNorm: per-sample statistics, so averaged per-rank gradients equal the full-batch gradient exactly
+    # (batch norm would see each rank's half batch; SyncBatchNorm needs a GPU). One epoch of 4 steps matches to
+    # float rounding (~1e-7). Known open problem: across an epoch boundary the weights drift apart (~2e-5 after
+    # 2+2 steps) although every logged loss still matches to 10 digits; not yet explained.
+    args = ["train", "--data", "synthetic", "--epochs", "1", "--limit-train", "128", "--batch-size", "32", "--lr", "0.01",
+            "--warmup-epochs", "0", "--norm-layer", "groupnorm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "scnet", *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "scnet", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = read_checkpoint(tmp_path / "one" / "checkpoint-last.pth")
+    two = read_checkpoint(tmp_path / "two" / "checkpoint-last.pth")
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(one["history"], two["history"]):
+        assert a["val_acc"] == b["val_acc"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert "on 2 processes" in ddp.stdout
