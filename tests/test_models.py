@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -135,15 +136,17 @@ def test_small_stem_on_28px_grayscale(name: str) -> None:
 def test_backbone_api(name: str) -> None:
     model = scnet.create_model(name).eval()
     x = torch.randn(1, 3, 64, 96)
+    nf, red = model.num_features, model.feature_info[-1]["reduction"]
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (1, model.num_features, 2, 3)
-        assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
-        assert [f["num_chs"] for f in model.feature_info] == [model.bn1.num_features, 256, 512, 1024, 2048]
+        assert feats.shape == (1, nf, math.ceil(64 / red), math.ceil(96 / red))
+        assert model.forward_head(feats, pre_logits=True).shape == (1, nf)
+        # Each stage doubles the width; the stem tap is bn1's width.
+        assert [f["num_chs"] for f in model.feature_info] == [model.bn1.num_features, nf // 8, nf // 4, nf // 2, nf]
         model.reset_classifier(3)
         assert model(x).shape == (1, 3) and model.get_classifier() is model.fc
         model.reset_classifier(0)
-        assert model(x).shape == (1, 2048)
+        assert model(x).shape == (1, nf)
 
 
 @pytest.mark.parametrize("output_stride,size", [(16, 4), (8, 8)])
