@@ -114,7 +114,7 @@ def _plot_curves(out: Path, history: list[dict[str, Any]], title: str) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (with label smoothing)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="val")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
@@ -123,6 +123,7 @@ def _plot_curves(out: Path, history: list[dict[str, Any]], title: str) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
