@@ -4,10 +4,10 @@ from .blocks import Bottleneck, SCBottleneck
 from .registry import create_model, get_model_builder, list_models, register_model
 from .resnet import ResNet
 from .scnet import plain_twin
-from .weights import PRETRAINED, WeightsUnavailableError, load_checkpoint, load_pretrained, pretrained_cfg
+from .weights import PRETRAINED, WeightsUnavailableError, load_checkpoint, load_pretrained
 
 __all__ = [
     "Bottleneck", "PRETRAINED", "ResNet", "SCBottleneck", "WeightsUnavailableError", "create_model",
-    "get_model_builder", "list_models", "load_checkpoint", "load_pretrained", "plain_twin", "pretrained_cfg",
+    "get_model_builder", "list_models", "load_checkpoint", "load_pretrained", "plain_twin",
     "register_model",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.error
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "pretrained_cfg", "download_weights",
+    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights",
     "load_pretrained", "read_checkpoint", "load_state_dict_file", "filter_state_dict", "load_checkpoint",
 ]
 
@@ -57,15 +57,6 @@ PRETRAINED: dict[str, PretrainedWeights] = {
 
 class WeightsUnavailableError(RuntimeError):
     """The weights cannot be had: none were released, or the download failed."""
-
-
-def pretrained_cfg(name: str) -> dict:
-    """The data config of ``name`` (input size, mean/std, crop, and the weights when there are any)."""
-    spec = PRETRAINED.get(name)
-    if spec is None:
-        return dict(architecture=name, url=None, num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
-                    interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return dict(architecture=name, **asdict(spec))
 
 
 def _sha256(path: Path) -> str:
