@@ -110,10 +110,11 @@ def convert(
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in inside_sc}
     chosen = [n for n, m in convs.items() if predicate(n, m)] if predicate else sorted(default_targets(model) & set(convs))
     report = ConversionReport(conv_params_before=_conv_params(model))
-    report.skipped = [(n, why) for n in chosen if (why := _ineligible(convs[n]))]
+    reasons = {n: _ineligible(convs[n]) for n in chosen}
+    report.skipped = [(n, why) for n, why in reasons.items() if why]
     if predicate is not None and report.skipped:
         raise ValueError("cannot convert the selected layers: " + "; ".join(f"{n}: {why}" for n, why in report.skipped))
-    eligible = [n for n in chosen if _ineligible(convs[n]) is None]
+    eligible = [n for n, why in reasons.items() if why is None]
     if not eligible:
         reasons = f" ({'; '.join(f'{n}: {w}' for n, w in report.skipped[:3])})" if report.skipped else ""
         where = "selected by the predicate" if predicate else "in torchvision/timm ResNet blocks; pass predicate= to choose layers"

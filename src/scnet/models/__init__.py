@@ -3,11 +3,11 @@ from . import scnet as _scnet  # noqa: F401  (registers the builders)
 from .blocks import Bottleneck, SCBottleneck
 from .registry import create_model, get_model_builder, list_models, register_model
 from .resnet import ResNet
-from .scnet import plain_twin
+from .scnet import plain_twin, sc_twin
 from .weights import PRETRAINED, WeightsUnavailableError, load_checkpoint, load_pretrained
 
 __all__ = [
     "Bottleneck", "PRETRAINED", "ResNet", "SCBottleneck", "WeightsUnavailableError", "create_model",
-    "get_model_builder", "list_models", "load_checkpoint", "load_pretrained", "plain_twin",
+    "get_model_builder", "list_models", "load_checkpoint", "load_pretrained", "plain_twin", "sc_twin",
     "register_model",
 ]

@@ -19,7 +19,7 @@ from .registry import register_model
 from .resnet import ResNet
 from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
 
-__all__ = ["ARCHS", "build_model", "plain_twin"]
+__all__ = ["ARCHS", "build_model", "plain_twin", "sc_twin"]
 
 _R50 = dict(layers=(3, 4, 6, 3))
 _R101 = dict(layers=(3, 4, 23, 3))
@@ -47,10 +47,14 @@ def plain_twin(name: str) -> str:
     return name if name.endswith("_plain") else f"{name}_plain"
 
 
+def sc_twin(name: str) -> str:
+    """The SC model of a pair (``name`` itself when it is not a plain twin)."""
+    return name.removesuffix("_plain")
+
+
 def _arch_args(name: str) -> dict[str, Any]:
-    plain = name.endswith("_plain")
-    args, _ = ARCHS[name[: -len("_plain")] if plain else name]
-    return dict(args, block=Bottleneck if plain else SCBottleneck)
+    args, _ = ARCHS[sc_twin(name)]
+    return dict(args, block=SCBottleneck if sc_twin(name) == name else Bottleneck)
 
 
 def _timm_cfg(name: str) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def build_model(name: str, pretrained: bool = False, **kwargs: Any) -> ResNet:
 
 
 def _make_builder(name: str) -> Callable[..., ResNet]:
-    base = name[: -len("_plain")] if name.endswith("_plain") else name
+    base = sc_twin(name)
     description = ARCHS[base][1] if base == name else f"Plain twin of {base}: the same trunk with a plain ResNet bottleneck"
 
     def builder(pretrained: bool = False, **kwargs: Any) -> ResNet:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data import build_datasets
-from ..models import plain_twin
+from ..models import plain_twin, sc_twin
 from ..profile import count_macs, count_params
 from .config import TrainConfig
 from .runner import build_model_for, fit
@@ -26,8 +26,7 @@ def _pairs(models: Sequence[str]) -> list[str]:
     """Each requested model with its twin, plain first, without duplicates."""
     ordered: list[str] = []
     for name in models:
-        sc = name[: -len("_plain")] if name.endswith("_plain") else name
-        for n in (plain_twin(sc), sc):
+        for n in (plain_twin(name), sc_twin(name)):
             if n not in ordered:
                 ordered.append(n)
     return ordered
@@ -97,8 +96,8 @@ def _markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {e['params']:,} | {e['macs'] / 1e6:.1f} | {e['mean']:.2f} ± {e['std']:.2f} | {per_seed} | {e['train_seconds']:.0f} |")
     lines += ["", "![accuracy per model and validation curves](report.png)", ""]
     for name, e in report["models"].items():
-        if name.endswith("_plain") and name[: -len("_plain")] in report["models"]:
-            sc = report["models"][name[: -len("_plain")]]
+        if name != sc_twin(name) and sc_twin(name) in report["models"]:
+            sc = report["models"][sc_twin(name)]
             diff = sc["mean"] - e["mean"]
             spread = max(e["std"], sc["std"])
             if len(seeds) < 2:
@@ -107,7 +106,7 @@ def _markdown(report: dict[str, Any]) -> str:
                 verdict = f"within the seed-to-seed spread of {spread:.2f}"
             else:
                 verdict = f"{'better' if diff > 0 else 'worse'} by more than the seed-to-seed spread of {spread:.2f}"
-            lines.append(f"- {name[: -len('_plain')]} vs {name}: {diff:+.2f} points ({verdict}).")
+            lines.append(f"- {sc_twin(name)} vs {name}: {diff:+.2f} points ({verdict}).")
     return "\n".join(lines) + "\n"
 
 
