@@ -113,7 +113,7 @@ def test_cli_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_compare_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
                  "--batch-size", "32", "--lr", "0.05", "--out", str(out)]) == 0
@@ -130,6 +130,14 @@ def test_compare_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     params = report["models"]["scnet_demo"]["params"]
     assert f"| scnet_demo | {params:,} |" in md and params == 506_708  # 1-channel input, 4 classes
     assert "scnet_demo vs scnet_demo_plain" in md and (out / "report.png").stat().st_size > 10_000
+    diffs = [b["final_val_acc"] - a["final_val_acc"] for a, b in zip(*(report["models"][n]["runs"] for n in report["models"]))]
+    assert f"per-seed differences {diffs[0]:+.2f}, {diffs[1]:+.2f}" in md
+
+    # An interrupted comparison picks up its finished runs instead of training them again.
+    monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert main(["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
+                 "--batch-size", "32", "--lr", "0.05", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["models"] == report["models"]
 
 
 def _one_and_two_processes(tmp_path: Path, args: list[str], entry: list[str]) -> tuple[dict, dict, str]:

@@ -4,6 +4,7 @@ several seeds; mean and spread of test accuracy, parameters, multiply-adds and t
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -39,27 +40,42 @@ def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out:
     _, _, info = build_datasets(base.data, base.data_dir, 1, 1, base.image_size, base.download, 0)
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        cfg0 = replace(base, model=name)
         with torch.device("meta"):
-            model = build_model_for(cfg0, info)
+            model = build_model_for(replace(base, model=name), info)
         size = (info.in_chans, info.image_size, info.image_size)
-        entry = dict(params=count_params(model), macs=count_macs(model, size), runs=[])
-        for seed in seeds:
-            cfg = replace(cfg0, seed=seed, out=str(out / f"{name}-seed{seed}"), resume=None).validate()
-            start = time.perf_counter()
-            metrics = fit(cfg, show_progress=show_progress)
-            entry["runs"].append(dict(seed=seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],
-                                      train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start,
-                                      curve=_val_curve(Path(cfg.out))))
+        results[name] = dict(params=count_params(model), macs=count_macs(model, size), runs=[])
+    # Seeds outside, models inside: both members of a pair run back to back, so a slower stretch of the machine
+    # hits both alike, and an interrupted comparison has whole pairs done.
+    for seed in seeds:
+        for name in names:
+            cfg = replace(base, model=name, seed=seed, out=str(out / f"{name}-seed{seed}"), resume=None).validate()
+            results[name]["runs"].append(_run(cfg, show_progress))
+    for entry in results.values():
         accs = [r["final_val_acc"] for r in entry["runs"]]
         entry.update(mean=statistics.fmean(accs), std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      train_seconds=statistics.fmean(r["train_seconds"] for r in entry["runs"]))
-        results[name] = entry
     report = dict(data=info.name, seeds=list(seeds), recipe=_recipe(base), machine=_machine(), command=command, models=results)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(out / "report.png", report)
     (out / "report.md").write_text(_markdown(report))
     return report
+
+
+def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
+    """Train one (model, seed), or reuse the finished run a previous, interrupted ``compare`` left with this exact config."""
+    run = Path(cfg.out)
+    done = run / "compare-run.json"
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous.get("config") == cfg.to_dict():
+            print(f"reusing the finished run {run}")
+            return previous["result"]
+    start = time.perf_counter()
+    metrics = fit(cfg, show_progress=show_progress)
+    result = dict(seed=cfg.seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],
+                  train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start, curve=_val_curve(run))
+    done.write_text(json.dumps(dict(config=cfg.to_dict(), result=result), indent=2))
+    return result
 
 
 def _val_curve(run: Path) -> list[float]:
@@ -98,14 +114,18 @@ def _markdown(report: dict[str, Any]) -> str:
     for name, e in report["models"].items():
         if name != sc_twin(name) and sc_twin(name) in report["models"]:
             sc = report["models"][sc_twin(name)]
-            diff = sc["mean"] - e["mean"]
-            spread = max(e["std"], sc["std"])
-            if len(seeds) < 2:
+            # Same seed = same data order and augmentation for both models: compare pairs, not just means.
+            diffs = [b["final_val_acc"] - a["final_val_acc"] for a, b in zip(e["runs"], sc["runs"])]
+            diff = statistics.fmean(diffs)
+            if len(diffs) < 2:
                 verdict = "one seed: no spread to tell an effect from noise; run more seeds"
-            elif abs(diff) <= spread:
-                verdict = f"within the seed-to-seed spread of {spread:.2f}"
             else:
-                verdict = f"{'better' if diff > 0 else 'worse'} by more than the seed-to-seed spread of {spread:.2f}"
+                sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
+                wins = sum(d > 0 for d in diffs)
+                verdict = (f"per-seed differences {', '.join(f'{d:+.2f}' for d in diffs)}; standard error {sem:.2f}; "
+                           f"SC ahead in {wins} of {len(diffs)} seeds; "
+                           + ("the mean difference is more than twice its standard error" if abs(diff) > 2 * sem
+                              else "the mean difference is within two standard errors of zero: not a resolved effect"))
             lines.append(f"- {sc_twin(name)} vs {name}: {diff:+.2f} points ({verdict}).")
     return "\n".join(lines) + "\n"
 
