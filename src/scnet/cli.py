@@ -56,6 +56,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .bench import evaluate_targets, grid, run_bench, target_cases, targets_markdown, write_report
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cases = target_cases() if args.targets else grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
+    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline)
+    extra = []
+    if args.targets:
+        report["targets"] = evaluate_targets(report)
+        extra = targets_markdown(report["targets"])
+    out = Path(args.out)
+    write_report(report, out, command="scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), extra_md=extra)
+    for row in report["results"]:
+        status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"
+        print(f"{row['model']:>16} {row['mode']:>14} b{row['batch']:<3} {row['size']}px  {status}")
+    for t in report.get("targets", []):
+        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        print(f"target: {t['goal']}: {ratio} ({t['bound']}) {verdict}")
+    print(f"report: {out / 'bench.md'}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
 
@@ -146,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     exp.set_defaults(func=_export)
+
+    from .bench import DTYPES, MODES
+
+    bench = sub.add_parser("bench", help="throughput, latency and peak memory side by side with torchvision's resnet50")
+    bench.add_argument("--models", nargs="+", default=["scnet50"], help="models to measure (default scnet50)")
+    bench.add_argument("--modes", nargs="+", default=["eager", "deploy"], choices=tuple(MODES),
+                       help="eager (NCHW), eager_cl, deploy, compiled (deploy + inductor with freezing), train, train_cl, train_compiled")
+    bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
+    bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
+    bench.add_argument("--targets", action="store_true", help="measure exactly the cases of the fast-path targets and rate them")
+    bench.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
+    bench.set_defaults(func=_bench)
 
     train = sub.add_parser("train", help="train a model (default: the demo SCNet on Fashion-MNIST)")
     _add_train_args(train)

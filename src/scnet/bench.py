@@ -1,0 +1,399 @@
+"""``scnet bench``: throughput, latency and peak memory, always side by side with torchvision's ResNet-50.
+
+Why this shape: on shared or small machines absolute timings drift by tens of percent from one minute to the
+next, so every configuration is built once and then timed round-robin (one call of each per round, several
+rounds), and results are read as ratios within one run. Each model's achieved arithmetic rate is set against
+the machine's measured matrix-multiply rate (the "roof"), which says how much speed is left to find.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["BenchCase", "MODES", "matmul_roof", "run_bench", "write_report"]
+
+# Modes as data: layout, whether ``deploy`` rewrites the model, compilation, and training vs inference.
+MODES: dict[str, dict[str, bool]] = {
+    "eager": dict(channels_last=False, deploy=False, compile=False, train=False),
+    "eager_cl": dict(channels_last=True, deploy=False, compile=False, train=False),
+    "deploy": dict(channels_last=True, deploy=True, compile=False, train=False),
+    "compiled": dict(channels_last=True, deploy=True, compile=True, train=False),  # inductor + freezing
+    "train": dict(channels_last=False, deploy=False, compile=False, train=True),
+    "train_cl": dict(channels_last=True, deploy=False, compile=False, train=True),
+    "train_compiled": dict(channels_last=True, deploy=False, compile=True, train=True),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class BenchCase:
+    """One measured configuration and its results (seconds per call, over the timed rounds)."""
+
+    model: str
+    mode: str
+    batch: int
+    size: int
+    times: list[float] = field(default_factory=list)
+    peak_mem_mb: Optional[float] = None
+    macs: Optional[float] = None  # per image, at ``size``
+    error: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.mode}/b{self.batch}/{self.size}px"
+
+    @property
+    def train(self) -> bool:
+        return MODES[self.mode]["train"]
+
+    def summary(self, roof_gflops: Optional[float]) -> dict[str, Any]:
+        row = dict(model=self.model, mode=self.mode, batch=self.batch, size=self.size, train=self.train, error=self.error,
+                   peak_mem_mb=self.peak_mem_mb, macs_per_image=self.macs)
+        if self.times:
+            med = statistics.median(self.times)
+            row.update(latency_ms=1e3 * med, latency_min_ms=1e3 * min(self.times), latency_max_ms=1e3 * max(self.times),
+                       spread_pct=100.0 * (max(self.times) - min(self.times)) / med, images_per_s=self.batch / med,
+                       repeats=len(self.times))
+            if self.macs:
+                flops = 2.0 * self.macs * self.batch * (3.0 if self.train else 1.0)  # backward ~ twice the forward
+                row["gflops"] = flops / med / 1e9
+                if roof_gflops:
+                    row["roof_fraction"] = row["gflops"] / roof_gflops
+        return row
+
+
+def matmul_roof(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n matrix multiply, the best of ``repeats``: the practical compute ceiling."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _PeakRSS:
+    """Peak resident memory above the level at entry (CPU), sampled every millisecond from /proc."""
+
+    def __enter__(self) -> "_PeakRSS":
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def megabytes(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: peak memory is not reported
+        return 0
+
+
+def build_model(name: str) -> nn.Module:
+    """A torchvision classifier by name (``resnet50``...), else one of ours or any timm model."""
+    import torchvision
+
+    from .models import create_model
+
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return torchvision.models.get_model(name)
+    return create_model(name)
+
+
+def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
+    from .deploy import deploy
+
+    spec = MODES[mode]
+    model = build_model(name).to(device)
+    if spec["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if spec["train"]:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        net = torch.compile(model) if spec["compile"] else model
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+    model.eval()
+    if spec["deploy"] and _has_deploy_path(model):
+        model = deploy(model)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    net = model
+    if spec["compile"]:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights become constants: folded and pre-packed by the compiler
+        net = torch.compile(model)
+
+    def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.inference_mode():
+            net(x.to(dtype))
+
+    return infer
+
+
+def _has_deploy_path(model: nn.Module) -> bool:
+    from .layers import SCConv, SelfCalibration
+    from .models import ResNet
+
+    return isinstance(model, ResNet) or any(isinstance(m, (SCConv, SelfCalibration)) for m in model.modules())
+
+
+def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int], sizes: Sequence[int],
+         baseline: Optional[str] = "resnet50") -> list[BenchCase]:
+    """Every (model, mode, batch, size), the baseline first; "deploy" does not apply to the baseline."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {tuple(MODES)}")
+    for values, what in ((batch_sizes, "batch size"), (sizes, "resolution")):
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"every {what} must be >= 1, got {bad[0]}")
+    names = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
+    return [BenchCase(n, m, b, s) for n in names for m in modes if not (m == "deploy" and n == baseline)
+            for s in sizes for b in batch_sizes]
+
+
+def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, device: str = "cpu", dtype: str = "fp32",
+              baseline: Optional[str] = "resnet50", show_progress: bool = True) -> dict[str, Any]:
+    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times."""
+    from tqdm.auto import tqdm
+
+    from .profile import count_macs
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
+    if repeats < 1 or warmup < 1:
+        raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no GPU is visible")
+    torch_dtype = DTYPES[dtype]
+    runners: dict[tuple[str, str], Callable] = {}
+    macs: dict[tuple[str, int], float] = {}
+    inputs: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+    for case in cases:
+        if (case.model, case.mode) not in runners:
+            runners[case.model, case.mode] = _prepare(case.model, case.mode, dev, torch_dtype)
+        if (case.model, case.size) not in macs:
+            with torch.device("meta"):
+                macs[case.model, case.size] = count_macs(build_model(case.model), (3, case.size, case.size))
+        case.macs = macs[case.model, case.size]
+        cl = MODES[case.mode]["channels_last"]
+        if (case.batch, case.size, cl) not in inputs:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(case.batch, 3, case.size, case.size, generator=gen).to(dev)
+            inputs[case.batch, case.size, cl] = (x.contiguous(memory_format=torch.channels_last) if cl else x,
+                                                 torch.randint(0, 1000, (case.batch,), generator=gen).to(dev))
+
+    def call(case: BenchCase) -> tuple[Callable, torch.Tensor, torch.Tensor]:
+        return (runners[case.model, case.mode], *inputs[case.batch, case.size, MODES[case.mode]["channels_last"]])
+
+    total = len(cases) * (warmup + repeats)
+    with tqdm(total=total, desc="bench", disable=not show_progress or None, dynamic_ncols=True) as bar:
+        for case in cases:  # warm-up (and compilation) first, memory measured on the last warm-up call
+            run, x, y = call(case)
+            try:
+                for i in range(warmup):
+                    if i == warmup - 1:
+                        case.peak_mem_mb = _peak_memory(run, x, y, dev)
+                    else:
+                        run(x, y)
+                    _sync(dev)
+                    bar.update()
+            except Exception as err:  # one failing configuration is reported, the rest still measured
+                case.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                bar.update(warmup - i)
+        for _ in range(repeats):
+            for case in cases:
+                if case.error:
+                    bar.update()
+                    continue
+                run, x, y = call(case)
+                _sync(dev)
+                start = time.perf_counter()
+                run(x, y)
+                _sync(dev)
+                case.times.append(time.perf_counter() - start)
+                bar.update()
+    roof = matmul_roof(dev, torch_dtype if torch_dtype != torch.float16 or dev.type == "cuda" else torch.float32)
+    return dict(
+        machine=describe_machine(dev), torch=torch.__version__, device=device, dtype=dtype,
+        repeats=repeats, warmup=warmup, baseline=baseline, matmul_roof_gflops=roof,
+        results=[c.summary(roof) for c in cases],
+    )
+
+
+def _peak_memory(run: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Optional[float]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run(x, y)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with _PeakRSS() as peak:
+        run(x, y)
+    return peak.megabytes if peak.peak else None
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def _md_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | mode | batch | size | img/s | latency ms (median) | spread % | GFLOP/s | of roof | peak mem MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['size']} | failed: {r['error']} | | | | | |")
+            continue
+        mem = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "n/a"
+        lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['size']} | {r['images_per_s']:.2f} | {r['latency_ms']:.1f} | "
+                     f"{r['spread_pct']:.0f} | {r.get('gflops', 0):.1f} | {100 * r.get('roof_fraction', 0):.0f}% | {mem} |")
+    return lines
+
+
+def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md: Sequence[str] = ()) -> None:
+    """bench.json, bench.md and bench.png (img/s against batch size and against resolution) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = {**report, "command": command}
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    lines = [f"# Benchmark: {report['dtype']} on {report['device']}", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
+              f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
+              "spread = (max - min) / median. Modes: " + "; ".join(
+                  f"{m} = " + ", ".join(k for k, v in spec.items() if v) if any(spec.values()) else f"{m} = NCHW inference"
+                  for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".", "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
+    (out / "bench.md").write_text("\n".join(lines))
+    _plot(report, out / "bench.png")
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if not r.get("error")]
+    series = sorted({(r["model"], r["mode"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (axis, fixed, label) in zip(axes, (("batch", "size", "batch size"), ("size", "batch", "resolution (px)"))):
+        fixed_value = max(r[fixed] for r in rows) if fixed == "batch" else min(r[fixed] for r in rows)
+        for model, mode in series:
+            pts = sorted((r[axis], r["images_per_s"]) for r in rows if (r["model"], r["mode"]) == (model, mode) and r[fixed] == fixed_value)
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=f"{model} ({mode})", linestyle="--" if model == report["baseline"] else "-")
+        ax.set(xlabel=label, ylabel="images / s", title=f"img/s vs {label} ({fixed} = {fixed_value})")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['machine'][:90]}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# The fast-path goals, each as (description, numerator case, denominator case, how the ratio is read, bound).
+# A case is (model, mode, batch, size); the ratio is throughput(numerator) / throughput(denominator) unless noted.
+TARGETS: list[dict[str, Any]] = [
+    dict(goal="deploy(scnet50) vs scnet50 eager, batch 1", num=("scnet50", "deploy", 1, 224), den=("scnet50", "eager", 1, 224), min=1.5),
+    dict(goal="deploy(scnet50) vs scnet50 eager, batch 8", num=("scnet50", "deploy", 8, 224), den=("scnet50", "eager", 8, 224), min=1.3),
+    dict(goal="deploy(scnet50) vs resnet50 eager, both channels_last, batch 8", num=("scnet50", "deploy", 8, 224),
+         den=("resnet50", "eager_cl", 8, 224), min=1.15),
+    dict(goal="compiled deploy(scnet50) vs compiled resnet50 (inductor, freezing, channels_last), batch 8",
+         num=("scnet50", "compiled", 8, 224), den=("resnet50", "compiled", 8, 224), min=1.05),
+    dict(goal="scnet50 training step, channels_last vs official-equivalent eager (NCHW), batch 8",
+         num=("scnet50", "train_cl", 8, 224), den=("scnet50", "train", 8, 224), min=1.1),
+    dict(goal="scnet50 training peak memory / resnet50's (same mode, channels_last), batch 8", num=("scnet50", "train_cl", 8, 224),
+         den=("resnet50", "train_cl", 8, 224), max=1.0, metric="peak_mem_mb"),
+    dict(goal="deploy(scnet50) latency growth 224 -> 448 px, batch 1", num=("scnet50", "deploy", 1, 448), den=("scnet50", "deploy", 1, 224),
+         max=4.3, metric="latency_ms"),
+    dict(goal="deploy(scnet50) throughput batch 32 / batch 1", num=("scnet50", "deploy", 32, 224), den=("scnet50", "deploy", 1, 224), min=1.0),
+]
+
+
+def target_cases() -> list[BenchCase]:
+    """The distinct cases the targets need, in a fixed order."""
+    keys = list(dict.fromkeys(c for t in TARGETS for c in (t["den"], t["num"])))
+    return [BenchCase(*k) for k in keys]
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured ratio and whether it is met (None when a case is missing or failed)."""
+    rows = {(r["model"], r["mode"], r["batch"], r["size"]): r for r in report["results"]}
+    out = []
+    for t in TARGETS:
+        num, den = rows.get(t["num"]), rows.get(t["den"])
+        metric = t.get("metric", "images_per_s")
+        ratio = None
+        if num and den and num.get(metric) is not None and den.get(metric):
+            ratio = num[metric] / den[metric]
+        met = None if ratio is None else (ratio >= t["min"] if "min" in t else ratio <= t["max"])
+        bound = f">= {t['min']}" if "min" in t else f"<= {t['max']}"
+        out.append(dict(goal=t["goal"], metric=metric, ratio=ratio, bound=bound, met=met,
+                        num=num.get(metric) if num else None, den=den.get(metric) if den else None))
+    return out
+
+
+def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Targets", "", "| goal | measured | ratio | target | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        unit = {"images_per_s": "img/s", "latency_ms": "ms", "peak_mem_mb": "MB"}[r["metric"]]
+        measured = f"{r['num']:.1f} vs {r['den']:.1f} {unit}" if r["ratio"] is not None else "not measured"
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        lines.append(f"| {r['goal']} | {measured} | {ratio} | {r['bound']} | {met} |")
+    return lines + [""]

@@ -1,0 +1,388 @@
+"""Inference fast path: ``deploy(model)`` rewrites an eval-mode model into fewer, fused kernels.
+
+Why: SC-Conv does ~4% less arithmetic than the 3x3 convolution it replaces, but the training-time graph runs
+about twice as many convolutions (half-width), a norm after each, and five element-wise passes for the
+calibration gate. On a CPU those extra passes over memory, not the multiply-adds, set the speed. In eval mode
+every norm is a fixed per-channel affine map, so the whole network can be rewritten with the same outputs:
+
+- every batch norm is folded into the convolution before it (conv weight scaled, bias added);
+- the two half-width 1x1 convolutions of an SC bottleneck become one full-width 1x1 (the authors' own
+  equivalence) followed by channel slices;
+- ReLU, the residual sum and the gate product run inside the convolution that produces their input (oneDNN's
+  fused post-ops, on CPU), instead of as separate passes;
+- the nearest-neighbour upsample of the calibration is a broadcast (never materialised) when the map divides
+  by the pooling rate, and the sigmoid runs in place;
+- activations are channels_last, the layout oneDNN computes in, so no layout conversions happen per layer.
+
+The fused oneDNN calls are used only in eager mode on CPU. Under ``torch.compile``, ``torch.export``/ONNX,
+TorchScript, on GPUs or for other dtypes the same modules run plain ``conv2d`` + element-wise ops (portable and
+still folded), which the compiler is free to fuse itself. ``backend="portable"`` forces that path.
+
+Unsupported parts are never silently wrong: a model in training mode raises ``ValueError``; a norm that
+cannot be folded (GroupNorm, batch norm without running statistics) leaves that block as it was, listed in
+the returned model's ``deploy_report`` (``strict=True`` raises instead).
+"""
+# No ``from __future__ import annotations``: TorchScript reads these modules' annotations as real types.
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import SCConv, SelfCalibration
+from .models.blocks import Bottleneck, SCBottleneck
+
+__all__ = ["DeployReport", "FusedConv", "deploy", "fold_conv_norm", "onednn_fusion_available"]
+
+BACKENDS = ("auto", "portable")
+
+
+class _Unfoldable(Exception):
+    """A norm that is not a fixed per-channel affine map in eval mode."""
+
+
+def fold_conv_norm(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one convolution that computes ``norm(conv(x))`` in eval mode.
+
+    Eval-mode batch norm is ``y = (x - mean) / sqrt(var + eps) * gamma + beta``: per output channel a scale
+    ``s = gamma / sqrt(var + eps)`` and a shift, so ``W' = W * s`` and ``b' = (b - mean) * s + beta``. The
+    arithmetic runs in float64 so folding adds no rounding of its own.
+    """
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
+    if norm is None or isinstance(norm, nn.Identity):
+        return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
+    mean = getattr(norm, "running_mean", None)
+    var = getattr(norm, "running_var", None)
+    if mean is None or var is None or not hasattr(norm, "eps"):
+        raise _Unfoldable(f"{type(norm).__name__} has no running statistics to fold")
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training:
+        raise _Unfoldable(f"{type(norm).__name__} is in training mode")
+    gamma = norm.weight.detach().double() if getattr(norm, "weight", None) is not None else torch.ones_like(bias)
+    beta = norm.bias.detach().double() if getattr(norm, "bias", None) is not None else torch.zeros_like(bias)
+    scale = gamma / torch.sqrt(var.double() + norm.eps)
+    folded_w = weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in/g, k, k)
+    folded_b = (bias - mean.double()) * scale + beta
+    return folded_w.to(conv.weight.dtype), folded_b.to(conv.weight.dtype)
+
+
+def _probe_onednn() -> bool:
+    try:
+        x = torch.ones(1, 2, 3, 3)
+        w = torch.ones(2, 2, 1, 1)
+        y = torch.ops.mkldnn._convolution_pointwise.binary(x, x, w, None, [0, 0], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
+        z = torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+        return bool(torch.all(y == 3.0)) and bool(torch.all(z == 2.0))
+    except Exception:  # any build without oneDNN's fused convolutions: the portable path is used
+        return False
+
+
+_ONEDNN = _probe_onednn()
+
+
+def onednn_fusion_available() -> bool:
+    """Whether this PyTorch build offers oneDNN's fused convolution post-ops (x86/aarch64 CPU builds do)."""
+    return _ONEDNN
+
+
+def _running_eagerly() -> bool:
+    """False while a tracer or compiler records the graph: Python branches on sizes would be baked into it."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return not (torch.compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+class FusedConv(nn.Module):
+    """A convolution with its norm folded in and an optional ReLU, plus a fused second operand.
+
+    ``forward(x)`` is ``act(conv(x))``; ``forward(x, other, "add")`` is ``act(conv(x) + other)``; ``"mul"``
+    multiplies instead. On CPU in eager mode one oneDNN call does all of it; elsewhere plain ops.
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, padding: int = 0, dilation: int = 1,
+        groups: int = 1, relu: bool = False, onednn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        self.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.relu = relu
+        self.onednn = onednn and _ONEDNN
+
+    @classmethod
+    def fold(cls, conv: nn.Conv2d, norm: Optional[nn.Module] = None, relu: bool = False, onednn: bool = True) -> "FusedConv":
+        weight, bias = fold_conv_norm(conv, norm)
+        return cls(weight, bias, conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups, relu, onednn)
+
+    def _fast(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_scripting():
+            return False
+        return self._fast_eager(x)
+
+    @torch.jit.unused
+    def _fast_eager(self, x: torch.Tensor) -> bool:
+        return (self.onednn and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                and self.weight.dtype == x.dtype and _running_eagerly())
+
+    @torch.jit.unused  # TorchScript keeps the portable path; this body is never compiled
+    def _onednn(self, x: torch.Tensor, other: Optional[torch.Tensor], op: str) -> torch.Tensor:
+        s, p, d = [self.stride] * 2, [self.padding] * 2, [self.dilation] * 2
+        unary = "relu" if self.relu else "none"
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, p, s, d, self.groups, unary, [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self.weight, self.bias, p, s, d, self.groups, op, 1.0, unary if self.relu else None, [], "")
+
+    def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, op: str = "add") -> torch.Tensor:
+        if self._fast(x):
+            return self._onednn(x, other, op)
+        y = F.conv2d(x, self.weight, self.bias, [self.stride] * 2, [self.padding] * 2, [self.dilation] * 2, self.groups)
+        if other is not None:
+            y = y + other if op == "add" else y * other
+        return F.relu(y) if self.relu else y
+
+    def extra_repr(self) -> str:
+        c_out, c_in, k = self.weight.shape[0], self.weight.shape[1] * self.groups, self.weight.shape[-1]
+        return (f"{c_in}, {c_out}, kernel_size={k}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, relu={self.relu}, onednn={self.onednn}")
+
+
+def _conv_norm(seq: nn.Sequential) -> tuple[nn.Conv2d, nn.Module]:
+    # conv3x3_norm's Sequential(conv, norm); k2 has the pool in front: Sequential(pool, conv, norm).
+    return seq[-2], seq[-1]
+
+
+class FusedSelfCalibration(nn.Module):
+    """``SelfCalibration`` in eval mode: ``K4(K3(x) * sigmoid(x + Up(K2(pool(x)))))`` with norms folded.
+
+    The upsample is never materialised when each pooled cell maps to an r x r block (the map divides by r, or
+    pools to a single cell): the sum broadcasts over a (N, C, H/r, r, W/r, r) view instead. The product with
+    the gate runs inside K3's convolution and ``relu_out`` (the bottleneck's ReLU) inside K4's.
+    """
+
+    def __init__(self, sc: SelfCalibration, relu_out: bool = False, onednn: bool = True) -> None:
+        super().__init__()
+        self.pooling_r = sc.k2[0].pooling_r
+        self.upsample_mode = sc.upsample_mode
+        self.k2 = FusedConv.fold(*_conv_norm(sc.k2), onednn=onednn)
+        self.k3 = FusedConv.fold(*_conv_norm(sc.k3), onednn=onednn)
+        self.k4 = FusedConv.fold(*_conv_norm(sc.k4), relu=relu_out, onednn=onednn)
+
+    def _may_branch_on_size(self) -> bool:
+        if torch.jit.is_scripting():
+            return True  # TorchScript evaluates the size test at run time
+        return self._eager()
+
+    @torch.jit.unused
+    def _eager(self) -> bool:
+        return _running_eagerly()
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(x + Up(K2(pool(x))))``, the calibration weights, (N, C, H, W)."""
+        h, w = x.shape[-2], x.shape[-1]
+        kh, kw = min(self.pooling_r, h), min(self.pooling_r, w)
+        calib = self.k2(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+        ph, pw = calib.shape[-2], calib.shape[-1]
+        n, c = x.shape[0], x.shape[1]
+        if self.upsample_mode == "nearest" and self._may_branch_on_size() and (ph == 1 or h % self.pooling_r == 0) and (pw == 1 or w % self.pooling_r == 0):
+            bh, bw = h // ph, w // pw
+            # Each pooled cell covers a bh x bw block: broadcast instead of building the upsampled map.
+            t = x.view(n, c, ph, bh, pw, bw) + calib.view(n, c, ph, 1, pw, 1)  # (N, C, H/bh, bh, W/bw, bw)
+            return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W); a view when t kept x's layout
+        if self.upsample_mode == "nearest":
+            up = F.interpolate(calib, size=[h, w], mode="nearest")  # (N, C, H, W)
+        else:
+            up = F.interpolate(calib, size=[h, w], mode="bilinear", align_corners=False)  # (N, C, H, W)
+        return torch.sigmoid_(x + up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.k4(self.k3(x, self.gate(x), "mul"))  # (N, C_out, H/s, W/s)
+
+
+class FusedSCConv(nn.Module):
+    """``SCConv`` in eval mode: K1 and the fused calibration on the two channel halves, then one concat."""
+
+    def __init__(self, layer: SCConv, relu_out: bool = False, onednn: bool = True) -> None:
+        super().__init__()
+        self.half = layer.in_channels // 2
+        self.k1 = FusedConv.fold(*_conv_norm(layer.k1), relu=relu_out, onednn=onednn)
+        self.scconv = FusedSelfCalibration(layer.scconv, relu_out=relu_out, onednn=onednn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.k1(x[:, :self.half])  # (N, C_out/2, H/s, W/s)
+        return torch.cat([plain, self.scconv(x[:, self.half:])], dim=1)  # (N, C_out, H/s, W/s)
+
+
+def _require_relu(act: nn.Module, where: str) -> None:
+    if not isinstance(act, nn.ReLU):
+        raise _Unfoldable(f"{where} uses {type(act).__name__}; only ReLU is fused")
+
+
+def _merge_tail(block: nn.Module, onednn: bool) -> tuple[FusedConv, Optional[nn.Module], Optional[FusedConv]]:
+    """conv3 + bn3 (with the residual sum and ReLU fused unless channel attention sits in between) and the shortcut."""
+    _require_relu(block.act, "the block")
+    has_se = not isinstance(block.se, nn.Identity)
+    conv3 = FusedConv.fold(block.conv3, block.bn3, relu=not has_se, onednn=onednn)
+    shortcut = None
+    pool = None
+    if block.downsample is not None:
+        *pre, conv, norm = list(block.downsample)
+        pool = nn.Sequential(*pre) if pre and not all(isinstance(m, nn.Identity) for m in pre) else None
+        shortcut = FusedConv.fold(conv, norm, onednn=onednn)
+    return conv3, pool, shortcut
+
+
+class _FusedBottleneckBase(nn.Module):
+    def _init_tail(self, block: nn.Module, onednn: bool) -> None:
+        self.avd_layer = block.avd_layer
+        self.conv3, self.down_pool, self.downsample = _merge_tail(block, onednn)
+        self.se = block.se
+        self.has_se = not isinstance(block.se, nn.Identity)
+
+    def _tail(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.avd_layer(out)  # (N, w, H/s, W/s)
+        shortcut = x
+        if self.downsample is not None:
+            shortcut = self.downsample(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
+        if self.has_se:
+            return F.relu(self.se(self.conv3(out)) + shortcut)
+        return self.conv3(out, shortcut, "add")  # relu(conv3(out) + shortcut) in one call
+
+
+class FusedSCBottleneck(_FusedBottleneckBase):
+    """``SCBottleneck`` in eval mode: one merged 1x1 (conv1_a and conv1_b stacked), K1, the fused calibration
+    with the block's ReLU inside K1 and K4, and conv3 with the residual sum and ReLU fused."""
+
+    def __init__(self, block: SCBottleneck, onednn: bool = True) -> None:
+        super().__init__()
+        wa, ba = fold_conv_norm(block.conv1_a, block.bn1_a)
+        wb, bb = fold_conv_norm(block.conv1_b, block.bn1_b)
+        self.half = wa.shape[0]
+        self.conv1 = FusedConv(torch.cat([wa, wb]), torch.cat([ba, bb]), relu=True, onednn=onednn)  # (w, in, 1, 1)
+        self.k1 = FusedConv.fold(*_conv_norm(block.k1), relu=True, onednn=onednn)
+        self.scconv = FusedSelfCalibration(block.scconv, relu_out=True, onednn=onednn)
+        self._init_tail(block, onednn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ab = self.conv1(x)  # (N, w, H, W): [a | b]
+        out = torch.cat([self.k1(ab[:, :self.half]), self.scconv(ab[:, self.half:])], dim=1)  # (N, w, H/s, W/s)
+        return self._tail(out, x)
+
+
+class FusedBottleneck(_FusedBottleneckBase):
+    """The plain ``Bottleneck`` in eval mode, folded and fused the same way (so twins are compared fairly)."""
+
+    def __init__(self, block: Bottleneck, onednn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = FusedConv.fold(block.conv1, block.bn1, relu=True, onednn=onednn)
+        self.conv2 = FusedConv.fold(block.conv2, block.bn2, relu=True, onednn=onednn)
+        self._init_tail(block, onednn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._tail(self.conv2(self.conv1(x)), x)
+
+
+@dataclass
+class DeployReport:
+    """What ``deploy`` rewrote, and what it left as it was and why."""
+
+    fused: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"deploy: {len(self.fused)} modules fused, {len(self.kept)} kept as they were"]
+        lines += [f"  kept {name}: {why}" for name, why in self.kept.items()]
+        return "\n".join(lines)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _fuse_stem(model: nn.Module, onednn: bool) -> None:
+    """The ResNet stem: conv(s) + bn1 + ReLU as fused convs; bn1 and relu become identities."""
+    stem = model.conv1
+    _require_relu(model.relu, "the stem")
+    if isinstance(stem, nn.Sequential):  # deep stem: conv, norm, act, conv, norm, act, conv (+ bn1, relu)
+        for m in stem:
+            if not isinstance(m, nn.Conv2d) and hasattr(m, "inplace"):
+                _require_relu(m, "the stem")
+        convs = [m for m in stem if isinstance(m, nn.Conv2d)]
+        norms = [m for m in stem if not isinstance(m, (nn.Conv2d, nn.ReLU))] + [model.bn1]
+        fused = [FusedConv.fold(c, n, relu=True, onednn=onednn) for c, n in zip(convs, norms)]
+        model.conv1 = nn.Sequential(*fused)
+    else:
+        model.conv1 = FusedConv.fold(stem, model.bn1, relu=True, onednn=onednn)
+    model.bn1 = nn.Identity()
+    model.relu = nn.Identity()
+
+
+def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto", strict: bool = False) -> nn.Module:
+    """A fused copy of an eval-mode ``model`` for inference: same outputs (up to float rounding), faster.
+
+    Works on every SCNet/plain-twin model of this package (stem, bottlenecks and shortcuts fused) and on any
+    model holding ``SCConv`` layers, e.g. one made by ``scnet.convert`` (each SCConv fused; the rest as is).
+    The input model is not modified.
+
+    Args:
+        model: a model in eval mode (``model.eval()``); training mode raises ``ValueError`` because folding
+            uses the norms' running statistics, which training would go on changing.
+        channels_last: store the copy's weights channels_last and feed its convolutions channels_last
+            activations (the layout oneDNN and cuDNN compute in).
+        backend: "auto" uses oneDNN's fused post-ops for eager CPU inference where available, plain ops
+            elsewhere; "portable" always plain ops (what ONNX/TorchScript/compilers see in any case).
+        strict: raise ``ValueError`` instead of keeping a block that cannot be fused (e.g. GroupNorm).
+
+    Returns the fused model, with a ``deploy_report`` attribute (``DeployReport``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deploy expects an nn.Module, got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if model.training:
+        raise ValueError("deploy needs a model in eval mode: it folds the norms' running statistics, "
+                         "which training mode keeps updating; call model.eval() first")
+    onednn = backend == "auto"
+    fused_model = copy.deepcopy(model)
+    report = DeployReport()
+
+    def replace(name: str, make) -> None:
+        try:
+            _set_module(fused_model, name, make())
+            report.fused[name] = type(fused_model.get_submodule(name)).__name__
+        except _Unfoldable as err:
+            if strict:
+                raise ValueError(f"deploy cannot fuse {name}: {err}") from None
+            report.kept[name] = str(err)
+
+    # Outermost first; a fused block's children are no longer visited.
+    for name, module in list(fused_model.named_modules()):
+        if not name or any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
+            continue
+        if isinstance(module, SCBottleneck):
+            replace(name, lambda m=module: FusedSCBottleneck(m, onednn))
+        elif isinstance(module, Bottleneck):
+            replace(name, lambda m=module: FusedBottleneck(m, onednn))
+        elif isinstance(module, SCConv):
+            replace(name, lambda m=module: FusedSCConv(m, onednn=onednn))
+        elif isinstance(module, SelfCalibration):
+            replace(name, lambda m=module: FusedSelfCalibration(m, onednn=onednn))
+    from .models.resnet import ResNet
+
+    if isinstance(fused_model, ResNet) and isinstance(fused_model.bn1, nn.Module) and not isinstance(fused_model.bn1, nn.Identity):
+        try:
+            _fuse_stem(fused_model, onednn)
+            report.fused["conv1"] = "stem"
+        except _Unfoldable as err:
+            if strict:
+                raise ValueError(f"deploy cannot fuse the stem: {err}") from None
+            report.kept["conv1"] = str(err)
+    if channels_last:
+        # Convolutions follow their weight's layout, so from the first convolution on every activation is
+        # channels_last too, without converting the input.
+        fused_model = fused_model.to(memory_format=torch.channels_last)
+    fused_model.deploy_report = report
+    return fused_model
