@@ -180,3 +180,46 @@ def test_two_process_ddp_equals_one_process_across_epochs(tmp_path: Path) -> Non
         torch.testing.assert_close(two["model"][key], value, rtol=1e-10, atol=1e-12, msg=key)
     for key, value in one["optimizer"]["state"].items():
         torch.testing.assert_close(two["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"], rtol=1e-10, atol=1e-12)
+
+
+def test_predict_images_of_every_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    fit(_cfg(tmp_path / "run", data="fashion_mnist", epochs=1, limit_train=512, limit_val=64, batch_size=64), show_progress=False, log=lambda *a: None)
+    ckpt = str(tmp_path / "run" / "checkpoint-last.pth")
+    _, val, info = build_datasets("fashion_mnist", limit_train=1, limit_val=4)
+    from scnet.predict import load_predictor
+
+    model, loaded_info = load_predictor(ckpt)
+    assert loaded_info == info  # the checkpoint carries the dataset description
+    x, label = val[0]
+    with torch.inference_mode():
+        want = model(x[None]).softmax(1)[0]
+    pixels = val.dataset.images[val.indices[0], 0].numpy()  # (28, 28) uint8, the reference image
+    files = {
+        "gray.png": Image.fromarray(pixels, mode="L"),
+        "rgb.png": Image.fromarray(np.stack([pixels] * 3, -1), mode="RGB"),
+        "rgba.png": Image.fromarray(np.stack([pixels] * 3 + [np.full_like(pixels, 77)], -1), mode="RGBA"),
+        "gray16.png": Image.fromarray(pixels.astype(np.uint16) * 257),  # 16-bit: 255 -> 65535
+    }
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    Image.fromarray(np.zeros((40, 56), np.uint8)).save(tmp_path / "wide.png")  # another size: resized + cropped
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    paths = [str(tmp_path / n) for n in (*files, "wide.png")]
+    assert main(["predict", *paths, "--checkpoint", ckpt, "--topk", "3", "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for r in results[:4]:
+        top = r["top"][0]
+        assert top["index"] == int(want.argmax()) and top["label"] == info.classes[top["index"]], r["image"]
+        assert top["prob"] == pytest.approx(float(want.max()), abs=1e-6), r["image"]
+        assert [t["prob"] for t in r["top"]] == sorted((t["prob"] for t in r["top"]), reverse=True)
+    assert len(results) == 5 and len(results[4]["top"]) == 3
+    assert main(["predict", str(tmp_path / "broken.png"), "--checkpoint", ckpt]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scnet predict: error: cannot read") and "broken.png" in err
+    assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", ckpt]) == 2
+    assert "image not found" in capsys.readouterr().err

@@ -85,6 +85,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import load_predictor, predict
+
+    model, info = load_predictor(args.checkpoint, args.model, args.pretrained, args.weights, args.ema)
+    results = predict(model, info, args.images, args.topk)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"] + ": " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
 
@@ -203,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--models", nargs="+", default=["scnet_demo"], help="SC models (their plain twins are added)")
     cmp_.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
     cmp_.set_defaults(func=_compare)
+
+    pr = sub.add_parser("predict", help="top-k classes for image files")
+    pr.add_argument("images", nargs="+", help="image files (any mode: grayscale, RGB, RGBA, palette, 16-bit)")
+    pr.add_argument("--checkpoint", help="a checkpoint written by scnet train (carries classes and preprocessing)")
+    pr.add_argument("--model", help="registered model with ImageNet classes, when no --checkpoint")
+    pr.add_argument("--pretrained", action="store_true", help="load the published weights for --model")
+    pr.add_argument("--weights", help="weights file (.pth/.safetensors) for --model")
+    pr.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    pr.add_argument("--topk", type=int, default=3)
+    pr.add_argument("--format", choices=("text", "json"), default="text")
+    pr.set_defaults(func=_predict)
 
     ev = sub.add_parser("eval", help="accuracy of a training checkpoint")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint written by scnet train")

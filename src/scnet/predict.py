@@ -1,0 +1,90 @@
+"""``predict``: top-k classes for image files, from a training checkpoint or an ImageNet model.
+
+A training checkpoint carries its dataset's description (classes, channels, input size, mean/std), so the
+images are prepared as its validation images were (resize, centre crop, mean/std). Any image mode is accepted:
+grayscale, RGB, palette, RGBA (the alpha channel is dropped) and 16-bit images become the model's channels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import DataError, DataInfo
+
+__all__ = ["load_image", "load_predictor", "predict"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
+    """One image file as a normalised (C, S, S) tensor: shorter side resized to S, centre crop, mean/std."""
+    from PIL import Image, UnidentifiedImageError
+    import torchvision.transforms.v2.functional as TF
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: rescale to 8 bits, not clip
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+                img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+            img = img.convert("L" if info.in_chans == 1 else "RGB")  # RGBA/P/CMYK/LA -> the model's channels
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read {path} as an image: {err}") from None
+    x = TF.pil_to_tensor(img)  # (C, H, W) uint8
+    x = TF.resize(x, [info.image_size], antialias=True)  # shorter side -> S
+    x = TF.center_crop(x, [info.image_size, info.image_size])  # (C, S, S)
+    x = TF.to_dtype(x, torch.float32, scale=True)
+    return TF.normalize(x, list(info.mean), list(info.std))
+
+
+def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
+                   weights: Optional[str] = None, use_ema: bool = False) -> tuple[nn.Module, DataInfo]:
+    """A model in eval mode and the description of its inputs and classes."""
+    from .models import create_model
+    from .models.weights import read_checkpoint
+    from .train.config import TrainConfig
+    from .train.runner import build_model_for
+
+    if checkpoint:
+        state = read_checkpoint(checkpoint)
+        if "config" not in state or "data_info" not in state:
+            raise ValueError(f"{checkpoint} is not a training checkpoint of this tool; for bare weights use --model NAME --weights FILE")
+        info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
+        net = build_model_for(TrainConfig(**state["config"]), info)
+        net.load_state_dict(state["model_ema" if use_ema and "model_ema" in state else "model"])
+        return net.eval(), info
+    if not model:
+        raise ValueError("give --checkpoint (a training checkpoint) or --model NAME (ImageNet classes)")
+    from timm.data import ImageNetInfo
+
+    net = create_model(model, pretrained=pretrained, checkpoint_path=weights)
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    names = tuple(ImageNetInfo().label_names()) if net.num_classes == 1000 else tuple(str(i) for i in range(net.num_classes))
+    info = DataInfo("imagenet", net.num_classes, 3, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
+    return net.eval(), info
+
+
+def predict(model: nn.Module, info: DataInfo, images: Sequence[str | Path], topk: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+    """For each image: its path and the ``topk`` (class, probability) pairs, most likely first."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    k = min(topk, info.num_classes)
+    results = []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        x = torch.stack([load_image(p, info) for p in chunk])  # (B, C, S, S)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
+            results.append(dict(image=str(path), top=[dict(label=info.classes[i], index=i, prob=v) for v, i in zip(values, indices)]))
+    return results
