@@ -23,15 +23,19 @@ import torch.nn.functional as F
 
 __all__ = ["BenchCase", "MODES", "matmul_roof", "run_bench", "write_report"]
 
-# Modes as data: layout, whether ``deploy`` rewrites the model, compilation, and training vs inference.
-MODES: dict[str, dict[str, bool]] = {
-    "eager": dict(channels_last=False, deploy=False, compile=False, train=False),
-    "eager_cl": dict(channels_last=True, deploy=False, compile=False, train=False),
-    "deploy": dict(channels_last=True, deploy=True, compile=False, train=False),
-    "compiled": dict(channels_last=True, deploy=True, compile=True, train=False),  # inductor + freezing
-    "train": dict(channels_last=False, deploy=False, compile=False, train=True),
-    "train_cl": dict(channels_last=True, deploy=False, compile=False, train=True),
-    "train_compiled": dict(channels_last=True, deploy=False, compile=True, train=True),
+# Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
+# deploy_nchw and deploy_portable isolate the ingredients: folding alone, then + channels_last, then (deploy)
+# + oneDNN post-op fusion and pre-packed weights.
+MODES: dict[str, dict[str, Any]] = {
+    "eager": dict(channels_last=False, deploy=None, compile=False, train=False),
+    "eager_cl": dict(channels_last=True, deploy=None, compile=False, train=False),
+    "deploy_nchw": dict(channels_last=False, deploy=dict(channels_last=False, backend="portable"), compile=False, train=False),
+    "deploy_portable": dict(channels_last=True, deploy=dict(channels_last=True, backend="portable"), compile=False, train=False),
+    "deploy": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False),
+    "compiled": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=True, train=False),  # inductor + freezing
+    "train": dict(channels_last=False, deploy=None, compile=False, train=True),
+    "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
+    "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -157,8 +161,8 @@ def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> 
 
         return step
     model.eval()
-    if spec["deploy"] and _has_deploy_path(model):
-        model = deploy(model)
+    if spec["deploy"] is not None and _has_deploy_path(model):
+        model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
         model = model.to(dtype)
     net = model
@@ -193,7 +197,7 @@ def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int]
         if bad:
             raise ValueError(f"every {what} must be >= 1, got {bad[0]}")
     names = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
-    return [BenchCase(n, m, b, s) for n in names for m in modes if not (m == "deploy" and n == baseline)
+    return [BenchCase(n, m, b, s) for n in names for m in modes if not (m.startswith("deploy") and n == baseline)
             for s in sizes for b in batch_sizes]
 
 
@@ -291,6 +295,15 @@ def describe_machine(device: torch.device) -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
+def _describe_mode(spec: dict[str, Any]) -> str:
+    parts = ["training step" if spec["train"] else "inference", "channels_last" if spec["channels_last"] else "NCHW"]
+    if spec["deploy"] is not None:
+        parts.append(f"deploy(backend={spec['deploy']['backend']})")
+    if spec["compile"]:
+        parts.append("torch.compile" + ("" if spec["train"] else " with freezing"))
+    return " + ".join(parts)
+
+
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | mode | batch | size | img/s | latency ms (median) | spread % | GFLOP/s | of roof | peak mem MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -315,8 +328,8 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
               "spread = (max - min) / median. Modes: " + "; ".join(
-                  f"{m} = " + ", ".join(k for k, v in spec.items() if v) if any(spec.values()) else f"{m} = NCHW inference"
-                  for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".", "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
+                  f"{m} = {_describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
+              "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(lines))
     _plot(report, out / "bench.png")
 
@@ -335,7 +348,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         for model, mode in series:
             pts = sorted((r[axis], r["images_per_s"]) for r in rows if (r["model"], r["mode"]) == (model, mode) and r[fixed] == fixed_value)
             if pts:
-                ax.plot(*zip(*pts), "o-", label=f"{model} ({mode})", linestyle="--" if model == report["baseline"] else "-")
+                ax.plot(*zip(*pts), marker="o", label=f"{model} ({mode})", linestyle="--" if model == report["baseline"] else "-")
         ax.set(xlabel=label, ylabel="images / s", title=f"img/s vs {label} ({fixed} = {fixed_value})")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)

@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="throughput, latency and peak memory side by side with torchvision's resnet50")
     bench.add_argument("--models", nargs="+", default=["scnet50"], help="models to measure (default scnet50)")
     bench.add_argument("--modes", nargs="+", default=["eager", "deploy"], choices=tuple(MODES),
-                       help="eager (NCHW), eager_cl, deploy, compiled (deploy + inductor with freezing), train, train_cl, train_compiled")
+                       help="eager (NCHW), eager_cl, deploy_nchw (folding only), deploy_portable (+ channels_last), deploy (+ oneDNN "
+                            "fusion), compiled (deploy + inductor with freezing), train, train_cl, train_compiled")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")

@@ -24,6 +24,7 @@ the returned model's ``deploy_report`` (``strict=True`` raises instead).
 """
 # No ``from __future__ import annotations``: TorchScript reads these modules' annotations as real types.
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -87,6 +88,27 @@ def onednn_fusion_available() -> bool:
     return _ONEDNN
 
 
+# oneDNN computes with weights in its own blocked layout; a plain tensor is re-laid-out on every call, which
+# costs as much as the convolution itself for large filters at batch 1. The re-laid-out copy is cached per
+# module and input shape, outside the module so that state_dict, deepcopy and TorchScript never see it.
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PACKED_SHAPES_PER_MODULE = 4
+
+
+def _packed_weight(conv: "FusedConv", x: torch.Tensor) -> torch.Tensor:
+    cache = _PACKED.setdefault(conv, {})
+    version = 0 if conv.weight.is_inference() else conv.weight._version  # in-place edits invalidate the copy
+    key = (tuple(x.shape), conv.weight.data_ptr(), version)
+    packed = cache.get(key)
+    if packed is None:
+        if len(cache) >= _PACKED_SHAPES_PER_MODULE:
+            cache.clear()
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            conv.weight.to_mkldnn(), [conv.padding] * 2, [conv.stride] * 2, [conv.dilation] * 2, conv.groups, list(x.shape))
+        cache[key] = packed
+    return packed
+
+
 def _running_eagerly() -> bool:
     """False while a tracer or compiler records the graph: Python branches on sizes would be baked into it."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
@@ -129,11 +151,12 @@ class FusedConv(nn.Module):
     @torch.jit.unused  # TorchScript keeps the portable path; this body is never compiled
     def _onednn(self, x: torch.Tensor, other: Optional[torch.Tensor], op: str) -> torch.Tensor:
         s, p, d = [self.stride] * 2, [self.padding] * 2, [self.dilation] * 2
+        weight = _packed_weight(self, x) if x.dtype == torch.float32 else self.weight
         unary = "relu" if self.relu else "none"
         if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, p, s, d, self.groups, unary, [], "")
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, p, s, d, self.groups, unary, [], "")
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self.weight, self.bias, p, s, d, self.groups, op, 1.0, unary if self.relu else None, [], "")
+            x, other, weight, self.bias, p, s, d, self.groups, op, 1.0, unary if self.relu else None, [], "")
 
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, op: str = "add") -> torch.Tensor:
         if self._fast(x):
