@@ -219,3 +219,45 @@ def test_torch_compile_matches_eager() -> None:
         x = seeded_input(shape)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, size, pooled", [("nearest", (8, 8), (2, 2)), ("nearest", (7, 9), (1, 2)), ("bilinear", (8, 6), (2, 1))])
+def test_lean_calibrated_product_gradients(mode: str, size: tuple, pooled: tuple) -> None:
+    from scnet.layers.scconv import _CalibratedProduct
+
+    g = torch.Generator().manual_seed(0)
+    f, x = (torch.randn(2, 3, *size, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    c = torch.randn(2, 3, *pooled, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, d: _CalibratedProduct.apply(a, b, d, mode), (f, x, c))
+    # Against the formula written out with plain autograd.
+    up = torch.nn.functional.interpolate(c, size=size, mode=mode, **({} if mode == "nearest" else dict(align_corners=False)))
+    want = torch.autograd.grad((f * torch.sigmoid(x + up)).sum(), (f, x, c))
+    got = torch.autograd.grad(_CalibratedProduct.apply(f, x, c, mode).sum(), (f, x, c))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_lean_calibration_saves_one_full_size_tensor_less() -> None:
+    from scnet.layers.scconv import SelfCalibration, _upsample
+
+    layer = SelfCalibration(8).train()
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+
+    def saved_bytes(fn) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    def plain() -> torch.Tensor:  # the same layer with the gate written out
+        calib = layer.k2(x)
+        return layer.k4(layer.k3(x) * torch.sigmoid(x + _upsample(calib, [16, 16], "nearest")))
+
+    full, pooled = 2 * 8 * 16 * 16 * 4, 2 * 8 * 4 * 4 * 4  # float32 bytes: the gate vs the pooled K2 map it keeps
+    assert saved_bytes(plain) - saved_bytes(lambda: layer(x)) == full - pooled
+    torch.testing.assert_close(layer(x), plain())

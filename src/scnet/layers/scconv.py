@@ -18,7 +18,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 
 from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
 from .validate import check_image_batch
@@ -76,6 +76,53 @@ class CalibrationPool(nn.Module):
         return f"pooling_r={self.pooling_r}"
 
 
+def _upsample(calib: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
+    if mode == "nearest":
+        return F.interpolate(calib, size=size, mode="nearest")  # (N, C, H, W)
+    return F.interpolate(calib, size=size, mode="bilinear", align_corners=False)  # (N, C, H, W)
+
+
+class _CalibratedProduct(torch.autograd.Function):
+    """``features * sigmoid(x + Up(calib))`` that keeps no full-size gate for backward.
+
+    Plain autograd saves the sigmoid's output (one full-resolution tensor per SC layer) until backward; here
+    only the inputs are kept (``features`` and ``x`` are saved by the neighbouring convolutions anyway, ``calib``
+    is r^2 times smaller) and the gate is recomputed in backward, one cheap element-wise pass.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
+        ctx.mode = mode
+        ctx.save_for_backward(features, x, calib)
+        return features * torch.sigmoid(x + _upsample(calib, list(x.shape[-2:]), mode))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        features, x, calib = ctx.saved_tensors
+        with torch.enable_grad():
+            calib_ = calib.detach().requires_grad_(True)
+            up = _upsample(calib_, list(x.shape[-2:]), ctx.mode)  # (N, C, H, W)
+        gate = torch.sigmoid(x + up.detach())
+        d_features = grad * gate
+        d_sum = (grad * features) * (1 - gate) * gate  # d/dt sigmoid(t) = s (1 - s), in autograd's order
+        (d_calib,) = torch.autograd.grad(up, calib_, d_sum)  # the upsample's adjoint: sums over each cell
+        return d_features, d_sum, d_calib, None
+
+
+@register_notrace_function  # FX tracing keeps it as one call
+def calibrated_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
+    """``features * sigmoid(x + Up(calib))``, the calibrated K3 output; memory-lean when gradients are needed."""
+    if not torch.jit.is_scripting():
+        if torch.is_grad_enabled() and (features.requires_grad or x.requires_grad or calib.requires_grad):
+            return _lean_product(features, x, calib, mode)
+    return features * torch.sigmoid(x + _upsample(calib, list(x.shape[-2:]), mode))
+
+
+@torch.jit.unused
+def _lean_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
+    return _CalibratedProduct.apply(features, x, calib, mode)
+
+
 class SelfCalibration(nn.Module):
     """The self-calibrated branch: ``K4(K3(x) * sigmoid(x + Up(K2(AvgPool_r(x)))))``.
 
@@ -110,12 +157,7 @@ class SelfCalibration(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         calib = self.k2(x)  # (N, C, max(1, H//r), max(1, W//r))
-        if self.upsample_mode == "nearest":
-            calib = F.interpolate(calib, size=x.shape[-2:], mode="nearest")  # (N, C, H, W)
-        else:
-            calib = F.interpolate(calib, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (N, C, H, W)
-        gate = torch.sigmoid(x + calib)
-        return self.k4(self.k3(x) * gate)  # (N, C_out, H/s, W/s)
+        return self.k4(calibrated_product(self.k3(x), x, calib, self.upsample_mode))  # (N, C_out, H/s, W/s)
 
 
 class SCConv(nn.Module):
