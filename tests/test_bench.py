@@ -24,7 +24,7 @@ def test_grid_and_bad_arguments() -> None:
 def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench"
     assert main(["bench", "--models", "scnet_demo", "--modes", "eager", "deploy", "train_cl", "--batch-sizes", "2", "3",
-                 "--sizes", "32", "48", "--baseline", "resnet18", "--repeats", "2", "--warmup", "1", "--out", str(out)]) == 0
+                 "--sizes", "32", "48", "--baseline", "resnet18", "--repeats", "2", "--warmup", "1", "--no-memory", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     rows = report["results"]
     assert len(rows) == 2 * 2 * (2 + 3)  # batches x sizes x (baseline: eager, train_cl; scnet_demo: all three)
@@ -57,3 +57,14 @@ def test_targets_are_rated_from_the_rows() -> None:
     assert growth["ratio"] == pytest.approx((1 / 3.0) / (1 / 16.0)) and growth["met"] is False
     assert rated["scnet50 training peak memory / resnet50's (same mode, channels_last), batch 8"]["met"] is True
     assert rated["compiled deploy(scnet50) vs compiled resnet50 (inductor, freezing, channels_last), batch 8"]["met"] is None
+
+
+def test_cpu_peak_memory_is_measured_in_a_fresh_process() -> None:
+    from scnet.bench import cpu_peak_memory
+
+    infer = cpu_peak_memory(BenchCase("scnet_demo", "eager", 16, 64), "fp32")
+    train = cpu_peak_memory(BenchCase("scnet_demo", "train", 16, 64), "fp32")
+    # A training step keeps activations for backward, gradients and momentum: more than inference needs.
+    assert infer is not None and train is not None and train > infer >= 0
+    # The demo model's gradients plus momentum alone are 2 x 4 bytes x ~0.5M parameters = ~4 MB.
+    assert train > 4.0

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import scnet
+
 from scnet.cli import main
 from scnet.data import FASHION_MNIST_SYSTEM_DIR, build_datasets
 from scnet.models.weights import read_checkpoint
@@ -23,7 +25,7 @@ def _cfg(out: Path, **kwargs):
 def test_one_epoch_writes_every_artefact(tmp_path: Path) -> None:
     result = fit(_cfg(tmp_path / "run", epochs=1), show_progress=False, log=lambda *a: None)
     run = tmp_path / "run"
-    for name in ("config.yaml", "log.csv", "metrics.json", "curves.png", "checkpoint-last.pth", "checkpoint-best.pth"):
+    for name in ("config.yaml", "log.csv", "metrics.json", "curves.png", "checkpoint-last.pth", "checkpoint-best.pth", "weights-best.safetensors"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     state = read_checkpoint(run / "checkpoint-last.pth")  # weights_only: plain types only
@@ -52,6 +54,17 @@ def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.Capt
     logged = read_checkpoint(tmp_path / "run" / "checkpoint-last.pth")["history"][-1]
     assert evaluate_checkpoint(str(tmp_path / "run" / "checkpoint-last.pth"))["acc"] == logged["val_acc"]
     assert evaluate_checkpoint(str(tmp_path / "run" / "checkpoint-last.pth"), use_ema=True)["acc"] == logged["ema_val_acc"]
+    # The released weights: safetensors with the metadata needed to rebuild the model; same accuracy as the best checkpoint.
+    from safetensors import safe_open
+
+    release = tmp_path / "run" / "weights-best.safetensors"
+    with safe_open(str(release), framework="pt") as f:
+        meta = f.metadata()
+    best = read_checkpoint(tmp_path / "run" / "checkpoint-best.pth")
+    assert meta["format"] == "scnet" and meta["arch"] == "scnet_demo" and meta["in_chans"] == "3" and meta["num_classes"] == "4"
+    assert meta["scnet_version"] == scnet.__version__ and float(meta["val_acc"]) == pytest.approx(best["best_acc"], abs=1e-4)
+    assert int(meta["epoch"]) == best["epoch"]
+    assert evaluate_checkpoint(str(release))["acc"] == best["best_acc"]
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint-last.pth")]) == 0
     assert f"top-1 {logged['val_acc']:.2f}%" in capsys.readouterr().out
 

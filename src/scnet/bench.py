@@ -96,36 +96,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _PeakRSS:
-    """Peak resident memory above the level at entry (CPU), sampled every millisecond from /proc."""
-
-    def __enter__(self) -> "_PeakRSS":
-        self.base = self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def megabytes(self) -> float:
-        return (self.peak - self.base) / 2**20
-
-
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: peak memory is not reported
+    except OSError:  # not Linux
         return 0
+
+
+def _child_peak(model: str, mode: str, batch: int, size: int, dtype: str, calls: int) -> float:
+    """Run in a fresh process: peak resident memory of ``calls`` calls above the level after building (MB)."""
+    import resource
+
+    run = _prepare(model, mode, torch.device("cpu"), DTYPES[dtype])
+    x, y = _make_inputs(batch, size, MODES[mode]["channels_last"], torch.device("cpu"))
+    base = _rss_bytes()
+    for _ in range(calls):
+        run(x, y)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return max(0.0, (peak - base) / 2**20)
+
+
+def cpu_peak_memory(case: "BenchCase", dtype: str, calls: int = 2) -> Optional[float]:
+    """Peak memory of ``case`` on CPU, measured in a fresh process so no other case's freed memory hides it.
+
+    Inside one process, memory freed by earlier cases stays mapped and makes later peaks look small; a child
+    process starts clean. The number is the high-water mark of resident memory during the calls minus the
+    resident memory after the model and inputs were built (activations, workspaces, gradients, optimizer state).
+    """
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    code = ("import sys, torch; from scnet.bench import _child_peak; torch.set_num_threads(int(sys.argv[7])); "
+            "print(_child_peak(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])))")
+    args = [sys.executable, "-c", code, case.model, case.mode, str(case.batch), str(case.size), dtype, str(calls), str(torch.get_num_threads())]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def build_model(name: str) -> nn.Module:
@@ -186,6 +196,13 @@ def _has_deploy_path(model: nn.Module) -> bool:
     return isinstance(model, ResNet) or any(isinstance(m, (SCConv, SelfCalibration)) for m in model.modules())
 
 
+def _make_inputs(batch: int, size: int, channels_last: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,
+            torch.randint(0, 1000, (batch,), generator=gen).to(device))
+
+
 def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int], sizes: Sequence[int],
          baseline: Optional[str] = "resnet50") -> list[BenchCase]:
     """Every (model, mode, batch, size), the baseline first; "deploy" does not apply to the baseline."""
@@ -202,8 +219,12 @@ def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int]
 
 
 def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, device: str = "cpu", dtype: str = "fp32",
-              baseline: Optional[str] = "resnet50", show_progress: bool = True) -> dict[str, Any]:
-    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times."""
+              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True) -> dict[str, Any]:
+    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times.
+
+    With ``memory``, each case's peak memory is measured too: on GPU from the allocator's statistics, on CPU
+    in a fresh process per case (not for compiled modes, whose compilation would dominate that process).
+    """
     from tqdm.auto import tqdm
 
     from .profile import count_macs
@@ -228,10 +249,7 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
         case.macs = macs[case.model, case.size]
         cl = MODES[case.mode]["channels_last"]
         if (case.batch, case.size, cl) not in inputs:
-            gen = torch.Generator().manual_seed(0)
-            x = torch.randn(case.batch, 3, case.size, case.size, generator=gen).to(dev)
-            inputs[case.batch, case.size, cl] = (x.contiguous(memory_format=torch.channels_last) if cl else x,
-                                                 torch.randint(0, 1000, (case.batch,), generator=gen).to(dev))
+            inputs[case.batch, case.size, cl] = _make_inputs(case.batch, case.size, cl, dev)
 
     def call(case: BenchCase) -> tuple[Callable, torch.Tensor, torch.Tensor]:
         return (runners[case.model, case.mode], *inputs[case.batch, case.size, MODES[case.mode]["channels_last"]])
@@ -242,8 +260,8 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
             run, x, y = call(case)
             try:
                 for i in range(warmup):
-                    if i == warmup - 1:
-                        case.peak_mem_mb = _peak_memory(run, x, y, dev)
+                    if i == warmup - 1 and dev.type == "cuda":
+                        case.peak_mem_mb = _cuda_peak_memory(run, x, y, dev)
                     else:
                         run(x, y)
                     _sync(dev)
@@ -263,24 +281,24 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
                 _sync(dev)
                 case.times.append(time.perf_counter() - start)
                 bar.update()
+    if memory and dev.type == "cpu":
+        for case in tqdm(cases, desc="peak memory", disable=not show_progress or None, dynamic_ncols=True):
+            if not case.error and not MODES[case.mode]["compile"]:
+                case.peak_mem_mb = cpu_peak_memory(case, dtype, calls=warmup)
     roof = matmul_roof(dev, torch_dtype if torch_dtype != torch.float16 or dev.type == "cuda" else torch.float32)
     return dict(
         machine=describe_machine(dev), torch=torch.__version__, device=device, dtype=dtype,
-        repeats=repeats, warmup=warmup, baseline=baseline, matmul_roof_gflops=roof,
+        repeats=repeats, warmup=warmup, baseline=baseline, matmul_roof_gflops=roof, memory=memory,
         results=[c.summary(roof) for c in cases],
     )
 
 
-def _peak_memory(run: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Optional[float]:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        run(x, y)
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    with _PeakRSS() as peak:
-        run(x, y)
-    return peak.megabytes if peak.peak else None
+def _cuda_peak_memory(run: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run(x, y)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def describe_machine(device: torch.device) -> str:
@@ -327,7 +345,8 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
-              "spread = (max - min) / median. Modes: " + "; ".join(
+              "spread = (max - min) / median. Peak memory: on CPU the resident-memory high-water mark of the "
+              "warm-up calls in a fresh process, above the memory after building the model and inputs. Modes: " + "; ".join(
                   f"{m} = {_describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
               "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(lines))

@@ -67,7 +67,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     cases = target_cases() if args.targets else grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
-    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline)
+    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory)
     extra = []
     if args.targets:
         report["targets"] = evaluate_targets(report)
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one process per case on CPU)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
     bench.set_defaults(func=_bench)

@@ -117,6 +117,8 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _read_safetensors_release(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
@@ -125,6 +127,32 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         raise ValueError(f"refusing to load {path}: not a plain tensor checkpoint ({reason})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a dictionary")
+    return obj
+
+
+RELEASE_JSON_KEYS = ("config", "data_info")
+
+
+def _read_safetensors_release(path: Path) -> dict:
+    """A ``.safetensors`` file as a checkpoint dict: tensors under "model", our metadata decoded beside them."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a damaged header or body: say which file
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e
+    obj: dict = dict(model=tensors, metadata=dict(meta))
+    for key in RELEASE_JSON_KEYS:
+        if key in meta:
+            obj[key] = json.loads(meta[key])
+    if "epoch" in meta:
+        obj["epoch"] = int(meta["epoch"])
+    if "arch" in meta:
+        obj["arch"] = meta["arch"]
     return obj
 
 

@@ -158,6 +158,15 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, 
     return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), count=int(seen))
 
 
+def save_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Weights for distribution: a ``.safetensors`` file (no code can hide in it) with string metadata, atomically."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` atomically: a temporary file in the same folder, flushed, then renamed over ``path``.
 

@@ -27,7 +27,7 @@ from ..data import DataInfo, build_datasets
 from ..models import create_model
 from ..models.weights import read_checkpoint
 from .config import ConfigError, TrainConfig
-from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, train_one_epoch, warmup_cosine
+from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, save_release, train_one_epoch, warmup_cosine
 
 __all__ = ["fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
@@ -220,6 +220,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
             save_checkpoint(checkpoint, out / "checkpoint-last.pth")
             if is_best:
                 save_checkpoint(checkpoint, out / "checkpoint-best.pth")
+                save_release(model.state_dict(), out / "weights-best.safetensors", _release_metadata(cfg, info, epoch + 1, val["acc"]))
             _write_log(out, history)
         if writer is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
@@ -237,6 +238,16 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     if world > 1:
         dist.barrier()
     return final
+
+
+def _release_metadata(cfg: TrainConfig, info: DataInfo, epoch: int, val_acc: float) -> dict[str, str]:
+    """What a user of the released weights needs to rebuild the model and prepare its inputs (strings only)."""
+    from .. import __version__
+
+    return dict(format="scnet", arch=cfg.model, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
+                input_size=str(info.image_size), mean=json.dumps(info.mean), std=json.dumps(info.std),
+                config=json.dumps(cfg.to_dict()), data_info=json.dumps(asdict(info)), epoch=str(epoch),
+                val_acc=f"{val_acc:.4f}", scnet_version=__version__)
 
 
 def _yaml(values: dict[str, Any]) -> str:
