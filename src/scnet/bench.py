@@ -96,25 +96,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux
-        return 0
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _child_peak(model: str, mode: str, batch: int, size: int, dtype: str, calls: int) -> float:
-    """Run in a fresh process: peak resident memory of ``calls`` calls above the level after building (MB)."""
-    import resource
+    """Run in a fresh process: peak resident memory of ``calls`` calls above the level after building (MB).
 
+    The kernel's high-water mark (VmHWM) is reset just before the calls (``/proc/self/clear_refs``), so the
+    transient peaks of importing and building do not count.
+    """
     run = _prepare(model, mode, torch.device("cpu"), DTYPES[dtype])
     x, y = _make_inputs(batch, size, MODES[mode]["channels_last"], torch.device("cpu"))
-    base = _rss_bytes()
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     for _ in range(calls):
         run(x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return max(0.0, (peak - base) / 2**20)
+    return max(0.0, (_status_kib("VmHWM") - base) / 1024)
 
 
 def cpu_peak_memory(case: "BenchCase", dtype: str, calls: int = 2) -> Optional[float]:
@@ -127,7 +127,7 @@ def cpu_peak_memory(case: "BenchCase", dtype: str, calls: int = 2) -> Optional[f
     import subprocess
     import sys
 
-    if not os.path.exists("/proc/self/statm"):
+    if not os.path.exists("/proc/self/clear_refs"):  # Linux only
         return None
     code = ("import sys, torch; from scnet.bench import _child_peak; torch.set_num_threads(int(sys.argv[7])); "
             "print(_child_peak(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])))")
@@ -345,8 +345,8 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
-              "spread = (max - min) / median. Peak memory: on CPU the resident-memory high-water mark of the "
-              "warm-up calls in a fresh process, above the memory after building the model and inputs. Modes: " + "; ".join(
+              "spread = (max - min) / median. Peak memory: on CPU the resident-memory high-water mark (reset just "
+              "before) of the warm-up calls in a fresh process, above the memory after building the model and inputs. Modes: " + "; ".join(
                   f"{m} = {_describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
               "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(lines))
