@@ -167,3 +167,16 @@ def test_deploy_compiles_with_inductor_freezing() -> None:
         got = torch.compile(fused)(x)
         want = model(x)
     assert _rel(got, want) < 1e-5
+
+
+def test_layout_follows_the_channels_last_flag() -> None:
+    model = _seeded("scnet_demo")
+    x = seeded_input((1, 3, 32, 32))
+    for channels_last in (True, False):
+        fused = deploy(model, channels_last=channels_last, backend="portable")  # oneDNN's fused calls pick their own layout
+        conv = fused.layer1[0].k1  # a 3x3 (1x1 weights are contiguous in both layouts)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        with torch.inference_mode():
+            features = fused.forward_features(x)
+        assert features.is_contiguous(memory_format=torch.channels_last) == channels_last
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)

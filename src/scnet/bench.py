@@ -363,7 +363,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     series = sorted({(r["model"], r["mode"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (axis, fixed, label) in zip(axes, (("batch", "size", "batch size"), ("size", "batch", "resolution (px)"))):
-        fixed_value = max(r[fixed] for r in rows) if fixed == "batch" else min(r[fixed] for r in rows)
+        # Hold the other axis where the most points vary along this one.
+        fixed_value = max(sorted({r[fixed] for r in rows}), key=lambda v: len({r[axis] for r in rows if r[fixed] == v}))
         for model, mode in series:
             pts = sorted((r[axis], r["images_per_s"]) for r in rows if (r["model"], r["mode"]) == (model, mode) and r[fixed] == fixed_value)
             if pts:

@@ -403,9 +403,8 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
             if strict:
                 raise ValueError(f"deploy cannot fuse the stem: {err}") from None
             report.kept["conv1"] = str(err)
-    if channels_last:
-        # Convolutions follow their weight's layout, so from the first convolution on every activation is
-        # channels_last too, without converting the input.
-        fused_model = fused_model.to(memory_format=torch.channels_last)
+    # Convolutions follow their weight's layout, so from the first convolution on every activation is in the
+    # chosen layout too, without converting the input.
+    fused_model = fused_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     fused_model.deploy_report = report
     return fused_model
