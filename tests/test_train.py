@@ -61,7 +61,9 @@ def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.Capt
     with safe_open(str(release), framework="pt") as f:
         meta = f.metadata()
     best = read_checkpoint(tmp_path / "run" / "checkpoint-best.pth")
-    assert meta["format"] == "scnet" and meta["arch"] == "scnet_demo" and meta["in_chans"] == "3" and meta["num_classes"] == "4"
+    info = best["data_info"]  # synthetic data: 1 channel, 4 classes
+    assert meta["format"] == "scnet" and meta["arch"] == "scnet_demo"
+    assert (meta["in_chans"], meta["num_classes"]) == (str(info["in_chans"]), str(info["num_classes"])) == ("1", "4")
     assert meta["scnet_version"] == scnet.__version__ and float(meta["val_acc"]) == pytest.approx(best["best_acc"], abs=1e-4)
     assert int(meta["epoch"]) == best["epoch"]
     assert evaluate_checkpoint(str(release))["acc"] == best["best_acc"]
