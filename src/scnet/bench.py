@@ -362,17 +362,28 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     rows = [r for r in report["results"] if not r.get("error")]
     series = sorted({(r["model"], r["mode"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    legend_done = False
     for ax, (axis, fixed, label) in zip(axes, (("batch", "size", "batch size"), ("size", "batch", "resolution (px)"))):
+        if len({r[axis] for r in rows}) < 2:
+            ax.text(0.5, 0.5, f"one {label} measured: no scaling to plot", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         # Hold the other axis where the most points vary along this one.
         fixed_value = max(sorted({r[fixed] for r in rows}), key=lambda v: len({r[axis] for r in rows if r[fixed] == v}))
         for model, mode in series:
             pts = sorted((r[axis], r["images_per_s"]) for r in rows if (r["model"], r["mode"]) == (model, mode) and r[fixed] == fixed_value)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{model} ({mode})", linestyle="--" if model == report["baseline"] else "-")
+                ax.plot(*zip(*pts), marker="o", label=f"{model} ({mode})", color=f"C{series.index((model, mode)) % 10}",
+                        linestyle="--" if model == report["baseline"] else "-")
         ax.set(xlabel=label, ylabel="images / s", title=f"img/s vs {label} ({fixed} = {fixed_value})")
         ax.set_xscale("log", base=2)
+        values = sorted({r[axis] for r in rows})
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        if not legend_done:
+            ax.legend(fontsize=8)  # one legend: a series has the same colour in both panels
+            legend_done = True
     fig.suptitle(f"{report['machine'][:90]}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
