@@ -171,7 +171,7 @@ def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> 
 
         return step
     model.eval()
-    if spec["deploy"] is not None and _has_deploy_path(model):
+    if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
         model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
         model = model.to(dtype)
@@ -187,13 +187,6 @@ def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> 
             net(x.to(dtype))
 
     return infer
-
-
-def _has_deploy_path(model: nn.Module) -> bool:
-    from .layers import SCConv, SelfCalibration
-    from .models import ResNet
-
-    return isinstance(model, ResNet) or any(isinstance(m, (SCConv, SelfCalibration)) for m in model.modules())
 
 
 def _make_inputs(batch: int, size: int, channels_last: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

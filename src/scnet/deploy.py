@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import SCConv, SelfCalibration
+from .layers.scconv import _upsample
 from .models.blocks import Bottleneck, SCBottleneck
 
 __all__ = ["DeployReport", "FusedConv", "deploy", "fold_conv_norm", "onednn_fusion_available"]
@@ -214,11 +215,7 @@ class FusedSelfCalibration(nn.Module):
             # Each pooled cell covers a bh x bw block: broadcast instead of building the upsampled map.
             t = x.view(n, c, ph, bh, pw, bw) + calib.view(n, c, ph, 1, pw, 1)  # (N, C, H/bh, bh, W/bw, bw)
             return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W); a view when t kept x's layout
-        if self.upsample_mode == "nearest":
-            up = F.interpolate(calib, size=[h, w], mode="nearest")  # (N, C, H, W)
-        else:
-            up = F.interpolate(calib, size=[h, w], mode="bilinear", align_corners=False)  # (N, C, H, W)
-        return torch.sigmoid_(x + up)
+        return torch.sigmoid_(x + _upsample(calib, [h, w], self.upsample_mode))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.k4(self.k3(x, self.gate(x), "mul"))  # (N, C_out, H/s, W/s)
