@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .profile import describe_machine
 
 __all__ = ["BenchCase", "MODES", "matmul_roof", "run_bench", "write_report"]
 
@@ -52,10 +52,6 @@ class BenchCase:
     peak_mem_mb: Optional[float] = None
     macs: Optional[float] = None  # per image, at ``size``
     error: Optional[str] = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/{self.mode}/b{self.batch}/{self.size}px"
 
     @property
     def train(self) -> bool:
@@ -108,7 +104,7 @@ def _child_peak(model: str, mode: str, batch: int, size: int, dtype: str, calls:
     transient peaks of importing and building do not count.
     """
     run = _prepare(model, mode, torch.device("cpu"), DTYPES[dtype])
-    x, y = _make_inputs(batch, size, MODES[mode]["channels_last"], torch.device("cpu"))
+    x, y = _make_inputs(batch, size, MODES[mode]["channels_last"], torch.device("cpu"), _input_dtype(mode, DTYPES[dtype]))
     base = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -184,14 +180,20 @@ def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> 
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.inference_mode():
-            net(x.to(dtype))
+            net(x)
 
     return infer
 
 
-def _make_inputs(batch: int, size: int, channels_last: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _input_dtype(mode: str, dtype: torch.dtype) -> torch.dtype:
+    # Inference runs the model in ``dtype``; training keeps float32 weights and inputs under autocast.
+    return torch.float32 if MODES[mode]["train"] else dtype
+
+
+def _make_inputs(batch: int, size: int, channels_last: bool, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device, dtype)
     return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,
             torch.randint(0, 1000, (batch,), generator=gen).to(device))
 
@@ -232,7 +234,7 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
     torch_dtype = DTYPES[dtype]
     runners: dict[tuple[str, str], Callable] = {}
     macs: dict[tuple[str, int], float] = {}
-    inputs: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+    inputs: dict[tuple[int, int, bool, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
     for case in cases:
         if (case.model, case.mode) not in runners:
             runners[case.model, case.mode] = _prepare(case.model, case.mode, dev, torch_dtype)
@@ -240,12 +242,15 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
             with torch.device("meta"):
                 macs[case.model, case.size] = count_macs(build_model(case.model), (3, case.size, case.size))
         case.macs = macs[case.model, case.size]
-        cl = MODES[case.mode]["channels_last"]
-        if (case.batch, case.size, cl) not in inputs:
-            inputs[case.batch, case.size, cl] = _make_inputs(case.batch, case.size, cl, dev)
+    def input_key(case: BenchCase) -> tuple[int, int, bool, torch.dtype]:
+        return case.batch, case.size, MODES[case.mode]["channels_last"], _input_dtype(case.mode, torch_dtype)
+
+    for case in cases:
+        if input_key(case) not in inputs:
+            inputs[input_key(case)] = _make_inputs(*input_key(case)[:3], dev, input_key(case)[3])
 
     def call(case: BenchCase) -> tuple[Callable, torch.Tensor, torch.Tensor]:
-        return (runners[case.model, case.mode], *inputs[case.batch, case.size, MODES[case.mode]["channels_last"]])
+        return (runners[case.model, case.mode], *inputs[input_key(case)])
 
     total = len(cases) * (warmup + repeats)
     with tqdm(total=total, desc="bench", disable=not show_progress or None, dynamic_ncols=True) as bar:
@@ -292,18 +297,6 @@ def _cuda_peak_memory(run: Callable, x: torch.Tensor, y: torch.Tensor, device: t
     run(x, y)
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def _describe_mode(spec: dict[str, Any]) -> str:

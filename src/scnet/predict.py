@@ -51,16 +51,14 @@ def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None
     from .models import create_model
     from .models.weights import read_checkpoint
     from .train.config import TrainConfig
-    from .train.runner import build_model_for
+    from .train.runner import load_trained_model
 
     if checkpoint:
         state = read_checkpoint(checkpoint)
         if "config" not in state or "data_info" not in state:
             raise ValueError(f"{checkpoint} is not a training checkpoint of this tool; for bare weights use --model NAME --weights FILE")
         info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
-        net = build_model_for(TrainConfig(**state["config"]), info)
-        net.load_state_dict(state["model_ema" if use_ema and "model_ema" in state else "model"])
-        return net.eval(), info
+        return load_trained_model(state, TrainConfig(**state["config"]), info, use_ema, checkpoint).eval(), info
     if not model:
         raise ValueError("give --checkpoint (a training checkpoint) or --model NAME (ImageNet classes)")
     from timm.data import ImageNetInfo

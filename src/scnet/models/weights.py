@@ -158,14 +158,7 @@ def _read_safetensors_release(path: Path) -> dict:
 
 def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or torch file as a flat state dict (unwrapping training checkpoints)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path)  # a .safetensors file comes back as {"model": tensors, "metadata": ...}
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]

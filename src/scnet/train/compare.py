@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -16,7 +15,7 @@ import torch
 
 from ..data import build_datasets
 from ..models import plain_twin, sc_twin
-from ..profile import count_macs, count_params
+from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
 from .runner import build_model_for, fit
 
@@ -54,7 +53,7 @@ def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out:
         accs = [r["final_val_acc"] for r in entry["runs"]]
         entry.update(mean=statistics.fmean(accs), std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      train_seconds=statistics.fmean(r["train_seconds"] for r in entry["runs"]))
-    report = dict(data=info.name, seeds=list(seeds), recipe=_recipe(base), machine=_machine(), command=command, models=results)
+    report = dict(data=info.name, seeds=list(seeds), recipe=_recipe(base), machine=describe_machine(torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')), command=command, models=results)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(out / "report.png", report)
     (out / "report.md").write_text(_markdown(report))
@@ -88,11 +87,6 @@ def _val_curve(run: Path) -> list[float]:
 def _recipe(cfg: TrainConfig) -> dict[str, Any]:
     keys = ("epochs", "batch_size", "opt", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "limit_train", "limit_val", "stem_type", "amp")
     return {k: getattr(cfg, k) for k in keys}
-
-
-def _machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    return f"{platform.processor() or platform.machine()}, {device}, torch {torch.__version__}"
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -256,6 +256,19 @@ def _yaml(values: dict[str, Any]) -> str:
     return yaml.safe_dump(values, sort_keys=False)
 
 
+def load_trained_model(state: dict[str, Any], cfg: TrainConfig, info: DataInfo, use_ema: bool = False, source: str = "checkpoint") -> nn.Module:
+    """The model a training checkpoint (or released safetensors file) describes, with its weights loaded."""
+    key = "model_ema" if use_ema else "model"
+    if key not in state:
+        raise ConfigError(f"{source} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
+    model = build_model_for(cfg, info)
+    try:
+        model.load_state_dict(state[key])
+    except RuntimeError as e:
+        raise ConfigError(f"{source} does not fit {cfg.model} on {info.name}: {str(e).splitlines()[0]}") from e
+    return model
+
+
 def evaluate_checkpoint(
     checkpoint: str, data: Optional[str] = None, data_dir: Optional[str] = None, limit_val: Optional[int] = None,
     batch_size: Optional[int] = None, workers: int = 0, use_ema: bool = False,
@@ -269,12 +282,7 @@ def evaluate_checkpoint(
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
     _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed)
-    model = build_model_for(cfg, info)
-    weights = state["model_ema"] if use_ema else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ConfigError(f"{checkpoint} does not fit {cfg.model} on {info.name}: {str(e).splitlines()[0]}") from e
+    model = load_trained_model(state, cfg, info, use_ema, checkpoint)
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
     result = evaluate(model, loader, torch.device("cpu"))
     return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)
