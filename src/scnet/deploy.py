@@ -322,7 +322,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def _fuse_stem(model: nn.Module, onednn: bool) -> None:
+def _fuse_stem(model: nn.Module, onednn: bool) -> str:
     """The ResNet stem: conv(s) + bn1 + ReLU as fused convs; bn1 and relu become identities."""
     stem = model.conv1
     _require_relu(model.relu, "the stem")
@@ -338,6 +338,7 @@ def _fuse_stem(model: nn.Module, onednn: bool) -> None:
         model.conv1 = FusedConv.fold(stem, model.bn1, relu=True, onednn=onednn)
     model.bn1 = nn.Identity()
     model.relu = nn.Identity()
+    return "stem"
 
 
 def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto", strict: bool = False) -> nn.Module:
@@ -369,37 +370,35 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
     fused_model = copy.deepcopy(model)
     report = DeployReport()
 
-    def replace(name: str, make) -> None:
+    def attempt(name: str, fuse) -> None:
+        """Run ``fuse()`` (returns what was made); an unfoldable part is kept and reported, or raises if strict."""
         try:
-            _set_module(fused_model, name, make())
-            report.fused[name] = type(fused_model.get_submodule(name)).__name__
+            report.fused[name] = fuse()
         except _Unfoldable as err:
             if strict:
                 raise ValueError(f"deploy cannot fuse {name}: {err}") from None
             report.kept[name] = str(err)
+
+    def swap(name: str, make) -> str:
+        _set_module(fused_model, name, make())
+        return type(fused_model.get_submodule(name)).__name__
 
     # Outermost first; a fused block's children are no longer visited.
     for name, module in list(fused_model.named_modules()):
         if not name or any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
             continue
         if isinstance(module, SCBottleneck):
-            replace(name, lambda m=module: FusedSCBottleneck(m, onednn))
+            attempt(name, lambda m=module, n=name: swap(n, lambda: FusedSCBottleneck(m, onednn)))
         elif isinstance(module, Bottleneck):
-            replace(name, lambda m=module: FusedBottleneck(m, onednn))
+            attempt(name, lambda m=module, n=name: swap(n, lambda: FusedBottleneck(m, onednn)))
         elif isinstance(module, SCConv):
-            replace(name, lambda m=module: FusedSCConv(m, onednn=onednn))
+            attempt(name, lambda m=module, n=name: swap(n, lambda: FusedSCConv(m, onednn=onednn)))
         elif isinstance(module, SelfCalibration):
-            replace(name, lambda m=module: FusedSelfCalibration(m, onednn=onednn))
+            attempt(name, lambda m=module, n=name: swap(n, lambda: FusedSelfCalibration(m, onednn=onednn)))
     from .models.resnet import ResNet
 
-    if isinstance(fused_model, ResNet) and isinstance(fused_model.bn1, nn.Module) and not isinstance(fused_model.bn1, nn.Identity):
-        try:
-            _fuse_stem(fused_model, onednn)
-            report.fused["conv1"] = "stem"
-        except _Unfoldable as err:
-            if strict:
-                raise ValueError(f"deploy cannot fuse the stem: {err}") from None
-            report.kept["conv1"] = str(err)
+    if isinstance(fused_model, ResNet) and not isinstance(fused_model.bn1, nn.Identity):  # not already fused
+        attempt("conv1", lambda: _fuse_stem(fused_model, onednn))
     # Convolutions follow their weight's layout, so from the first convolution on every activation is in the
     # chosen layout too, without converting the input.
     fused_model = fused_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
