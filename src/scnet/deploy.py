@@ -12,11 +12,17 @@ every norm is a fixed per-channel affine map, so the whole network can be rewrit
   fused post-ops, on CPU), instead of as separate passes;
 - the nearest-neighbour upsample of the calibration is a broadcast (never materialised) when the map divides
   by the pooling rate, and the sigmoid runs in place;
-- activations are channels_last, the layout oneDNN computes in, so no layout conversions happen per layer.
+- activations are channels_last, the layout oneDNN computes in, so no layout conversions happen per layer;
+- on a GPU, each convolution followed by a ReLU runs as one cuDNN call with the bias, the residual sum and the
+  ReLU in its epilogue; the shortcut's bias moves into that epilogue too; the merged 1x1 runs as its two
+  halves (cuDNN reads only contiguous inputs, so slicing its output would cost a copy); and the calibration's
+  gate (K2's and K3's biases, sum, sigmoid, product) is one Triton kernel (``layers/gate_triton.py``) instead
+  of five memory-bound passes. Left to plain PyTorch, the bias adds alone took a third of a GPU's time.
 
-The fused oneDNN calls are used only in eager mode on CPU. Under ``torch.compile``, ``torch.export``/ONNX,
-TorchScript, on GPUs or for other dtypes the same modules run plain ``conv2d`` + element-wise ops (portable and
-still folded), which the compiler is free to fuse itself. ``backend="portable"`` forces that path.
+The fused oneDNN calls are used only in eager mode on CPU, the cuDNN and Triton ones only in eager mode on CUDA.
+Under ``torch.compile``, ``torch.export``/ONNX, TorchScript, or for other dtypes the same modules run plain
+``conv2d`` + element-wise ops (portable and still folded), which the compiler is free to fuse itself.
+``backend="portable"`` forces that path.
 
 Unsupported parts are never silently wrong: a model in training mode raises ``ValueError``; a norm that
 cannot be folded (GroupNorm, batch norm without running statistics) leaves that block as it was, listed in
@@ -24,9 +30,10 @@ the returned model's ``deploy_report`` (``strict=True`` raises instead).
 """
 # No ``from __future__ import annotations``: TorchScript reads these modules' annotations as real types.
 import copy
+import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -36,7 +43,7 @@ from .layers import SCConv, SelfCalibration
 from .layers.scconv import _upsample
 from .models.blocks import Bottleneck, SCBottleneck
 
-__all__ = ["DeployReport", "FusedConv", "deploy", "fold_conv_norm", "onednn_fusion_available"]
+__all__ = ["DeployReport", "FusedConv", "cuda_graph", "deploy", "fold_conv_norm", "onednn_fusion_available"]
 
 BACKENDS = ("auto", "portable")
 
@@ -89,6 +96,24 @@ def onednn_fusion_available() -> bool:
     return _ONEDNN
 
 
+# Devices whose eager path takes cuDNN's fused convolutions and the Triton gate kernel; the CPU tests add "cpu",
+# with Triton's interpreter and stand-ins that restate cuDNN's fused calls.
+_GPU_DEVICES = ("cuda",)
+_CUDNN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TRITON_GATE: dict = {}
+
+
+def _triton_gate_product():
+    """The Triton gate kernel, or None where Triton cannot be imported (CPU-only installs): imported on first use."""
+    if "fn" not in _TRITON_GATE:
+        try:
+            from .layers.gate_triton import gate_product_triton
+        except Exception:  # no Triton, or a Triton that cannot initialise: the portable ops are used
+            gate_product_triton = None
+        _TRITON_GATE["fn"] = gate_product_triton
+    return _TRITON_GATE["fn"]
+
+
 # oneDNN computes with weights in its own blocked layout; a plain tensor is re-laid-out on every call, which
 # costs as much as the convolution itself for large filters at batch 1. The re-laid-out copy is cached per
 # module and input shape, outside the module so that state_dict, deepcopy and TorchScript never see it.
@@ -116,6 +141,30 @@ def _running_eagerly() -> bool:
     return not (torch.compiler.is_compiling() or exporting or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
+_CUDNN_FUSED = {"ok": True}  # set to False, with a warning, the first time cuDNN refuses a fused call
+
+
+def _cudnn_fused_call(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], other: Optional[torch.Tensor],
+                      stride: int, padding: int, dilation: int, groups: int) -> torch.Tensor:
+    """``relu(conv(x, weight) + bias [+ other])`` as one cuDNN call: bias, sum and ReLU in the convolution's epilogue.
+
+    A cuDNN without the runtime-fusion engines refuses the call: then this and every later call computes the
+    same with plain ops, after one warning.
+    """
+    s, p, d = [stride] * 2, [padding] * 2, [dilation] * 2
+    if _CUDNN_FUSED["ok"]:
+        try:
+            if other is None:
+                return torch.cudnn_convolution_relu(x, weight, bias, s, p, d, groups)
+            return torch.cudnn_convolution_add_relu(x, weight, other, 1.0, bias, s, p, d, groups)
+        except RuntimeError as err:
+            _CUDNN_FUSED["ok"] = False
+            warnings.warn(f"deploy: cuDNN's fused convolution is not available ({str(err).splitlines()[0][:120]}); "
+                          "using plain convolutions and element-wise ops", RuntimeWarning, stacklevel=2)
+    y = F.conv2d(x, weight, bias, s, p, d, groups)
+    return F.relu(y if other is None else y + other)
+
+
 class FusedConv(nn.Module):
     """A convolution with its norm folded in and an optional ReLU, plus a fused second operand.
 
@@ -133,6 +182,7 @@ class FusedConv(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.relu = relu
         self.onednn = onednn and _ONEDNN
+        self.device_kernels = onednn  # backend "auto": the fused kernels of whichever device runs the model
 
     @classmethod
     def fold(cls, conv: nn.Conv2d, norm: Optional[nn.Module] = None, relu: bool = False, onednn: bool = True) -> "FusedConv":
@@ -159,9 +209,37 @@ class FusedConv(nn.Module):
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, weight, self.bias, p, s, d, self.groups, op, 1.0, unary if self.relu else None, [], "")
 
+    def gpu_fused(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` takes the cuDNN epilogue path: a ReLU follows, eager mode on a GPU, a cuDNN dtype."""
+        if torch.jit.is_scripting():
+            return False
+        return self._gpu_fused_eager(x)
+
+    @torch.jit.unused
+    def _gpu_fused_eager(self, x: torch.Tensor) -> bool:
+        return (self.device_kernels and self.relu and x.device.type in _GPU_DEVICES and x.dtype in _CUDNN_DTYPES
+                and _running_eagerly())
+
+    @torch.jit.unused
+    def conv_relu_gpu(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                      rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """``relu(conv(x) + bias [+ other])`` in one cuDNN call; ``bias`` defaults to this conv's, ``rows``
+        (start, stop) picks output channels: a slice of the weight's first dimension, contiguous, so no copy."""
+        weight, conv_bias = self.weight, self.bias
+        if rows is not None:
+            weight, conv_bias = weight[rows[0]:rows[1]], conv_bias[rows[0]:rows[1]]
+        bias = conv_bias if bias is None else bias
+        return _cudnn_fused_call(x, weight, bias, other, self.stride, self.padding, self.dilation, self.groups)
+
+    def conv_without_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """The bare convolution, for a caller that adds the bias inside a later fused kernel."""
+        return F.conv2d(x, self.weight, None, [self.stride] * 2, [self.padding] * 2, [self.dilation] * 2, self.groups)
+
     def forward(self, x: torch.Tensor, other: Optional[torch.Tensor] = None, op: str = "add") -> torch.Tensor:
         if self._fast(x):
             return self._onednn(x, other, op)
+        if (other is None or op == "add") and self.gpu_fused(x):
+            return self.conv_relu_gpu(x, other, None, None)  # all arguments: TorchScript sees no defaults here
         y = F.conv2d(x, self.weight, self.bias, [self.stride] * 2, [self.padding] * 2, [self.dilation] * 2, self.groups)
         if other is not None:
             y = y + other if op == "add" else y * other
@@ -183,13 +261,15 @@ class FusedSelfCalibration(nn.Module):
 
     The upsample is never materialised when each pooled cell maps to an r x r block (the map divides by r, or
     pools to a single cell): the sum broadcasts over a (N, C, H/r, r, W/r, r) view instead. The product with
-    the gate runs inside K3's convolution and ``relu_out`` (the bottleneck's ReLU) inside K4's.
+    the gate runs inside K3's convolution and ``relu_out`` (the bottleneck's ReLU) inside K4's. On a GPU in
+    eager mode (nearest upsampling), sum, sigmoid and product are one Triton kernel instead.
     """
 
     def __init__(self, sc: SelfCalibration, relu_out: bool = False, onednn: bool = True) -> None:
         super().__init__()
         self.pooling_r = sc.k2[0].pooling_r
         self.upsample_mode = sc.upsample_mode
+        self.triton = onednn  # backend "auto": the fused kernels of whichever device runs the model
         self.k2 = FusedConv.fold(*_conv_norm(sc.k2), onednn=onednn)
         self.k3 = FusedConv.fold(*_conv_norm(sc.k3), onednn=onednn)
         self.k4 = FusedConv.fold(*_conv_norm(sc.k4), relu=relu_out, onednn=onednn)
@@ -203,11 +283,14 @@ class FusedSelfCalibration(nn.Module):
     def _eager(self) -> bool:
         return _running_eagerly()
 
+    def _calib(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = min(self.pooling_r, x.shape[-2]), min(self.pooling_r, x.shape[-1])
+        return self.k2(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """``sigmoid(x + Up(K2(pool(x))))``, the calibration weights, (N, C, H, W)."""
         h, w = x.shape[-2], x.shape[-1]
-        kh, kw = min(self.pooling_r, h), min(self.pooling_r, w)
-        calib = self.k2(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+        calib = self._calib(x)  # (N, C, max(1, H//r), max(1, W//r))
         ph, pw = calib.shape[-2], calib.shape[-1]
         n, c = x.shape[0], x.shape[1]
         if self.upsample_mode == "nearest" and self._may_branch_on_size() and (ph == 1 or h % self.pooling_r == 0) and (pw == 1 or w % self.pooling_r == 0):
@@ -217,7 +300,26 @@ class FusedSelfCalibration(nn.Module):
             return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W); a view when t kept x's layout
         return torch.sigmoid_(x + _upsample(calib, [h, w], self.upsample_mode))
 
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_scripting():
+            return False
+        return self._triton_eager(x)
+
+    @torch.jit.unused
+    def _triton_eager(self, x: torch.Tensor) -> bool:
+        return (self.triton and x.device.type in _GPU_DEVICES and self.upsample_mode == "nearest"
+                and _running_eagerly() and _triton_gate_product() is not None)
+
+    @torch.jit.unused
+    def _triton_product(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = min(self.pooling_r, x.shape[-2]), min(self.pooling_r, x.shape[-1])
+        calib = self.k2.conv_without_bias(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+        # K2's and K3's biases are added inside the kernel, which reads each tensor once anyway.
+        return _triton_gate_product()(self.k3.conv_without_bias(x), x, calib, self.k3.bias, self.k2.bias)  # (N, C, H, W)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_triton(x):
+            return self.k4(self._triton_product(x))  # (N, C_out, H/s, W/s)
         return self.k4(self.k3(x, self.gate(x), "mul"))  # (N, C_out, H/s, W/s)
 
 
@@ -263,12 +365,22 @@ class _FusedBottleneckBase(nn.Module):
 
     def _tail(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = self.avd_layer(out)  # (N, w, H/s, W/s)
+        if not self.has_se and self.conv3.gpu_fused(out):
+            return self._tail_gpu(out, x)
         shortcut = x
         if self.downsample is not None:
             shortcut = self.downsample(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
         if self.has_se:
             return F.relu(self.se(self.conv3(out)) + shortcut)
         return self.conv3(out, shortcut, "add")  # relu(conv3(out) + shortcut) in one call
+
+    @torch.jit.unused
+    def _tail_gpu(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """relu(conv3(out) + b3 + shortcut): the shortcut conv runs without its bias, which joins conv3's epilogue."""
+        if self.downsample is None:
+            return self.conv3.conv_relu_gpu(out, x)
+        shortcut = self.downsample.conv_without_bias(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
+        return self.conv3.conv_relu_gpu(out, shortcut, self.conv3.bias + self.downsample.bias)
 
 
 class FusedSCBottleneck(_FusedBottleneckBase):
@@ -286,9 +398,21 @@ class FusedSCBottleneck(_FusedBottleneckBase):
         self._init_tail(block, onednn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ab = self.conv1(x)  # (N, w, H, W): [a | b]
-        out = torch.cat([self.k1(ab[:, :self.half]), self.scconv(ab[:, self.half:])], dim=1)  # (N, w, H/s, W/s)
+        if self.conv1.gpu_fused(x):
+            a, b = self._halves_gpu(x)
+        else:
+            ab = self.conv1(x)  # (N, w, H, W): [a | b]
+            a, b = ab[:, :self.half], ab[:, self.half:]
+        out = torch.cat([self.k1(a), self.scconv(b)], dim=1)  # (N, w, H/s, W/s)
         return self._tail(out, x)
+
+    @torch.jit.unused
+    def _halves_gpu(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # cuDNN reads only contiguous inputs, so channel slices of one merged output would each cost a copy:
+        # on the GPU the merged 1x1 runs as its two halves instead, each output contiguous.
+        width = self.conv1.weight.shape[0]
+        return (self.conv1.conv_relu_gpu(x, rows=(0, self.half)),  # (N, w/2, H, W)
+                self.conv1.conv_relu_gpu(x, rows=(self.half, width)))  # (N, w/2, H, W)
 
 
 class FusedBottleneck(_FusedBottleneckBase):
@@ -404,3 +528,38 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
     fused_model = fused_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     fused_model.deploy_report = report
     return fused_model
+
+
+def cuda_graph(model: nn.Module, example: torch.Tensor, warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Record one inference call of ``model`` on ``example`` as a CUDA graph; return a function that replays it.
+
+    Why: a deployed SCNet-50 issues over 200 kernels per call, and Python issues them more slowly than a fast
+    GPU runs them, at batch 1 by far and on an H200 even at batch 128. A replayed graph issues them all at once.
+    The warm-up calls (before recording) let cuDNN choose its algorithms and Triton compile its kernel.
+
+    The returned function takes inputs of exactly ``example``'s shape, dtype and device (``ValueError``
+    otherwise), copies them into the recorded input and returns the recorded output, which the next call
+    overwrites: clone it to keep it.
+    """
+    if example.device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA tensor, got one on {example.device}")
+    static_in = example.clone()  # keeps the layout (channels_last stays channels_last)
+    side = torch.cuda.Stream(example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.inference_mode(), torch.cuda.stream(side):  # warm up off the default stream, as recording requires
+        for _ in range(warmup):
+            model(static_in)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        static_out = model(static_in)
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        if x.shape != static_in.shape or x.dtype != static_in.dtype or x.device != static_in.device:
+            raise ValueError(f"this graph was recorded for {tuple(static_in.shape)} {static_in.dtype} inputs on "
+                             f"{static_in.device}, got {tuple(x.shape)} {x.dtype} on {x.device}")
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return replay

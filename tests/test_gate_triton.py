@@ -1,0 +1,169 @@
+"""The Triton gate kernel, run on CPU by Triton's interpreter: the same kernel source a GPU compiles."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scnet
+from scnet.models.blocks import Bottleneck, SCBottleneck
+from seeded import seeded_state_dict
+
+deploy_module = importlib.import_module("scnet.deploy")  # the module; ``scnet.deploy`` is the function
+
+# (N, C, H, W) and the pooled (PH, PW): divisible maps, floor-pooled odd maps (the nearest rule's float scale
+# decides the source cell: 18 -> 4 puts h = 9 on a float32 boundary), one-cell maps and non-square ones.
+SHAPES = [((2, 6, 8, 8), (2, 2)), ((2, 6, 13, 17), (3, 4)), ((1, 4, 14, 14), (3, 3)), ((1, 4, 18, 18), (4, 4)),
+          ((1, 2, 7, 5), (1, 1)), ((3, 5, 6, 9), (6, 2))]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """``gate_product_triton`` imported with TRITON_INTERPRET=1 (the decorator reads it), then forgotten."""
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.modules.pop("scnet.layers.gate_triton", None)
+    try:
+        module = importlib.import_module("scnet.layers.gate_triton")
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+    yield module.gate_product_triton
+    sys.modules.pop("scnet.layers.gate_triton", None)
+
+
+def _reference(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor) -> torch.Tensor:
+    # The gate as the paper and the official code write it, in float64.
+    up = F.interpolate(calib.double(), size=x.shape[-2:], mode="nearest")
+    return features.double() * torch.sigmoid(x.double() + up)
+
+
+def _layouts(shape: tuple[int, ...], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    n, c, h, w = shape
+    wide = torch.randn(n, 2 * c, h, w, generator=gen, dtype=torch.float64)
+    return {
+        "nchw": torch.randn(shape, generator=gen, dtype=torch.float64),
+        "channels_last": torch.randn(shape, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last),
+        "slice_of_channels_last": wide.contiguous(memory_format=torch.channels_last)[:, c:],  # as deploy feeds it
+        "slice_of_nchw": wide[:, :c],
+    }
+
+
+@pytest.mark.parametrize("shape,pooled", SHAPES)
+def test_kernel_equals_the_formula_in_float64(kernel, shape: tuple, pooled: tuple) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    calib = torch.randn(shape[0], shape[1], *pooled, generator=gen, dtype=torch.float64)
+    feats = _layouts(shape, gen)
+    xs = _layouts(shape, gen)
+    for layout, features in feats.items():
+        x = xs["slice_of_channels_last"] if layout == "nchw" else xs[layout]  # mixed strides too
+        out = kernel(features, x, calib)
+        assert out.shape == shape and out.dtype == torch.float64
+        torch.testing.assert_close(out, _reference(features, x, calib), rtol=1e-12, atol=1e-12)
+        dense_cl = features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
+        assert out.is_contiguous(memory_format=torch.channels_last if dense_cl else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_kernel_rounds_once_in_low_precision(kernel, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    features, x = (torch.randn(2, 8, 12, 12, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    calib = torch.randn(2, 8, 3, 3, generator=gen).to(dtype)
+    out = kernel(features, x, calib)
+    assert out.dtype == dtype
+    ref = _reference(features, x, calib)
+    # Sum and sigmoid in float32, one conversion to ``dtype`` at the end: within one unit in the last place of
+    # the exact value (half of one when rounding to nearest, as GPUs do; Triton's interpreter truncates bf16).
+    eps = torch.finfo(dtype).eps
+    assert ((out.double() - ref).abs() <= ref.abs() * eps + 1e-6).all()
+
+
+def test_biases_are_added_to_features_and_calib(kernel) -> None:
+    gen = torch.Generator().manual_seed(5)
+    features, x = (torch.randn(2, 6, 13, 17, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+                   for _ in range(2))
+    calib = torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64)
+    fb, kb = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    out = kernel(features, x, calib, fb, kb)
+    torch.testing.assert_close(out, _reference(features + fb.view(1, -1, 1, 1), x, calib + kb.view(1, -1, 1, 1)),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="both biases"):
+        kernel(features, x, calib, fb, None)
+
+
+def _counting(fn, calls: dict, key: str):
+    def wrapped(*args, **kwargs):
+        calls[key] = calls.get(key, 0) + 1
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def _cudnn_relu(x, weight, bias, stride, padding, dilation, groups):
+    # What torch.cudnn_convolution_relu computes, restated with plain ops.
+    return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups))
+
+
+def _cudnn_add_relu(x, weight, z, alpha, bias, stride, padding, dilation, groups):
+    # What torch.cudnn_convolution_add_relu computes, restated with plain ops.
+    return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups) + alpha * z)
+
+
+@pytest.mark.parametrize("name", ["scnet_demo", "scnet50_v1d", "scnet50_plain"])  # v1d: deep stem, pooled shortcut
+def test_gpu_path_is_wired_exactly(kernel, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The GPU path on CPU: cuDNN's fused calls restated, the Triton kernel interpreted, oneDNN off.
+
+    Every convolution must take a fused call (counted), and the model must compute what the original does:
+    this checks the moved biases (K2/K3 into the kernel, the shortcut's into conv3), the split 1x1 and the gate.
+    """
+    calls: dict = {}
+    monkeypatch.setattr(deploy_module, "_GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(deploy_module, "_ONEDNN", False)  # else oneDNN takes every CPU call first
+    monkeypatch.setitem(deploy_module._TRITON_GATE, "fn", _counting(kernel, calls, "gate"))
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", _counting(_cudnn_relu, calls, "relu"), raising=False)
+    monkeypatch.setattr(torch, "cudnn_convolution_add_relu", _counting(_cudnn_add_relu, calls, "add_relu"), raising=False)
+    model = scnet.create_model(name, num_classes=7).eval()
+    model.load_state_dict(seeded_state_dict(model.state_dict()))
+    x = torch.randn(2, 3, 40, 44, generator=torch.Generator().manual_seed(0))
+    fast = scnet.deploy(model)
+    with torch.inference_mode():
+        expected = model(x)
+        got = fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    sc_blocks = sum(isinstance(m, SCBottleneck) for m in model.modules())
+    plain_blocks = sum(isinstance(m, Bottleneck) for m in model.modules())
+    stem_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.conv1.modules())
+    # Stem convs; per SC block the two 1x1 halves, K1 and K4; per plain block conv1 and conv2. conv3 adds the shortcut.
+    assert calls.get("relu", 0) == stem_convs + 4 * sc_blocks + 2 * plain_blocks
+    assert calls.get("add_relu", 0) == sc_blocks + plain_blocks
+    assert calls.get("gate", 0) == sc_blocks
+    calls.clear()
+    with torch.inference_mode():
+        scnet.deploy(model, backend="portable")(x)
+    assert not calls  # "portable" never takes a device-specific kernel
+
+
+def test_a_refused_cudnn_call_falls_back_with_one_warning(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cuDNN: no engine for this fused graph")
+
+    monkeypatch.setattr(deploy_module, "_GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(deploy_module, "_ONEDNN", False)
+    monkeypatch.setitem(deploy_module._TRITON_GATE, "fn", kernel)
+    monkeypatch.setitem(deploy_module._CUDNN_FUSED, "ok", True)
+    monkeypatch.setattr(torch, "cudnn_convolution_relu", refuse, raising=False)
+    monkeypatch.setattr(torch, "cudnn_convolution_add_relu", refuse, raising=False)
+    model = scnet.create_model("scnet_demo", num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    fast = scnet.deploy(model)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="fused convolution is not available") as record:
+        got = fast(x)
+        expected = model(x)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert deploy_module._CUDNN_FUSED["ok"] is False
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
