@@ -68,3 +68,54 @@ def test_cpu_peak_memory_is_measured_in_a_fresh_process() -> None:
     assert infer is not None and train is not None and train > infer >= 0
     # The demo model's gradients plus momentum alone are 2 x 4 bytes x ~0.5M parameters = ~4 MB.
     assert train > 4.0
+
+
+def test_graph_modes_need_a_gpu() -> None:
+    import torch
+
+    import scnet
+
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        scnet.cuda_graph(torch.nn.Identity(), torch.zeros(1))
+    cases = grid(["scnet_demo"], ["graph", "deploy_graph"], [1], [32], baseline=None)
+    rows = run_bench(cases, repeats=1, warmup=1, show_progress=False, memory=False)["results"]
+    assert [r["mode"] for r in rows] == ["graph", "deploy_graph"]
+    assert all("needs a CUDA tensor" in r["error"] and "images_per_s" not in r for r in rows)  # reported, not timed
+
+
+def test_kernel_names_fall_into_categories() -> None:
+    from scnet.bench import kernel_category
+
+    # Kernel names as an H200's profiler recorded them (shortened), then CPU operator names.
+    names = {
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1": "convolution",
+        "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_256x64_32x4_nhwc_align8>": "convolution",
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT": "convolution",
+        "void at::native::batch_norm_transform_input_channels_last_kernel<c10::BFloat16, float, c10::BFloat16, 4>": "batch norm",
+        "void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add<c10::BFloat16>>": "add",
+        "void at::native::vectorized_elementwise_kernel<8, at::native::(anonymous namespace)::launch_clamp_scalar": "relu",
+        "void at::native::(anonymous namespace)::CatArrayBatchedCopy_alignedK_contig<OpaqueType<2u>, unsigned int, 4>": "concat",
+        "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)": "copy",
+        "void at::native::(anonymous namespace)::upsample_nearest2d_nhwc_out_frame<c10::BFloat16>": "upsample",
+        "_gate_product_kernel": "calibration gate (Triton)",
+        "void at::native::(anonymous namespace)::max_pool_forward_nhwc<c10::BFloat16, int>": "other",
+        "aten::mkldnn_convolution": "convolution", "mkldnn::_convolution_pointwise": "convolution",
+        "aten::sigmoid_": "sigmoid", "aten::avg_pool2d": "average pool", "aten::native_batch_norm": "batch norm",
+    }
+    assert {n: kernel_category(n) for n in names} == names
+
+
+def test_breakdown_accounts_for_all_the_time(tmp_path: Path) -> None:
+    from scnet.bench import kernel_breakdown, write_breakdown
+
+    rows = [kernel_breakdown(BenchCase(m, "eager", 2, 32), calls=1, warmup=1) for m in ("resnet18", "scnet_demo")]
+    for r in rows:
+        assert r["total_us_per_call"] > 0
+        assert sum(c["us_per_call"] for c in r["categories"]) == pytest.approx(r["total_us_per_call"])
+        assert sum(c["share"] for c in r["categories"]) == pytest.approx(1.0)
+        assert r["categories"][0]["category"] in ("convolution", "batch norm")  # where a CNN's time goes
+    plain, sc = ({c["category"] for c in r["categories"]} for r in rows)
+    assert "sigmoid" in sc and "sigmoid" not in plain  # only the calibration gate has a sigmoid
+    write_breakdown(rows, tmp_path)
+    assert "| scnet_demo | eager | 2 | 32 |" in (tmp_path / "breakdown.md").read_text()
+    assert len(json.loads((tmp_path / "breakdown.json").read_text())["rows"]) == 2

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .profile import describe_machine
 
-__all__ = ["BenchCase", "MODES", "matmul_roof", "run_bench", "write_report"]
+__all__ = ["BenchCase", "MODES", "kernel_breakdown", "matmul_roof", "run_bench", "write_breakdown", "write_report"]
 
 # Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
 # deploy_nchw and deploy_portable isolate the ingredients: folding alone, then + channels_last, then (deploy)
@@ -33,6 +33,8 @@ MODES: dict[str, dict[str, Any]] = {
     "deploy_portable": dict(channels_last=True, deploy=dict(channels_last=True, backend="portable"), compile=False, train=False),
     "deploy": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False),
     "compiled": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=True, train=False),  # inductor + freezing
+    "graph": dict(channels_last=True, deploy=None, compile=False, train=False, graph=True),  # CUDA graph replay
+    "deploy_graph": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False, graph=True),
     "train": dict(channels_last=False, deploy=None, compile=False, train=True),
     "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
     "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
@@ -73,8 +75,12 @@ class BenchCase:
         return row
 
 
-def matmul_roof(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n x n matrix multiply, the best of ``repeats``: the practical compute ceiling."""
+def matmul_roof(device: torch.device, dtype: torch.dtype = torch.float32, n: Optional[int] = None, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n matrix multiply, the best of ``repeats``: the practical compute ceiling.
+
+    n defaults to 2048 on CPU and 8192 on a GPU, where smaller products cannot fill the chip.
+    """
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -147,7 +153,7 @@ def build_model(name: str) -> nn.Module:
 
 def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
-    from .deploy import deploy
+    from .deploy import cuda_graph, deploy
 
     spec = MODES[mode]
     model = build_model(name).to(device)
@@ -178,7 +184,15 @@ def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> 
         inductor_config.freezing = True  # weights become constants: folded and pre-packed by the compiler
         net = torch.compile(model)
 
+    graphs: dict[tuple, Callable] = {}
+
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+        if spec.get("graph"):  # one recorded graph per input shape, made on the first (warm-up) call
+            key = (tuple(x.shape), x.dtype)
+            if key not in graphs:
+                graphs[key] = cuda_graph(net, x)
+            graphs[key](x)
+            return
         with torch.inference_mode():
             net(x)
 
@@ -228,9 +242,7 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
         raise ValueError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
     if repeats < 1 or warmup < 1:
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no GPU is visible")
+    dev = _device(device)
     torch_dtype = DTYPES[dtype]
     runners: dict[tuple[str, str], Callable] = {}
     macs: dict[tuple[str, int], float] = {}
@@ -291,6 +303,15 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
     )
 
 
+def _device(device: str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no GPU is visible")
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest algorithm per shape
+    return dev
+
+
 def _cuda_peak_memory(run: Callable, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -305,7 +326,17 @@ def _describe_mode(spec: dict[str, Any]) -> str:
         parts.append(f"deploy(backend={spec['deploy']['backend']})")
     if spec["compile"]:
         parts.append("torch.compile" + ("" if spec["train"] else " with freezing"))
+    if spec.get("graph"):
+        parts.append("CUDA graph replay")
     return " + ".join(parts)
+
+
+def _memory_note(device: str) -> str:
+    if device.startswith("cuda"):
+        return ("Peak memory: the CUDA allocator's peak during the last warm-up call, above what was allocated before it "
+                "(cuDNN's workspace included).")
+    return ("Peak memory: the resident-memory high-water mark (reset just before) of the warm-up calls in a fresh "
+            "process, above the memory after building the model and inputs.")
 
 
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -331,8 +362,7 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
-              "spread = (max - min) / median. Peak memory: on CPU the resident-memory high-water mark (reset just "
-              "before) of the warm-up calls in a fresh process, above the memory after building the model and inputs. Modes: " + "; ".join(
+              "spread = (max - min) / median. " + _memory_note(report["device"]) + " Modes: " + "; ".join(
                   f"{m} = {_describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
               "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(lines))
@@ -340,6 +370,7 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
+    """img/s against batch size and against resolution: one panel per axis that was varied, one legend beside."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,31 +378,35 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     rows = [r for r in report["results"] if not r.get("error")]
     series = sorted({(r["model"], r["mode"]) for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    legend_done = False
-    for ax, (axis, fixed, label) in zip(axes, (("batch", "size", "batch size"), ("size", "batch", "resolution (px)"))):
-        if len({r[axis] for r in rows}) < 2:
-            ax.text(0.5, 0.5, f"one {label} measured: no scaling to plot", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            continue
+    models = sorted({m for m, _ in series})
+    panels = [p for p in (("batch", "size", "batch size"), ("size", "batch", "resolution (px)")) if len({r[p[0]] for r in rows}) > 1]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)) + 3.2, 4.4), squeeze=False)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "one batch size and one resolution measured: no scaling to plot", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
+    for ax, (axis, fixed, label) in zip(axes[0], panels):
         # Hold the other axis where the most points vary along this one.
         fixed_value = max(sorted({r[fixed] for r in rows}), key=lambda v: len({r[axis] for r in rows if r[fixed] == v}))
-        for model, mode in series:
+        for i, (model, mode) in enumerate(series):
             pts = sorted((r[axis], r["images_per_s"]) for r in rows if (r["model"], r["mode"]) == (model, mode) and r[fixed] == fixed_value)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{model} ({mode})", color=f"C{series.index((model, mode)) % 10}",
+            if pts:  # a colour per series, a marker per model, the baseline dashed
+                ax.plot(*zip(*pts), marker="os^Dv"[models.index(model) % 5], label=f"{model} ({mode})", color=colors(i % colors.N),
                         linestyle="--" if model == report["baseline"] else "-")
         ax.set(xlabel=label, ylabel="images / s", title=f"img/s vs {label} ({fixed} = {fixed_value})")
         ax.set_xscale("log", base=2)
         values = sorted({r[axis] for r in rows})
         ax.set_xticks(values, [str(v) for v in values])
+        ips = [r["images_per_s"] for r in rows]
+        if max(ips) > 20 * min(ips):  # GPUs span orders of magnitude from batch 1 to large batches
+            ax.set_yscale("log")
         ax.minorticks_off()
-        ax.grid(alpha=0.3)
-        if not legend_done:
-            ax.legend(fontsize=8)  # one legend: a series has the same colour in both panels
-            legend_done = True
+        ax.grid(alpha=0.3, which="both")
+    if panels:  # one legend for all panels: a series has the same colour and marker in each
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{report['machine'][:90]}", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 3.0 / fig.get_figwidth(), 1) if panels else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -427,3 +462,100 @@ def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
         met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
         lines.append(f"| {r['goal']} | {measured} | {ratio} | {r['bound']} | {met} |")
     return lines + [""]
+
+
+# Where the time goes: kernel (GPU) or operator (CPU) names, lower-cased, sorted into categories by the first
+# category with a matching substring. Batch norm comes before convolution because cuDNN names its norm kernels
+# "cudnn::bn_*"; concatenation before copy; the Triton gate kernel first.
+KERNEL_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("calibration gate (Triton)", ("gate_product",)),
+    ("batch norm", ("batch_norm", "bn_fw", "bn_bw", "batchnorm")),
+    ("layout change", ("nchwtonhwc", "nhwctonchw", "transpose")),
+    ("convolution", ("convolution", "conv2d", "fprop", "dgrad", "wgrad", "xmma", "implicit", "gemm", "cutlass",
+                     "winograd", "cudnn", "sm90_", "sm80_")),
+    ("average pool", ("avg_pool",)),
+    ("upsample", ("upsample",)),
+    ("sigmoid", ("sigmoid",)),
+    ("multiply", ("mul",)),
+    ("add", ("add",)),
+    ("relu", ("relu", "clamp", "threshold")),
+    ("concat", ("cat",)),
+    ("copy", ("copy",)),
+]
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_breakdown(case: BenchCase, device: str = "cpu", dtype: str = "fp32", calls: int = 3, warmup: int = 2) -> dict[str, Any]:
+    """Time per kernel (GPU) or per operator's own time (CPU) over ``calls`` calls of ``case``, by category.
+
+    Why: a speed-up is only worth building where the time is. On a GPU the profiler records every kernel
+    with its device time (read from the exported trace, a format stable across PyTorch versions); on CPU the
+    operators' self time stands in, since oneDNN runs inside them.
+    """
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
+    dev = _device(device)
+    run = _prepare(case.model, case.mode, dev, DTYPES[dtype])
+    x, y = _make_inputs(case.batch, case.size, MODES[case.mode]["channels_last"], dev, _input_dtype(case.mode, DTYPES[dtype]))
+    for _ in range(warmup):
+        run(x, y)
+    _sync(dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            run(x, y)
+        _sync(dev)
+    totals: dict[str, list[float]] = {}  # name -> [microseconds, launches]
+    if dev.type == "cuda":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(path))
+            events = json.loads(path.read_text()).get("traceEvents", [])
+        for ev in events:
+            if ev.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+                t = totals.setdefault(ev["name"], [0.0, 0])
+                t[0] += float(ev.get("dur", 0.0))
+                t[1] += 1
+    else:
+        for row in prof.key_averages():
+            if row.self_cpu_time_total > 0:
+                totals[row.key] = [float(row.self_cpu_time_total), row.count]
+    kernels = sorted(({"name": k, "category": kernel_category(k), "us_per_call": v[0] / calls, "launches_per_call": v[1] / calls}
+                      for k, v in totals.items()), key=lambda k: -k["us_per_call"])
+    total = sum(k["us_per_call"] for k in kernels)
+    cats: dict[str, list[float]] = {}
+    for k in kernels:
+        c = cats.setdefault(k["category"], [0.0, 0.0])
+        c[0] += k["us_per_call"]
+        c[1] += k["launches_per_call"]
+    categories = sorted(({"category": c, "us_per_call": v[0], "share": v[0] / total if total else 0.0, "launches_per_call": v[1]}
+                         for c, v in cats.items()), key=lambda c: -c["us_per_call"])
+    return dict(model=case.model, mode=case.mode, batch=case.batch, size=case.size, device=device, dtype=dtype, calls=calls,
+                total_us_per_call=total, launches_per_call=sum(k["launches_per_call"] for k in kernels),
+                categories=categories, top=kernels[:40])
+
+
+def write_breakdown(rows: list[dict[str, Any]], out: Path, command: str = "") -> None:
+    """breakdown.json and breakdown.md (one row per case, one column per category: ms per call and share)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "breakdown.json").write_text(json.dumps(dict(command=command, machine=describe_machine(_device(rows[0]["device"])) if rows else "",
+                                                        rows=rows), indent=2))
+    order = list(dict.fromkeys(c["category"] for r in rows for c in r["categories"]))
+    unit = "kernel time" if rows and rows[0]["device"].startswith("cuda") else "operator self time"
+    lines = [f"# Where the time goes ({unit} per call)", ""] + ([f"Command: `{command}`", ""] if command else [])
+    lines += ["| model | mode | batch | size | total ms | launches | " + " | ".join(order) + " |",
+              "|---|---|---|---|---|---|" + "---|" * len(order)]
+    for r in rows:
+        share = {c["category"]: c for c in r["categories"]}
+        cells = [f"{share[c]['us_per_call'] / 1e3:.2f} ({100 * share[c]['share']:.0f}%)" if c in share else "" for c in order]
+        lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['size']} | {r['total_us_per_call'] / 1e3:.2f} | "
+                     f"{r['launches_per_call']:.0f} | " + " | ".join(cells) + " |")
+    (out / "breakdown.md").write_text("\n".join(lines + [""]))

@@ -60,20 +60,29 @@ def _bench(args: argparse.Namespace) -> int:
     import shlex
     from pathlib import Path
 
-    from .bench import evaluate_targets, grid, run_bench, target_cases, targets_markdown, write_report
+    from .bench import evaluate_targets, grid, kernel_breakdown, run_bench, target_cases, targets_markdown, write_breakdown, write_report
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     cases = target_cases() if args.targets else grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
+    command = "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.breakdown:
+        rows = [kernel_breakdown(c, args.device, args.dtype, calls=args.repeats, warmup=args.warmup) for c in cases]
+        write_breakdown(rows, Path(args.out), command)
+        for r in rows:
+            top = ", ".join(f"{c['category']} {100 * c['share']:.0f}%" for c in r["categories"][:5])
+            print(f"{r['model']:>16} {r['mode']:>14} b{r['batch']:<3} {r['size']}px  {r['total_us_per_call'] / 1e3:8.2f} ms: {top}")
+        print(f"report: {Path(args.out) / 'breakdown.md'}")
+        return 0
     report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory)
     extra = []
     if args.targets:
         report["targets"] = evaluate_targets(report)
         extra = targets_markdown(report["targets"])
     out = Path(args.out)
-    write_report(report, out, command="scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), extra_md=extra)
+    write_report(report, out, command=command, extra_md=extra)
     for row in report["results"]:
         status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"
         print(f"{row['model']:>16} {row['mode']:>14} b{row['batch']:<3} {row['size']}px  {status}")
@@ -197,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", nargs="+", default=["scnet50"], help="models to measure (default scnet50)")
     bench.add_argument("--modes", nargs="+", default=["eager", "deploy"], choices=tuple(MODES),
                        help="eager (NCHW), eager_cl, deploy_nchw (folding only), deploy_portable (+ channels_last), deploy (+ oneDNN "
-                            "fusion), compiled (deploy + inductor with freezing), train, train_cl, train_compiled")
+                            "or cuDNN/Triton fusion), compiled (deploy + inductor with freezing), graph / deploy_graph (eager_cl / "
+                            "deploy replayed as a CUDA graph, GPU only), train, train_cl, train_compiled")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
@@ -206,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    bench.add_argument("--breakdown", action="store_true",
+                       help="instead of timing, profile each case: time per kernel (GPU) or operator (CPU), by category")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one process per case on CPU)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
