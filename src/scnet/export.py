@@ -1,4 +1,4 @@
-"""Export to ONNX (dynamic batch, height and width) and TorchScript, and check ONNX against onnxruntime.
+"""Export to ONNX (dynamic batch, height and width), TorchScript or safetensors, and check ONNX against onnxruntime.
 
 ONNX pooling kernels are static, so an exported graph keeps the r x r calibration window everywhere: it is
 valid for inputs at which every calibrated map is at least r pixels on each side (``min_export_size``:
@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .layers import CalibrationPool
 
-__all__ = ["min_export_size", "export_onnx", "export_torchscript", "check_onnx"]
+__all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx"]
 
 
 def _smallest_calibrated_side(meta_model: nn.Module, in_chans: int, size: int) -> int:
@@ -87,3 +87,23 @@ def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[i
         rel = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
         rows.append(dict(size=f"{h}x{w}", rel_error=rel, argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
     return rows
+
+
+def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path]) -> dict[str, str]:
+    """The weights alone, as safetensors with what a user needs to rebuild and feed the model (metadata).
+
+    Why safetensors: loading one can never run code, unlike a pickle. The metadata names the architecture (the
+    loader refuses the file for another one), classes, input channels and size, mean/std and the library
+    version; a digest of the tensors lets every read detect corruption. Returns the metadata.
+    """
+    import json
+
+    from . import __version__
+    from .train.engine import save_release
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    meta = dict(format="scnet", arch=arch, num_classes=str(getattr(model, "num_classes", "")), in_chans=str(getattr(model, "in_chans", "")),
+                input_size=json.dumps(list(cfg.get("input_size", ()))), mean=json.dumps(list(cfg.get("mean", ()))),
+                std=json.dumps(list(cfg.get("std", ()))), scnet_version=__version__)
+    save_release(model.state_dict(), Path(path), meta)
+    return meta

@@ -48,5 +48,5 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     if pretrained:
         load_pretrained(model, name)
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
+        load_checkpoint(model, checkpoint_path, arch=name)
     return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -18,7 +19,8 @@ import torch.nn as nn
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights",
-    "load_pretrained", "read_checkpoint", "load_state_dict_file", "filter_state_dict", "load_checkpoint",
+    "load_pretrained", "read_checkpoint", "load_state_dict_file", "filter_state_dict", "load_checkpoint", "verify_sha256",
+    "tensors_sha256", "check_arch",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,6 +67,24 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_sha256(path: Union[str, Path], expected: str) -> str:
+    """Check a file against a published sha256 (the whole hex digest, or a prefix of at least 8 digits).
+
+    For files fetched by hand from third-party hosts: a mismatch means a corrupt or substituted file and is a
+    ``ValueError`` naming both digests. Returns the file's full digest.
+    """
+    want = expected.strip().lower()
+    if len(want) < 8 or len(want) > 64 or any(c not in "0123456789abcdef" for c in want):
+        raise ValueError(f"--sha256 must be 8 to 64 hexadecimal digits, got {expected!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    digest = _sha256(path)
+    if not digest.startswith(want):
+        raise ValueError(f"{path} has sha256 {digest[:len(want)]}..., expected {want}: the file is corrupt or not the one published")
+    return digest
 
 
 def download_weights(spec: PretrainedWeights, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> Path:
@@ -119,15 +139,78 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors_release(path)
+    _check_zip_integrity(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        reason = f"it needs the Python global {found.group(1)!r}, which could run code" if found else str(e).splitlines()[0]
-        raise ValueError(f"refusing to load {path}: not a plain tensor checkpoint ({reason})") from e
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked".
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
+        if found or "weights only load failed" in str(e).lower():
+            names = [found.group(1)] if found else _foreign_globals(path)
+            what = f"the Python global {names[0]!r}" if names else "a Python object"
+            raise ValueError(f"refusing to load {path}: it needs {what}, which could run code; "
+                             "only plain tensor checkpoints are loaded") from e
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is damaged or not a torch checkpoint ({first})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} does not hold a dictionary")
     return obj
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals a torch file's pickle would import, other than torch's and the standard containers.
+
+    Read with ``pickletools`` (which parses and never executes), to name the culprit when the safe unpickler
+    stops at an instruction it does not support before it reaches the global.
+    """
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - an unparsable pickle: no name to report
+        return []
+    safe = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
+    return [n for n in names if not n.startswith(safe)]
+
+
+def _check_zip_integrity(path: Path) -> None:
+    """Verify the CRC-32 of every part of a zip-format torch file before unpickling anything from it.
+
+    Why: ``torch.load`` does not check them, so flipped bytes inside a tensor load silently as wrong weights.
+    Files in the legacy (pre-1.6) pickle format carry no checksums and are not checked.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path} is damaged ({e}); use an earlier checkpoint or the original file") from e
+    if bad is not None:
+        part = bad.split("/", 1)[-1]  # the archive's top folder is named after whatever file name it was written under
+        raise ValueError(f"{path} is damaged: its part {part!r} fails its CRC-32 check; use an earlier checkpoint or the original file")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes: released safetensors files carry it to detect corruption."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 RELEASE_JSON_KEYS = ("config", "data_info")
@@ -145,6 +228,8 @@ def _read_safetensors_release(path: Path) -> dict:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - a damaged header or body: say which file
         raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e
+    if "tensors_sha256" in meta and tensors_sha256(tensors) != meta["tensors_sha256"]:
+        raise ValueError(f"{path} is damaged: its tensors do not match the digest stored in the file")
     obj: dict = dict(model=tensors, metadata=dict(meta))
     for key in RELEASE_JSON_KEYS:
         if key in meta:
@@ -156,9 +241,32 @@ def _read_safetensors_release(path: Path) -> dict:
     return obj
 
 
-def load_state_dict_file(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or torch file as a flat state dict (unwrapping training checkpoints)."""
+def _declared_arch(obj: dict) -> Optional[str]:
+    """The architecture a file says it holds: training checkpoints and our safetensors files name it."""
+    arch = obj.get("arch")
+    return arch if isinstance(arch, str) else None
+
+
+def check_arch(obj: dict, path: Union[str, Path], arch: str) -> None:
+    """Refuse a file that declares another architecture than ``arch``, saying what differs."""
+    declared = _declared_arch(obj)
+    if declared is None or declared == arch:
+        return
+    meta = obj.get("metadata") or {}
+    info = obj.get("data_info") or {}
+    facts = [f"{k} {meta.get(k, info.get(k))}" for k in ("num_classes", "in_chans") if meta.get(k, info.get(k)) is not None]
+    raise ValueError(f"{path} holds weights of {declared}{' (' + ', '.join(facts) + ')' if facts else ''}, not {arch}; "
+                     f"build {declared!r} to load it")
+
+
+def load_state_dict_file(path: Union[str, Path], arch: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or torch file as a flat state dict (unwrapping training checkpoints).
+
+    With ``arch``, a file that declares another architecture is refused (``check_arch``).
+    """
     obj = read_checkpoint(path)  # a .safetensors file comes back as {"model": tensors, "metadata": ...}
+    if arch is not None:
+        check_arch(obj, path, arch)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -182,13 +290,15 @@ def filter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True, classifier: Optional[str] = "fc") -> nn.Module:
+def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True, classifier: Optional[str] = "fc",
+                    arch: Optional[str] = None) -> nn.Module:
     """Load a weight file into ``model``, checking every name and shape first.
 
     A classifier of another size than the model's (e.g. ImageNet weights into a 10-class model) is left at
-    its initialisation, so pretrained backbones can be fine-tuned; every other difference is an error.
+    its initialisation, so pretrained backbones can be fine-tuned; every other difference is an error. With
+    ``arch`` (the model's registered name), a file declaring another architecture is refused up front.
     """
-    state = filter_state_dict(load_state_dict_file(path))
+    state = filter_state_dict(load_state_dict_file(path, arch))
     own = model.state_dict()
     dropped = set()
     if classifier is not None:
