@@ -32,10 +32,17 @@ def _export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx, export_torchscript
     from .models import create_model
 
+    _verify(args.checkpoint, args.sha256)
     model = create_model(args.model, checkpoint_path=args.checkpoint, num_classes=args.num_classes,
                          in_chans=args.in_chans, stem_type=args.stem_type).eval()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "safetensors":
+        from .export import export_safetensors
+
+        export_safetensors(model, args.model, out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {args.model} with metadata")
+        return 0
     if args.format == "torchscript":
         export_torchscript(model, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): TorchScript, any batch and input size")
@@ -99,6 +106,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .predict import load_predictor, predict
 
+    _verify(args.checkpoint or args.weights, args.sha256)
     model, info = load_predictor(args.checkpoint, args.model, args.pretrained, args.weights, args.ema)
     results = predict(model, info, args.images, args.topk)
     if args.format == "json":
@@ -113,10 +121,15 @@ def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
+    if args.resume and args.epochs is None:  # --resume alone continues to the run's own planned epoch count
+        from .models.weights import read_checkpoint
+        from .train.runner import resolve_resume
+
+        flags["epochs"] = read_checkpoint(resolve_resume(args.resume)).get("config", {}).get("epochs")
     cfg = merge_config(load_yaml(args.config) if args.config else None, flags)
     result = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
-        print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {cfg.out}")
+        print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {result['out']}")
     return 0
 
 
@@ -136,8 +149,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(path: str | None, sha256: str | None) -> None:
+    if sha256:
+        from .models.weights import verify_sha256
+
+        if not path:
+            raise ValueError("--sha256 needs a file to check (--checkpoint or --weights)")
+        verify_sha256(path, sha256)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
+
+    _verify(args.checkpoint, args.sha256)
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.limit_val, args.batch_size, args.workers, args.ema)
     print(f"{r['model']} (epoch {r['epoch']}) on {r['data']}: top-1 {r['acc']:.2f}% ({r['count']} images), loss {r['loss']:.4f}")
@@ -158,6 +182,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST defaults to the Debian package's)")
     p.add_argument("--download", action="store_true", default=None, help="download Fashion-MNIST if it is not found")
     p.add_argument("--image-size", type=int, help=f"imagefolder crop size (default {d.image_size})")
+    p.add_argument("--bad-images", choices=("error", "skip"), help="imagefolder: stop at an unreadable image file (default) or leave them all out")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     p.add_argument("--opt", choices=("sgd", "adamw"), help=f"default {d.opt}")
@@ -175,6 +200,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-val", type=int, help="use only the first N validation images")
     p.add_argument("--out", help="run directory (default runs/<model>-<data>-seed<seed>)")
     p.add_argument("--resume", help="run directory or checkpoint to continue from")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps inside an epoch (a crash loses at most N)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--format", choices=("table", "markdown", "json"), default="markdown")
     info.set_defaults(func=_info)
 
-    exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime) or TorchScript")
+    exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime), TorchScript or safetensors weights")
     exp.add_argument("--model", required=True, help="registered model name, e.g. scnet50")
     exp.add_argument("--checkpoint", help="weights to export (.pth or .safetensors)")
-    exp.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    exp.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
     exp.add_argument("--out", required=True, help="output file")
     exp.add_argument("--num-classes", type=int, help="classifier size (default: the model's 1000)")
     exp.add_argument("--in-chans", type=int, help="input channels (default 3)")
@@ -253,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.set_defaults(func=_eval)
+    for p in (exp, pr, ev):
+        p.add_argument("--sha256", help="refuse the weight file unless its sha256 starts with these hex digits (8 to 64)")
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
@@ -260,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .train.runner import TrainingStopped  # after parsing: --help needs no torch
     if getattr(args, "input_size", 32) < 32:
         print(f"scnet: --input-size must be at least 32, got {args.input_size}", file=sys.stderr)
         return 2
@@ -273,6 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk or a vanished folder while writing: the message says what was kept
+        print(f"scnet {args.command}: error: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except TrainingStopped as e:  # SIGTERM/SIGINT: a checkpoint was written, the message says how to go on
+        print(f"scnet {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    skipped_images: int = 0  # unreadable image files left out (ImageFolder with bad_images="skip")
 
 
 class TensorImages(Dataset):
@@ -173,7 +174,45 @@ def _cifar(name: str, data_dir: Optional[Path]) -> tuple[Dataset, Dataset, DataI
 
 
 # ---- ImageFolder ------------------------------------------------------------------------------------------
-def _imagefolder(data_dir: Optional[Path], image_size: int) -> tuple[Dataset, Dataset, DataInfo]:
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+def _unreadable(path: str) -> Optional[str]:
+    """Why PIL cannot decode ``path`` (None when it can): the header is parsed and the pixel data decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files; each means "unreadable"
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}"
+    return None
+
+
+def _screen_images(dataset, policy: str) -> int:
+    """Find the image files PIL cannot decode before training starts: raise on the first, or leave them all out.
+
+    Why before: an unreadable file met in the middle of an epoch (in a worker process) would end a long run.
+    Returns how many were left out.
+    """
+    from tqdm.auto import tqdm
+
+    bad = []
+    for path, target in tqdm(dataset.samples, desc=f"checking {Path(dataset.root).name} images", leave=False, disable=None):
+        reason = _unreadable(path)
+        if reason is not None:
+            if policy == "error":
+                raise DataError(f"{path} cannot be read ({reason}); remove it or pass --bad-images skip to leave such files out")
+            bad.append(path)
+    if bad:
+        dropped = set(bad)
+        keep = [(p, t) for p, t in dataset.samples if p not in dropped]
+        dataset.samples = dataset.imgs = keep
+        dataset.targets = [t for _, t in keep]
+    return len(bad)
+
+
+def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "error") -> tuple[Dataset, Dataset, DataInfo]:
     from torchvision.datasets import ImageFolder
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
@@ -187,7 +226,11 @@ def _imagefolder(data_dir: Optional[Path], image_size: int) -> tuple[Dataset, Da
         raise DataError(f"cannot read the image folders under {data_dir}: {e}") from e
     if train.classes != val.classes:
         raise DataError(f"train and val class folders differ under {data_dir}")
-    return train, val, DataInfo("imagefolder", len(train.classes), 3, image_size, mean, std, tuple(train.classes))
+    skipped = sum(_screen_images(ds, bad_images) for ds in (train, val))
+    for ds, split in ((train, "train"), (val, "val")):
+        if not ds.samples:
+            raise DataError(f"no readable images left in {data_dir / split}")
+    return train, val, DataInfo("imagefolder", len(train.classes), 3, image_size, mean, std, tuple(train.classes), skipped)
 
 
 # ---- synthetic -------------------------------------------------------------------------------------------
@@ -209,9 +252,15 @@ DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 def build_datasets(
     name: str, data_dir: Optional[str] = None, limit_train: Optional[int] = None, limit_val: Optional[int] = None,
-    image_size: int = 224, download: bool = False, seed: int = 0,
+    image_size: int = 224, download: bool = False, seed: int = 0, bad_images: str = "error",
 ) -> tuple[Dataset, Dataset, DataInfo]:
-    """(train, val, info) for a dataset name; ``limit_*`` keep the first N samples (deterministic)."""
+    """(train, val, info) for a dataset name; ``limit_*`` keep the first N samples (deterministic).
+
+    ``bad_images`` (ImageFolder): "error" stops at the first file PIL cannot decode, naming it; "skip" leaves
+    every such file out and counts them in ``info.skipped_images``.
+    """
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise DataError(f"--bad-images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
     folder = Path(data_dir).expanduser() if data_dir else None
     if folder is not None and not folder.is_dir():
         raise DataError(f"--data-dir {folder} is not a directory")
@@ -220,7 +269,7 @@ def build_datasets(
     elif name in ("cifar10", "cifar100"):
         train, val, info = _cifar(name, folder)
     elif name == "imagefolder":
-        train, val, info = _imagefolder(folder, image_size)
+        train, val, info = _imagefolder(folder, image_size, bad_images)
     elif name == "synthetic":
         train, val, info = _synthetic(seed)
     else:

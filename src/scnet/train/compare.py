@@ -15,6 +15,7 @@ import torch
 
 from ..data import build_datasets
 from ..models import plain_twin, sc_twin
+from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
 from .runner import build_model_for, fit
@@ -69,6 +70,12 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
         if previous.get("config") == cfg.to_dict():
             print(f"reusing the finished run {run}")
             return previous["result"]
+    if (run / "checkpoint-last.pth").is_file():  # an interrupted comparison left this run unfinished: continue it
+        saved = read_checkpoint(run / "checkpoint-last.pth").get("config", {})
+        if {**saved, "resume": None, "checkpoint_every": None} != {**cfg.to_dict(), "resume": None, "checkpoint_every": None}:
+            raise ValueError(f"{run} holds an unfinished run with another configuration; move it away or choose another --out")
+        print(f"continuing the unfinished run {run}")
+        cfg = replace(cfg, resume=str(run))
     start = time.perf_counter()
     metrics = fit(cfg, show_progress=show_progress)
     result = dict(seed=cfg.seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +24,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     download: bool = False
     image_size: int = 224  # imagefolder only; the other datasets have their native size
+    bad_images: str = "error"  # imagefolder: "error" at the first unreadable file, or "skip" them all (counted)
     epochs: int = 5
     batch_size: int = 128
     opt: str = "sgd"  # "sgd" or "adamw"
@@ -41,28 +43,52 @@ class TrainConfig:
     limit_val: Optional[int] = None
     out: Optional[str] = None  # default runs/<model>-<data>-seed<seed>
     resume: Optional[str] = None
+    checkpoint_every: Optional[int] = None  # also checkpoint every N steps within an epoch (a kill loses at most N)
 
     def validate(self) -> "TrainConfig":
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "image_size": self.image_size}
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.opt not in ("sgd", "adamw"):
-            raise ConfigError(f"--opt must be sgd or adamw, got {self.opt!r}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+        """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
+        for name in ("epochs", "batch_size", "image_size"):
+            _number(name, getattr(self, name), low=1, integer=True)
+        for name in ("checkpoint_every", "limit_train", "limit_val"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), low=1, integer=True)
+        _number("workers", self.workers, low=0, integer=True)
+        _number("seed", self.seed, low=0, integer=True)
+        _number("lr", self.lr, low=0, low_open=True)
+        _number("momentum", self.momentum, low=0, high=1, high_open=True)
+        _number("weight_decay", self.weight_decay, low=0)
+        _number("warmup_epochs", self.warmup_epochs, low=0)
+        _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        if self.clip_grad is not None:
+            _number("clip_grad", self.clip_grad, low=0, low_open=True)
+        if self.ema_decay is not None:
+            _number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
+        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", ("error", "skip"))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        for name in ("model", "data"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
         if self.out is None:
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, integer: bool = False,
+            low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` must be a finite number (an integer if ``integer``) within the bounds; booleans are not numbers."""
+    flag = f"--{name.replace('_', '-')}"
+    kinds = (int,) if integer else (int, float)
+    what = ("a positive integer" if low == 1 else "an integer") if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or (integer and low == 1 and value < 1):
+        raise ConfigError(f"{flag} must be {what}, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
 
 
 def _check_keys(values: dict[str, Any], source: str) -> None:

@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -21,7 +21,8 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 __all__ = [
-    "SeededSamples", "EpochBatches", "warmup_cosine", "train_one_epoch", "evaluate", "save_checkpoint", "autocast",
+    "SeededSamples", "EpochBatches", "EpochTotals", "warmup_cosine", "train_one_epoch", "evaluate", "save_checkpoint",
+    "save_release", "check_finite_weights", "reduce_totals", "autocast",
 ]
 
 
@@ -47,16 +48,18 @@ class EpochBatches(Sampler[list[int]]):
     """Batches of one seeded permutation per epoch; with ``world > 1`` each rank takes its slice of every batch.
 
     The union over ranks of batch k is exactly batch k of a single process with the same global batch size.
+    ``set_epoch(e, start)`` skips the first ``start`` batches: a run resumed mid-epoch sees the rest of the very
+    same permutation.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
         if batch_size % world:
             raise ValueError(f"the global batch size {batch_size} must divide by the number of processes {world}")
         self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.seed, self.rank, self.world, self.epoch, self.start = seed, rank, world, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
@@ -66,7 +69,7 @@ class EpochBatches(Sampler[list[int]]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
         else:
             order = list(range(self.size))
-        for k in range(len(self)):
+        for k in range(self.start, len(self)):
             batch = order[k * self.batch_size:(k + 1) * self.batch_size]
             share = math.ceil(len(batch) / self.world)
             mine = batch[self.rank * share:(self.rank + 1) * share]
@@ -96,15 +99,35 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+class EpochTotals(dict):
+    """Running sums of one epoch (loss, correct, seen, seconds, steps, skipped): saved in mid-epoch checkpoints so
+    a resumed epoch reports what an uninterrupted one would have."""
+
+    KEYS = ("loss_sum", "correct", "seen", "seconds", "steps", "skipped")
+
+    def __init__(self, values: Optional[dict[str, float]] = None) -> None:
+        super().__init__({k: float((values or {}).get(k, 0.0)) for k in self.KEYS})
+
+
 def train_one_epoch(
     model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, device: torch.device,
     epoch: int, amp: bool = False, channels_last: bool = False, clip_grad: Optional[float] = None, ema=None,
-    scaler: Optional[torch.amp.GradScaler] = None, show_progress: bool = True,
+    scaler: Optional[torch.amp.GradScaler] = None, show_progress: bool = True, totals: Optional[EpochTotals] = None,
+    after_step: Optional[Callable[[EpochTotals], None]] = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy and throughput (reduced over processes)."""
+    """One pass over ``loader``; returns mean loss, accuracy and throughput (reduced over processes).
+
+    ``totals`` continues an epoch that a mid-epoch checkpoint interrupted (the loader then yields only the rest).
+    ``after_step(totals)`` runs after every optimiser step: the caller's place to checkpoint or stop.
+
+    A non-finite loss stops the run (``FloatingPointError``) before it can reach the weights; under fp16 with a
+    gradient scaler the step is skipped instead (the scaler lowers its scale), and only 20 skips in a row stop it.
+    """
     model.train()
-    loss_sum, correct, seen, start = 0.0, 0.0, 0.0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not show_progress or None, dynamic_ncols=True)
+    totals = totals if totals is not None else EpochTotals()
+    start, seconds_before, consecutive_skips = time.perf_counter(), totals["seconds"], 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not show_progress or None, dynamic_ncols=True,
+               initial=int(totals["steps"]), total=int(totals["steps"]) + len(loader))
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if channels_last:
@@ -112,9 +135,22 @@ def train_one_epoch(
         with autocast(device, amp):
             logits = model(images)
             loss = criterion(logits, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}; lower --lr or enable --clip-grad")
         optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            if scaler is None:
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {int(totals['steps']) + 1}; "
+                                         "nothing was saved from this step on: lower --lr or set --clip-grad")
+            consecutive_skips += 1
+            if consecutive_skips > 20:
+                raise FloatingPointError(f"non-finite loss for {consecutive_skips} steps in a row at epoch {epoch + 1}; lower --lr")
+            scaler.update(scaler.get_scale() / 2)  # what the scaler does after an overflowing step
+            scheduler.step()
+            totals["skipped"] += 1
+            totals["steps"] += 1
+            if after_step is not None:
+                after_step(totals)
+            continue
+        consecutive_skips = 0
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -131,13 +167,25 @@ def train_one_epoch(
         if ema is not None:
             ema.update(getattr(model, "module", model))  # the DDP wrapper's inner model
         n = labels.shape[0]
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-    loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
-    elapsed = time.perf_counter() - start
-    return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), images_per_s=seen / elapsed, seconds=elapsed)
+        totals["loss_sum"] += loss.item() * n
+        totals["correct"] += (logits.argmax(1) == labels).sum().item()
+        totals["seen"] += n
+        totals["steps"] += 1
+        totals["seconds"] = seconds_before + time.perf_counter() - start
+        bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}",
+                        img_s=f"{totals['seen'] / max(totals['seconds'], 1e-9):.0f}")
+        if after_step is not None:
+            after_step(totals)
+    loss_sum, correct, seen = _all_reduce([totals["loss_sum"], totals["correct"], totals["seen"]], device)
+    elapsed = seconds_before + time.perf_counter() - start
+    return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9),
+                seconds=elapsed, skipped=totals["skipped"])
+
+
+def reduce_totals(totals: EpochTotals, device: torch.device) -> EpochTotals:
+    """The sums over all processes (for a mid-epoch checkpoint, which rank 0 alone will resume with)."""
+    loss_sum, correct, seen = _all_reduce([totals["loss_sum"], totals["correct"], totals["seen"]], device)
+    return EpochTotals({**totals, "loss_sum": loss_sum, "correct": correct, "seen": seen})
 
 
 @torch.inference_mode()
@@ -158,23 +206,52 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, 
     return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), count=int(seen))
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+
+    A crash at any moment leaves either the previous file or the new one, never a partial file. A failed write
+    (disk full, quota, I/O error) removes the temporary file and raises an ``OSError`` that says the previous
+    file is intact.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file is intact" if path.exists() else "no earlier file existed"
+        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); {kept}") from e
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
 def save_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Weights for distribution: a ``.safetensors`` file (no code can hide in it) with string metadata, atomically."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    from ..models.weights import tensors_sha256
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {**metadata, "tensors_sha256": tensors_sha256(tensors)}  # checked on every read
+    _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse to save weights holding NaN or infinity: they would poison every later resume."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(f"weights became non-finite {where} ({len(bad)} tensors, e.g. {bad[0]}); "
+                                 "not saved, the last checkpoint is kept: lower --lr or set --clip-grad")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` atomically: a temporary file in the same folder, flushed, then renamed over ``path``.
-
-    A crash at any moment leaves either the previous file or the new one, never a partial file.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``state`` atomically (see ``_write_atomically``): the previous checkpoint survives any failure."""
+    _write_atomically(path, lambda tmp: torch.save(state, tmp))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import signal
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
-
-import os
 
 import numpy as np
 import torch
@@ -27,9 +28,10 @@ from ..data import DataInfo, build_datasets
 from ..models import create_model
 from ..models.weights import read_checkpoint
 from .config import ConfigError, TrainConfig
-from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, save_release, train_one_epoch, warmup_cosine
+from .engine import (EpochBatches, EpochTotals, SeededSamples, check_finite_weights, evaluate, reduce_totals, save_checkpoint,
+                     save_release, train_one_epoch, warmup_cosine)
 
-__all__ = ["fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
+__all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
 LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "images_per_s", "seconds")
 
@@ -68,6 +70,17 @@ def resolve_resume(resume: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"--resume {resume}: no checkpoint found (looked for {path})")
     return path
+
+
+def _check_out_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be made or written, without creating anything yet."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {out} is not writable ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {out} is not writable (no write permission on {existing})")
 
 
 def _prepare_out(out: Path) -> None:
@@ -138,28 +151,109 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+class TrainingStopped(Exception):
+    """A signal (SIGTERM, SIGINT) stopped the run after a checkpoint was written; ``--resume`` continues it."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While active, SIGTERM and SIGINT only ask the run to stop at the next step boundary (after a checkpoint).
+
+    A second signal of either kind ends the process the usual way. Handlers are installed only in the main
+    thread of the main interpreter (the only place Python allows) and the previous ones come back on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signum
+        for sig, previous in self._previous.items():  # a second signal is not caught
+            signal.signal(sig, previous)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def agreed(self, device: torch.device) -> Optional[int]:
+        """The signal any process received (all processes must stop at the same step), or None."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested
+        flag = torch.tensor([float(self.requested or 0)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+
+def _check_run_directory(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to start a fresh run over another run's checkpoints: say what is there and how to go on."""
+    last = out / "checkpoint-last.pth"
+    if not last.is_file():
+        return
+    try:
+        state = read_checkpoint(last)
+        done, steps = int(state.get("epoch", 0)), int(state.get("step", 0))
+        planned = int(state.get("config", {}).get("epochs", 0))
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{out} holds a checkpoint that cannot be read ({e}); choose another --out") from e
+    if done >= planned and not steps:
+        raise ConfigError(f"{out} already holds a finished run ({done} epochs); choose another --out, or continue it "
+                          f"for more epochs with --resume {out} --epochs N")
+    where = f"epoch {done + 1}, step {steps}" if steps else f"after epoch {done}"
+    raise ConfigError(f"{out} holds an unfinished run (stopped {where} of {planned} epochs); continue it with "
+                      f"--resume {out}, or choose another --out")
+
+
 def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to metrics.json).
 
     ``stop_after_epoch`` ends the run early while keeping the schedule of ``cfg.epochs`` (resume continues it).
+    Checkpoints are written at every epoch end and, with ``cfg.checkpoint_every``, every N steps; SIGTERM or
+    SIGINT writes one at the current step and raises ``TrainingStopped``. Resuming from any of them gives the
+    weights an uninterrupted run would have had.
     """
-    start_epoch, history, best_acc, state = 0, [], -1.0, None
+    start_epoch, start_step, totals, history, best_acc, state = 0, 0, None, [], -1.0, None
     if cfg.resume:
         path = resolve_resume(cfg.resume)
         state = read_checkpoint(path)
-        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs})
-        cfg = saved.validate()  # the run's own configuration wins; only the epoch count may grow
-        start_epoch, history, best_acc = state["epoch"], state["history"], state["best_acc"]
-        log(f"resuming {path} after epoch {start_epoch}")
+        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs,
+                               "checkpoint_every": cfg.checkpoint_every or state["config"].get("checkpoint_every")})
+        cfg = saved.validate()  # the run's own configuration wins; only the epoch count and checkpoint interval may change
+        start_epoch, start_step, history, best_acc = state["epoch"], int(state.get("step", 0)), state["history"], state["best_acc"]
+        if start_step:
+            totals = EpochTotals(state.get("epoch_totals"))
+        log(f"resuming {path} at epoch {start_epoch + 1}, step {start_step}")
     rank, world, device = _init_distributed()
     main_process = rank == 0
     if not main_process:
         show_progress, log = False, (lambda *a, **k: None)
+        # Rank 0 carries the saved (already reduced) sums; every rank counts the same steps, so all checkpoint together.
+        totals = EpochTotals({"steps": totals["steps"]}) if totals is not None else None
     out = Path(cfg.out)
     if main_process:
-        _prepare_out(out)
+        _check_out_writable(out)
+        if state is None:
+            _check_run_directory(out, cfg)
     _seed_all(cfg.seed)
-    train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed)
+    train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size, cfg.download,
+                                              cfg.seed, cfg.bad_images)
+    if info.skipped_images:
+        log(f"left out {info.skipped_images} unreadable image files (--bad-images skip)")
+    if main_process:  # the run directory is made only once the data has been read
+        _prepare_out(out)
+        for stale in out.glob(".*.tmp"):  # writes that a killed process left unfinished
+            stale.unlink()
     model = build_model_for(cfg, info).to(device)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -194,45 +288,78 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     log(f"training {cfg.model} on {info.name} ({len(train_set)} train / {len(val_set)} val images) for {cfg.epochs} epochs"
         f"{f' on {world} processes' if world > 1 else ''} -> {out}")
 
-    for epoch in range(start_epoch, min(cfg.epochs, stop_after_epoch or cfg.epochs)):
-        _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
-        sampler.set_epoch(epoch)
-        train_loader.dataset.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(net, train_loader, optimizer, scheduler, criterion, device, epoch, cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, show_progress)
-        val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
-        row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
-                   images_per_s=train["images_per_s"], seconds=train["seconds"])
+    def checkpoint(epoch: int, step: int = 0, epoch_totals: Optional[EpochTotals] = None) -> dict[str, Any]:
+        """The whole state: ``epoch`` epochs done, then ``step`` steps of the next (with its running sums)."""
+        ck = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
+                  step=step, history=history, best_acc=best_acc, config=cfg.to_dict(), arch=cfg.model, data_info=asdict(info))
+        if step:
+            ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state())
         if ema is not None:
-            row["ema_val_acc"] = evaluate(ema.module, val_loader, device, cfg.amp, cfg.channels_last)["acc"]
-        history.append(row)
-        is_best = val["acc"] > best_acc
-        best_acc = max(best_acc, val["acc"])
-        checkpoint = dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch + 1,
-            history=history, best_acc=best_acc, config=cfg.to_dict(), arch=cfg.model, data_info=asdict(info),
-        )
-        if ema is not None:
-            checkpoint["model_ema"] = ema.module.state_dict()
+            ck["model_ema"] = ema.module.state_dict()
         if scaler is not None:
-            checkpoint["scaler"] = scaler.state_dict()
-        if main_process:
-            save_checkpoint(checkpoint, out / "checkpoint-last.pth")
-            if is_best:
-                save_checkpoint(checkpoint, out / "checkpoint-best.pth")
-                save_release(model.state_dict(), out / "weights-best.safetensors", _release_metadata(cfg, info, epoch + 1, val["acc"]))
-            _write_log(out, history)
-        if writer is not None:
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-                writer.add_scalar(key, row[key], epoch + 1)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
-            f"val loss {val['loss']:.4f} acc {val['acc']:.2f}% | {train['images_per_s']:.0f} img/s")
-    final = dict(model=cfg.model, data=info.name, epochs=cfg.epochs, best_val_acc=best_acc,
+            ck["scaler"] = scaler.state_dict()
+        check_finite_weights(ck["model"], f"at epoch {epoch + (1 if step else 0)}, step {step}")
+        return ck
+
+    with _StopSignals() as stop:
+        for epoch in range(start_epoch, min(cfg.epochs, stop_after_epoch or cfg.epochs)):
+            _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
+            skip = start_step if epoch == start_epoch else 0
+            if skip and state is not None and "rng" in state:
+                torch.set_rng_state(state["rng"])  # mid-epoch: the generator as it was at the checkpoint
+            sampler.set_epoch(epoch, skip)
+            train_loader.dataset.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+
+            def after_step(t: EpochTotals, epoch: int = epoch) -> None:
+                signum = stop.agreed(device)
+                periodic = bool(cfg.checkpoint_every) and int(t["steps"]) % cfg.checkpoint_every == 0 and t["steps"] < steps_per_epoch
+                if signum is None and not periodic:
+                    return
+                ck = checkpoint(epoch, int(t["steps"]), reduce_totals(t, device))
+                if main_process:
+                    save_checkpoint(ck, out / "checkpoint-last.pth")
+                if signum is not None:
+                    name = signal.Signals(signum).name
+                    raise TrainingStopped(signum, f"stopped by {name} at epoch {epoch + 1}, step {int(t['steps'])} of {steps_per_epoch}; "
+                                                  f"checkpoint written: continue with --resume {out}")
+
+            train = train_one_epoch(net, train_loader, optimizer, scheduler, criterion, device, epoch, cfg.amp, cfg.channels_last,
+                                    cfg.clip_grad, ema, scaler, show_progress, totals if skip else None, after_step)
+            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
+            row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
+                       images_per_s=train["images_per_s"], seconds=train["seconds"])
+            if ema is not None:
+                row["ema_val_acc"] = evaluate(ema.module, val_loader, device, cfg.amp, cfg.channels_last)["acc"]
+            history.append(row)
+            is_best = val["acc"] > best_acc
+            best_acc = max(best_acc, val["acc"])
+            ck = checkpoint(epoch + 1)
+            if main_process:
+                # checkpoint-last is written last: it is the commit point. A crash before its rename resumes from the
+                # previous one and redoes this epoch, best checkpoint and release included.
+                if is_best:
+                    save_checkpoint(ck, out / "checkpoint-best.pth")
+                    save_release(model.state_dict(), out / "weights-best.safetensors", _release_metadata(cfg, info, epoch + 1, val["acc"]))
+                save_checkpoint(ck, out / "checkpoint-last.pth")
+                _write_log(out, history)
+            if writer is not None:
+                for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+                    writer.add_scalar(key, row[key], epoch + 1)
+            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
+                f"val loss {val['loss']:.4f} acc {val['acc']:.2f}% | {train['images_per_s']:.0f} img/s"
+                + (f" | {train['skipped']:.0f} steps skipped (non-finite loss)" if train["skipped"] else ""))
+            signum = stop.agreed(device)
+            if signum is not None and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stopping point
+                raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} after epoch {epoch + 1}; "
+                                              f"checkpoint written: continue with --resume {out}")
+    final = dict(model=cfg.model, data=info.name, out=str(out), epochs=cfg.epochs, best_val_acc=best_acc,
                  final_val_acc=history[-1]["val_acc"] if history else None, train_seconds=sum(h["seconds"] for h in history))
     if main_process:
         if writer is not None:
             writer.close()
         if history:
+            _write_log(out, history)  # again: a run killed just after its last checkpoint resumes straight to here
             _plot_curves(out, history, f"{cfg.model} on {info.name}")
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
     if world > 1:
@@ -281,7 +408,7 @@ def evaluate_checkpoint(
     cfg.data = data or cfg.data
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
-    _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed)
+    _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images)
     model = load_trained_model(state, cfg, info, use_ema, checkpoint)
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
     result = evaluate(model, loader, torch.device("cpu"))
