@@ -216,7 +216,7 @@ def test_bad_model_input(x: torch.Tensor, error: type, match: str) -> None:
         (dict(stem_type="tiny"), "stem_type must be one of"),
         (dict(output_stride=4), "output_stride must be 8, 16 or 32, got 4"),
         (dict(block_args=dict(pooling_r=0)), "pooling_r must be an integer >= 1, got 0"),
-        (dict(num_classes=-1), "num_classes >= 0"),
+        (dict(num_classes=-1), "num_classes must be an integer >= 0"),
     ],
 )
 def test_bad_model_arguments(kwargs: dict, match: str) -> None:

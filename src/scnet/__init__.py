@@ -1,5 +1,5 @@
 """scnet: self-calibrated convolutions (Liu et al., CVPR 2020) and the SCNet family."""
-from .layers import SCConv, SafeBatchNorm2d, SelfCalibration
+from .layers import SCConv, SafeBatchNorm2d, SelfCalibration, set_finite_check
 from .models import (
     PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
 )
@@ -13,4 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ConversionReport", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
     "convert", "count_macs", "cuda_graph", "deploy", "detection", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
+    "set_finite_check",
 ]

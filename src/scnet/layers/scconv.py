@@ -213,7 +213,7 @@ class SCConv(nn.Module):
         self.scconv = SelfCalibration(half_in, half_out, stride, dilation, groups, pooling_r, norm_layer, upsample_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_channels, "SCConv")
+        check_image_batch(x, self.in_channels, "SCConv", self.k1[0].weight)
         half = self.in_channels // 2
         plain = self.k1(x[:, :half])  # (N, C_out/2, H/s, W/s)
         calibrated = self.scconv(x[:, half:])  # (N, C_out/2, H/s, W/s)

@@ -122,8 +122,11 @@ class ResNet(nn.Module):
             raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
         if len(widths) != 4 or any(w < 1 for w in widths):
             raise ValueError(f"widths must give 4 positive stage widths, got {list(widths)}")
-        if in_chans < 1 or num_classes < 0:
-            raise ValueError(f"need in_chans >= 1 and num_classes >= 0, got in_chans={in_chans}, num_classes={num_classes}")
+        for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= float(drop_rate) < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
         with torch.device(device) if device is not None else contextlib.nullcontext():
             norm_layer = get_norm_layer(norm_layer)
@@ -235,7 +238,7 @@ class ResNet(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(5, indices)
-        check_image_batch(x, self.in_chans, self.input_owner)
+        self._check_input(x)
         x = self.relu(self.bn1(self.conv1(x)))
         feats = [x] if 0 in take else []
         x = self.maxpool(x)
@@ -257,9 +260,16 @@ class ResNet(nn.Module):
             self.reset_classifier(0, "")
         return take
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_image_batch(x, self.in_chans, self.input_owner, None if torch.jit.is_scripting() else self._first_weight())
+
+    @torch.jit.unused
+    def _first_weight(self) -> Optional[torch.Tensor]:
+        return next(self.parameters(), None)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The unpooled last-stage map, (N, num_features, H/32, W/32) at output_stride 32."""
-        check_image_batch(x, self.in_chans, self.input_owner)
+        self._check_input(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
