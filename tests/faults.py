@@ -1,0 +1,417 @@
+"""Fault scenarios for the training tools: each injects one fault, lets the tool react, and records what happened.
+
+Shared by ``test_faults.py`` (which asserts on the records) and ``scripts/fault_report.py`` (which writes them
+as the table in docs/results/faults). A scenario returns a ``Record``: the fault, what the tool did (exit code,
+its one-line message) and what was lost (steps recomputed; whether the final weights equal an uninterrupted
+run's).
+
+Kills happen in a child process whose Python is patched before the CLI runs (``_INJECT``): the optimiser step
+or ``torch.save`` counts its calls and, at the chosen one, sends a signal to its own process. Other faults are
+patched in-process with ``unittest.mock``. Nothing in the library knows about these hooks.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from contextlib import redirect_stderr
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+from unittest import mock
+
+import torch
+
+from scnet.cli import main
+from scnet.models.weights import read_checkpoint
+from scnet.train import fit, merge_config
+
+# 256 synthetic training images, batch 32: 8 steps per epoch, 16 in all.
+RUN = dict(model="scnet_demo", data="synthetic", batch_size=32, lr=0.05, epochs=2)
+STEPS_PER_EPOCH = 8
+TOTAL_STEPS = 2 * STEPS_PER_EPOCH
+ARGS = ["train", "--model", "scnet_demo", "--data", "synthetic", "--batch-size", "32", "--lr", "0.05", "--epochs", "2"]
+QUIET = dict(show_progress=False, log=lambda *a, **k: None)
+
+
+@dataclass
+class Record:
+    fault: str
+    reaction: str
+    exit_code: Optional[int] = None
+    message: str = ""
+    steps_lost: Optional[int] = None  # optimiser steps done before the fault that had to be redone
+    weights_equal: Optional[bool] = None  # the recovered run's final state equals the uninterrupted run's
+    payload_ran: Optional[bool] = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+_INJECT = textwrap.dedent('''
+    import os, signal, sys, torch
+    kind, at, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+    steps, saves = [0], [0]
+    original_step, original_save = torch.optim.SGD.step, torch.save
+    def step(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        steps[0] += 1
+        if kind == "step" and steps[0] == at:
+            print(f"STEPS {steps[0]}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), sig)
+        return out
+    def save(obj, f, *args, **kwargs):
+        saves[0] += 1
+        if kind == "save" and saves[0] == at:  # half a file in the temporary path, then the signal
+            with open(f, "wb") as fh:
+                fh.write(b"PK\\x03\\x04 half-written checkpoint")
+            print(f"STEPS {steps[0]}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), sig)
+        return original_save(obj, f, *args, **kwargs)
+    torch.optim.SGD.step, torch.save = step, save
+    from scnet.cli import main
+    sys.exit(main(sys.argv[4:]))
+''')
+
+
+def run_child(args: list[str], kind: str = "none", at: int = 0, sig: str = "SIGKILL") -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, with a signal sent to itself at the ``at``-th optimiser step or torch.save."""
+    return subprocess.run([sys.executable, "-c", _INJECT, kind, str(at), sig, *args], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+
+
+def cli(args: list[str]) -> tuple[int, str]:
+    """Exit code and standard error of the CLI run in this process."""
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(args)
+    return code, err.getvalue().strip()
+
+
+def reference_run(out: Path) -> dict[str, Any]:
+    """The uninterrupted run every recovered run is compared with (reused when ``out`` already holds it)."""
+    if not (out / "metrics.json").is_file():
+        fit(merge_config(flags={**RUN, "out": str(out)}), **QUIET)
+    return read_checkpoint(out / "checkpoint-last.pth")
+
+
+def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal weights, optimiser state and per-epoch metrics (timings aside): the same training happened."""
+    if a["epoch"] != b["epoch"] or b.get("step", 0) or a["model"].keys() != b["model"].keys():
+        return False
+    if not all(torch.equal(v, b["model"][k]) for k, v in a["model"].items()):
+        return False
+    if not all(torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"]) for k, v in a["optimizer"]["state"].items()):
+        return False
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    return [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith(("USDT", "WARNING", "STEPS "))]
+    return lines[-1] if lines else ""
+
+
+def _steps_at_fault(done: subprocess.CompletedProcess) -> int:
+    """Optimiser steps the child had finished when its signal was sent (it prints them just before)."""
+    return next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("STEPS "))
+
+
+def _interval(every: Optional[int]) -> str:
+    return {None: "checkpoints at epoch ends", 1: "a checkpoint every step"}.get(every, f"checkpoints every {every} steps")
+
+
+def _steps_done(path: Path) -> int:
+    state = read_checkpoint(path)
+    return int(state["epoch"]) * STEPS_PER_EPOCH + int(state.get("step", 0))
+
+
+def _temp_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob(".*.tmp"))
+
+
+# ---- crashes and signals -------------------------------------------------------------------------------------
+def killed_during_training(tmp: Path, reference: dict[str, Any], at_step: int, every: Optional[int], sig: str = "SIGKILL") -> Record:
+    """A signal right after optimiser step ``at_step``; then a fresh start (refused) and ``--resume``."""
+    out = tmp / f"{sig.lower()}-step{at_step}-every{every}"
+    args = [*ARGS, "--out", str(out)] + (["--checkpoint-every", str(every)] if every else [])
+    done = run_child(args, "step", at_step, sig)
+    saved = _steps_done(out / "checkpoint-last.pth")
+    refused, refusal = cli([*ARGS, "--out", str(out)])
+    resumed, _ = cli(["train", "--resume", str(out)])
+    final = read_checkpoint(out / "checkpoint-last.pth")
+    how = "killed at once" if sig == "SIGKILL" else f"checkpoint at step {saved}, clean exit"
+    return Record(
+        fault=f"{sig} after step {at_step} of {TOTAL_STEPS} ({_interval(every)})",
+        reaction=f"{how}; restarting without --resume refused (exit {refused}); --resume from step {saved} finished (exit {resumed})",
+        exit_code=done.returncode, message=_last_line(done.stderr) if sig != "SIGKILL" else "",
+        steps_lost=at_step - saved, weights_equal=same_training(reference, final),
+        details=dict(saved_step=saved, refused=refused, refusal=refusal, resumed=resumed),
+    )
+
+
+def killed_inside_checkpoint_write(tmp: Path, reference: dict[str, Any], at_save: int, every: Optional[int]) -> Record:
+    """SIGKILL while the ``at_save``-th checkpoint file is half written; then ``--resume``."""
+    out = tmp / f"kill-save{at_save}-every{every}"
+    args = [*ARGS, "--out", str(out)] + (["--checkpoint-every", str(every)] if every else [])
+    done = run_child(args, "save", at_save, "SIGKILL")
+    leftovers = _temp_files(out)
+    last = out / "checkpoint-last.pth"
+    saved = _steps_done(last) if last.is_file() else 0
+    resumed, _ = cli(["train", "--resume", str(out)] if last.is_file() else [*args])
+    final = read_checkpoint(last)
+    at_fault = _steps_at_fault(done)
+    before = f"beside the intact checkpoint of step {saved}" if saved else "(it was the first checkpoint: none complete yet)"
+    return Record(
+        fault=f"SIGKILL inside checkpoint write no. {at_save}, after step {at_fault} ({_interval(every)})",
+        reaction=f"half-written {', '.join(leftovers) or 'temporary file'} left {before}; "
+                 f"{'--resume' if saved else 'a fresh start'} removed it and finished (exit {resumed})",
+        exit_code=done.returncode, steps_lost=at_fault - saved, weights_equal=same_training(reference, final),
+        details=dict(leftovers=leftovers, saved_step=saved, temp_after=_temp_files(out), resumed=resumed),
+    )
+
+
+def _full_disk_save(match: Callable[[Path], bool]):
+    """A ``torch.save`` that writes a few bytes and then fails as a full disk does, for the files ``match`` picks."""
+    original = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and match(Path(f)):
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(obj, f, *args, **kwargs)
+
+    return save
+
+
+def disk_full_while_saving(tmp: Path, reference: dict[str, Any]) -> Record:
+    """The disk fills while epoch 2's checkpoint is written; space is freed; ``--resume``."""
+    out = tmp / "disk-full"
+    fit(merge_config(flags={**RUN, "out": str(out)}), stop_after_epoch=1, **QUIET)
+    last = out / "checkpoint-last.pth"
+    before = last.read_bytes()
+    with mock.patch("torch.save", _full_disk_save(lambda p: "checkpoint-last" in p.name)):
+        code, message = cli(["train", "--resume", str(out)])
+    intact = last.read_bytes() == before
+    leftovers = _temp_files(out)
+    resumed, _ = cli(["train", "--resume", str(out)])
+    return Record(
+        fault="disk full while writing the epoch-2 checkpoint",
+        reaction=f"one-line error, previous checkpoint byte-identical: {intact}, temporary files left: {len(leftovers)}; "
+                 f"after freeing space --resume finished (exit {resumed})",
+        exit_code=code, message=message, steps_lost=STEPS_PER_EPOCH, weights_equal=same_training(reference, read_checkpoint(last)),
+        details=dict(intact=intact, leftovers=leftovers, resumed=resumed),
+    )
+
+
+def non_finite_loss(tmp: Path, reference: dict[str, Any]) -> Record:
+    """The loss turns NaN at step 12 (checkpoints every 2 steps); then ``--resume`` with a healthy loss."""
+    out = tmp / "nan-loss"
+    original = torch.nn.CrossEntropyLoss.forward
+    calls = [0]
+
+    def poisoned(self, logits, target):
+        calls[0] += 1
+        loss = original(self, logits, target)
+        return loss * float("nan") if calls[0] == 12 else loss
+
+    with mock.patch.object(torch.nn.CrossEntropyLoss, "forward", poisoned):
+        code, message = cli([*ARGS, "--checkpoint-every", "2", "--out", str(out)])
+    state = read_checkpoint(out / "checkpoint-last.pth")
+    finite = all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    saved = _steps_done(out / "checkpoint-last.pth")
+    resumed, _ = cli(["train", "--resume", str(out)])
+    return Record(
+        fault="loss becomes NaN at step 12 (no AMP)",
+        reaction=f"run stopped before the update; last checkpoint (step {saved}) finite: {finite}; --resume finished (exit {resumed})",
+        exit_code=code, message=message, steps_lost=11 - saved,
+        weights_equal=same_training(reference, read_checkpoint(out / "checkpoint-last.pth")),
+        details=dict(finite=finite, saved_step=saved),
+    )
+
+
+# ---- untrusted and damaged files -----------------------------------------------------------------------------
+class _Payload:
+    """A pickle that would create ``marker`` when unpickled (os.system at load time)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def malicious_pickle(tmp: Path, reference_dir: Path) -> Record:
+    """A checkpoint whose unpickling would run a shell command, fed to eval, --resume, predict and create_model."""
+    import scnet
+
+    marker = tmp / "PAYLOAD-RAN"
+    evil = tmp / "evil" / "checkpoint-last.pth"
+    evil.parent.mkdir(parents=True, exist_ok=True)
+    state = read_checkpoint(reference_dir / "checkpoint-last.pth")
+    state["history"] = _Payload(marker)
+    torch.save(state, evil)
+    results = {
+        "eval": cli(["eval", "--checkpoint", str(evil)]),
+        "train --resume": cli(["train", "--resume", str(evil.parent)]),
+        "predict": cli(["predict", str(evil), "--checkpoint", str(evil)]),
+    }
+    try:
+        scnet.create_model("scnet_demo", checkpoint_path=str(evil))
+        results["create_model"] = (0, "loaded")
+    except ValueError as e:
+        results["create_model"] = (2, str(e))
+    return Record(
+        fault="checkpoint whose pickle runs os.system on load",
+        reaction="refused by eval, train --resume, predict and create_model, naming the global; " + "; ".join(
+            f"{k}: exit {c}" for k, (c, _) in results.items()),
+        exit_code=results["eval"][0], message=results["eval"][1], payload_ran=marker.exists(),
+        details={k: dict(exit=c, message=m) for k, (c, m) in results.items()},
+    )
+
+
+def damaged_checkpoint(tmp: Path, reference_dir: Path, how: str) -> Record:
+    """Bytes flipped inside a tensor, or the file cut in half; then eval and --resume."""
+    out = tmp / f"damaged-{how}"
+    shutil.copytree(reference_dir, out)
+    path = out / "checkpoint-last.pth"
+    data = bytearray(path.read_bytes())
+    if how == "flipped":
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    code, message = cli(["eval", "--checkpoint", str(path)])
+    resumed, resume_message = cli(["train", "--resume", str(out)])
+    return Record(
+        fault=f"checkpoint {'with 64 bytes flipped inside a tensor' if how == 'flipped' else 'cut to half its size'}",
+        reaction=f"eval and --resume refuse it with one line (exit {code}, {resumed}); the damaged file is left as it was",
+        exit_code=code, message=message, details=dict(resume=resumed, resume_message=resume_message),
+    )
+
+
+def damaged_release(tmp: Path, reference_dir: Path) -> Record:
+    """A released safetensors file with a flipped byte in its tensor data; then eval."""
+    path = tmp / "release" / "weights-best.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = bytearray((reference_dir / "weights-best.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, message = cli(["eval", "--checkpoint", str(path)])
+    return Record(fault="released .safetensors weights with one byte flipped in a tensor",
+                  reaction=f"refused: the tensors no longer match the digest stored in the file (exit {code})",
+                  exit_code=code, message=message)
+
+
+def wrong_sha256(tmp: Path, reference_dir: Path) -> Record:
+    code, message = cli(["eval", "--checkpoint", str(reference_dir / "checkpoint-last.pth"), "--sha256", "0123456789abcdef"])
+    return Record(fault="a checkpoint that does not match the published sha256 (--sha256)",
+                  reaction=f"refused before loading (exit {code})", exit_code=code, message=message)
+
+
+def _idx(path: Path, dims: tuple[int, ...], payload: bytes) -> None:
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    path.write_bytes(gzip.compress(header + payload))
+
+
+def truncated_idx(tmp: Path) -> Record:
+    """Fashion-MNIST files whose training images stop after 1,000 of 60,000."""
+    folder = tmp / "fashion-truncated"
+    folder.mkdir(parents=True, exist_ok=True)
+    _idx(folder / "train-images-idx3-ubyte.gz", (60000, 28, 28), bytes(1000 * 28 * 28))
+    _idx(folder / "train-labels-idx1-ubyte.gz", (60000,), bytes(60000))
+    _idx(folder / "t10k-images-idx3-ubyte.gz", (10000, 28, 28), bytes(10000 * 28 * 28))
+    _idx(folder / "t10k-labels-idx1-ubyte.gz", (10000,), bytes(10000))
+    code, message = cli(["train", "--data", "fashion_mnist", "--data-dir", str(folder), "--out", str(tmp / "never")])
+    return Record(fault="truncated Fashion-MNIST training images (IDX header says 60,000, file holds 1,000)",
+                  reaction=f"refused before training, naming the file (exit {code}); no run directory made: {not (tmp / 'never').exists()}",
+                  exit_code=code, message=message)
+
+
+def corrupt_images(tmp: Path) -> list[Record]:
+    """An ImageFolder with one unreadable file among valid PNGs: stop at it, or skip it and count it."""
+    from PIL import Image
+
+    root = tmp / "folder"
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 100 if label == "cat" else 200, 30)).save(root / split / label / f"{i}.png")
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    base = ["train", "--data", "imagefolder", "--data-dir", str(root), "--image-size", "32", "--batch-size", "4",
+            "--epochs", "1", "--lr", "0.01"]
+    code, message = cli([*base, "--out", str(tmp / "img-error")])
+    skipped, skip_log = 0, ""
+    out = io.StringIO()
+    with mock.patch("sys.stdout", out):
+        skip_code, _ = cli([*base, "--bad-images", "skip", "--out", str(tmp / "img-skip")])
+    skip_log = next((line for line in out.getvalue().splitlines() if "unreadable" in line), "")
+    return [
+        Record(fault="an unreadable image in an ImageFolder (default --bad-images error)",
+               reaction=f"stopped before training, naming the file (exit {code})", exit_code=code, message=message),
+        Record(fault="the same folder with --bad-images skip",
+               reaction=f"left the file out, said so, and trained (exit {skip_code})", exit_code=skip_code,
+               message=skip_log, details=dict(skipped_line=skip_log)),
+    ]
+
+
+def unwritable_output(tmp: Path) -> Record:
+    blocker = tmp / "a-file"
+    blocker.write_text("not a folder")
+    code, message = cli([*ARGS, "--out", str(blocker / "run")])
+    return Record(fault="--out inside a path that is a file (not writable)", reaction=f"refused before training (exit {code})",
+                  exit_code=code, message=message)
+
+
+def bad_flags(tmp: Path) -> list[Record]:
+    config = tmp / "bad.yaml"
+    config.write_text("epoch: 3\n")
+    cases = [
+        ("--batch-size 0", [*ARGS, "--batch-size", "0"]),
+        ("--checkpoint-every 0", [*ARGS, "--checkpoint-every", "0"]),
+        ("unknown key 'epoch' in a YAML config", ["train", "--config", str(config)]),
+        ("unknown model name", ["train", "--model", "scnet5O", "--data", "synthetic"]),
+        ("--sha256 that is not hexadecimal", ["eval", "--checkpoint", str(config), "--sha256", "xyz"]),
+    ]
+    records = []
+    for label, args in cases:
+        code, message = cli(args)
+        records.append(Record(fault=label, reaction=f"one-line error (exit {code})", exit_code=code, message=message))
+    return records
+
+
+def bad_model_inputs() -> list[Record]:
+    """The Python API's answers to wrong tensors (rank, channels, dtype, device, empty, NaN with the check on)."""
+    import scnet
+
+    model = scnet.create_model("scnet_demo").eval()
+    nan = torch.zeros(1, 3, 32, 32)
+    nan[0, 0, 0, 0] = float("nan")
+    cases = [
+        ("a 3-D tensor", torch.zeros(3, 32, 32), False),
+        ("1 channel for a 3-channel model", torch.zeros(1, 1, 32, 32), False),
+        ("uint8 pixels", torch.zeros(1, 3, 32, 32, dtype=torch.uint8), False),
+        ("float64 input, float32 weights", torch.zeros(1, 3, 32, 32, dtype=torch.float64), False),
+        ("input on another device", torch.zeros(1, 3, 32, 32, device="meta"), False),
+        ("an empty batch", torch.zeros(0, 3, 32, 32), False),
+        ("NaN in the input, scnet.set_finite_check(True)", nan, True),
+    ]
+    records = []
+    for label, x, finite in cases:
+        previous = scnet.set_finite_check(finite)
+        try:
+            with torch.no_grad():
+                model(x)
+            records.append(Record(fault=f"model input: {label}", reaction="accepted"))
+        except (ValueError, TypeError) as e:
+            records.append(Record(fault=f"model input: {label}", reaction=type(e).__name__, message=str(e)))
+        finally:
+            scnet.set_finite_check(previous)
+    return records
