@@ -141,14 +141,10 @@ def cpu_peak_memory(case: "BenchCase", dtype: str, calls: int = 2) -> Optional[f
 
 
 def build_model(name: str) -> nn.Module:
-    """A torchvision classifier by name (``resnet50``...), else one of ours or any timm model."""
-    import torchvision
+    """One of ours, a torchvision classifier (``resnet50``...) or any timm model."""
+    from .models import create_any_model
 
-    from .models import create_model
-
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return torchvision.models.get_model(name)
-    return create_model(name)
+    return create_any_model(name)
 
 
 def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:

@@ -117,6 +117,39 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cam(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .viz.tools import run_cam
+
+    _verify(args.checkpoint, args.sha256)
+    summary = run_cam(args.images, args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.layer,
+                      args.class_index, Path(args.out), "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    for entry in summary["images"]:
+        print(entry["image"] + ": " + "; ".join(f"{m['model']} -> {m['cls']} ({100 * m['prob']:.0f}%), map covers "
+                                                f"{100 * m['coverage']:.0f}% of the image" for m in entry["models"]))
+    print(f"wrote {len(summary['files'])} figures to {args.out} (contact_sheet.png, one *-cam.png per image, cam.json)")
+    return 0
+
+
+def _erf(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from .viz.tools import run_erf
+
+    result = run_erf(args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.data, args.data_dir,
+                     args.num_samples, args.input_size, args.stages, args.seed, Path(args.out),
+                     "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), args.device)
+    print(f"effective receptive fields over {result['inputs']}; share of the image holding 50% / 99% of the gradient:")
+    for label, per_stage in result["ratios"].items():
+        print(f"  {label}: " + ", ".join(f"{stage} {100 * r['50%']['area_ratio']:.1f}% / {100 * r['99%']['area_ratio']:.1f}%"
+                                         for stage, r in per_stage.items()))
+    print(f"report: {Path(args.out) / 'erf.md'}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
 
@@ -270,6 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=("text", "json"), default="text")
     pr.set_defaults(func=_predict)
 
+    cam = sub.add_parser("cam", help="Grad-CAM maps of images, the SC model beside its baseline")
+    cam.add_argument("images", nargs="+", help="image files (any mode and size)")
+    cam.add_argument("--model", help="model name (ours, torchvision's or timm's); with --checkpoint, its weights")
+    cam.add_argument("--checkpoint", help="a training checkpoint or release (carries the model), or weights for --model")
+    cam.add_argument("--baseline", help="the model to compare with, e.g. scnet50_plain or resnet50")
+    cam.add_argument("--baseline-checkpoint", help="the baseline's training checkpoint, or weights for --baseline")
+    cam.add_argument("--layer", help="submodule whose maps are weighted (default: the last stage, layer4)")
+    cam.add_argument("--class", dest="class_index", type=int, help="explain this class index (default: each image's prediction)")
+    cam.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
+    cam.add_argument("--sha256", help="refuse --checkpoint unless its sha256 starts with these hex digits")
+    cam.set_defaults(func=_cam)
+
+    erf = sub.add_parser("erf", help="effective receptive fields per stage, the SC model beside its baseline")
+    erf.add_argument("--model", help="model name (ours, torchvision's or timm's); with --checkpoint, its weights")
+    erf.add_argument("--checkpoint", help="a training checkpoint or release (carries the model), or weights for --model")
+    erf.add_argument("--baseline", help="the model to compare with, e.g. scnet_demo_plain or resnet50")
+    erf.add_argument("--baseline-checkpoint", help="the baseline's training checkpoint, or weights for --baseline")
+    erf.add_argument("--data", help="average over this dataset's validation images (default: standard-normal noise)")
+    erf.add_argument("--data-dir", help="dataset folder")
+    erf.add_argument("--num-samples", type=int, default=64, help="images to average over (default 64)")
+    erf.add_argument("--input-size", type=int, help="square input side (default: the dataset's or the model's); images are resized")
+    erf.add_argument("--stages", nargs="+", help="submodules to measure (default: layer1 .. layer4)")
+    erf.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    erf.add_argument("--device", default="cpu")
+    erf.add_argument("--out", default="runs/erf", help="output folder (default runs/erf)")
+    erf.set_defaults(func=_erf)
+
     ev = sub.add_parser("eval", help="accuracy of a training checkpoint")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint written by scnet train")
     ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
@@ -289,14 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .train.runner import TrainingStopped  # after parsing: --help needs no torch
-    if getattr(args, "input_size", 32) < 32:
+
+    if args.command == "info" and args.input_size < 32:
         print(f"scnet: --input-size must be at least 32, got {args.input_size}", file=sys.stderr)
+        return 2
+    if args.command == "erf" and (args.num_samples < 1 or (args.input_size is not None and args.input_size < 8)):
+        print(f"scnet erf: error: --num-samples must be >= 1 and --input-size >= 8, got {args.num_samples} and {args.input_size}",
+              file=sys.stderr)
         return 2
     if args.debug:
         return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # user mistakes: one line, no traceback
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:  # user mistakes (and a missing extra): one line
         print(f"scnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

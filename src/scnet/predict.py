@@ -48,7 +48,7 @@ def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
 def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
                    weights: Optional[str] = None, use_ema: bool = False) -> tuple[nn.Module, DataInfo]:
     """A model in eval mode and the description of its inputs and classes."""
-    from .models import create_model
+    from .models import create_any_model, create_model
     from .models.weights import read_checkpoint
     from .train.config import TrainConfig
     from .train.runner import load_trained_model
@@ -63,11 +63,16 @@ def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None
         raise ValueError("give --checkpoint (a training checkpoint) or --model NAME (ImageNet classes)")
     from timm.data import ImageNetInfo
 
-    net = create_model(model, pretrained=pretrained, checkpoint_path=weights)
+    if pretrained:
+        net = create_model(model, pretrained=True, checkpoint_path=weights)
+    else:  # torchvision and timm names too (their weights from --weights), e.g. a baseline resnet50
+        net = create_any_model(model, checkpoint_path=weights)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    names = tuple(ImageNetInfo().label_names()) if net.num_classes == 1000 else tuple(str(i) for i in range(net.num_classes))
-    info = DataInfo("imagenet", net.num_classes, 3, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
+    classes = getattr(net, "num_classes", None) or [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features  # torchvision's have no attribute
+    # Readable names ("goldfish"), the first of each class's synonyms, rather than WordNet ids.
+    names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
+    info = DataInfo("imagenet", classes, 3, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
     return net.eval(), info
 
 

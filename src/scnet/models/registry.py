@@ -7,7 +7,7 @@ from typing import Any, Callable, TypeVar
 
 import torch.nn as nn
 
-__all__ = ["register_model", "list_models", "get_model_builder", "create_model"]
+__all__ = ["register_model", "list_models", "get_model_builder", "create_model", "create_any_model"]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -49,4 +49,33 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
         load_pretrained(model, name)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, arch=name)
+    return model
+
+
+def create_any_model(name: str, checkpoint_path: str | None = None, **kwargs: Any) -> nn.Module:
+    """One of ours, a torchvision classifier (``resnet50``...) or any timm model, by name, with random weights.
+
+    For the tools that set an SC model beside a baseline the user names (bench, cam, erf): ours come first
+    (they are registered in timm too), then torchvision's, then timm's. ``checkpoint_path`` loads a weight
+    file through the one loading path (a classifier of another size stays at its initialisation).
+    """
+    from .weights import load_checkpoint
+
+    if name in _BUILDERS:
+        return create_model(name, checkpoint_path=checkpoint_path, **kwargs)
+    import timm
+    import torchvision
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision.models.get_model(name, **kwargs)
+    elif timm.is_model(name):
+        model = timm.create_model(name, **kwargs)
+    else:
+        known = list(_BUILDERS) + torchvision.models.list_models(module=torchvision.models)
+        close = difflib.get_close_matches(name, known, n=3)
+        raise ValueError(f"unknown model {name!r}: not one of ours, torchvision's or timm's"
+                         + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
     return model

@@ -1,0 +1,120 @@
+"""``scnet cam`` and ``scnet erf``: load an SC model and its baseline, compute, write the figures and tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import DataInfo
+
+__all__ = ["load_model", "run_cam", "run_erf"]
+
+
+def load_model(name: Optional[str], checkpoint: Optional[str], data_info: Optional[DataInfo] = None) -> tuple[nn.Module, DataInfo, str]:
+    """(model in eval mode, its input description, a label) from a name, a training checkpoint or release,
+    or a name plus a bare weight file. ``data_info`` shapes a model built from a name alone (channels,
+    classes) to a dataset, for measuring it at initialisation on that dataset's images."""
+    from ..models import create_any_model
+    from ..models.weights import read_checkpoint
+    from ..predict import load_predictor
+
+    if checkpoint:
+        state = read_checkpoint(checkpoint)
+        if "config" in state and "data_info" in state:  # a training checkpoint or a released .safetensors
+            arch = state["config"]["model"]
+            if name and name != arch:
+                raise ValueError(f"{checkpoint} holds {arch}, not {name}")
+            model, info = load_predictor(checkpoint=checkpoint)
+            return model, info, f"{arch} (trained)"
+        if not name:
+            raise ValueError(f"{checkpoint} holds bare weights: give the model's name too")
+        model, info = load_predictor(model=name, weights=checkpoint)
+        return model, info, f"{name} (weights)"
+    if not name:
+        raise ValueError("give a model name or a checkpoint")
+    if data_info is not None:
+        model = create_any_model(name, in_chans=data_info.in_chans, num_classes=data_info.num_classes).eval()
+        return model, data_info, f"{name} (init)"
+    model, info = load_predictor(model=name)
+    return model, info, f"{name} (init)"
+
+
+def run_cam(images: Sequence[str], model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None,
+            baseline_checkpoint: Optional[str] = None, layer: Optional[str] = None, class_index: Optional[int] = None,
+            out: Path = Path("runs/cam"), command: str = "") -> dict[str, Any]:
+    """Grad-CAM of every image for the model and (if given) its baseline; figures and cam.json in ``out``."""
+    from ..predict import load_image
+    from .cam import gradcam
+    from .report import display_image, write_cam_figures
+
+    if not images:
+        raise ValueError("give at least one image file")
+    columns = []
+    for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
+        if name is None and ck is None:
+            continue
+        net, info, label = load_model(name, ck)
+        label = label if all(c["label"] != label for c in columns) else f"{label} (baseline)"
+        x = torch.stack([load_image(p, info) for p in images])  # (N, C, S, S)
+        result = gradcam(net, x, layer, class_index)
+        columns.append(dict(label=label, images=[display_image(t, info) for t in x], result=result, classes=info.classes))
+    paths = write_cam_figures(out, [str(p) for p in images], columns)
+    summary = dict(command=command, layer=columns[0]["result"].layer, images=[
+        dict(image=str(p), models=[dict(model=c["label"], cls=c["classes"][c["result"].classes[i]], prob=c["result"].probs[i],
+                                        # share of the image where the map is at least half its peak: how much it covers
+                                        coverage=float((c["result"].cams[i] >= 0.5).mean())) for c in columns])
+        for i, p in enumerate(images)])
+    (out / "cam.json").write_text(json.dumps(summary, indent=2))
+    return dict(summary, files=[str(p) for p in paths])
+
+
+def _dataset_inputs(data: str, data_dir: Optional[str], count: int, size: Optional[int]) -> tuple[list[torch.Tensor], DataInfo]:
+    """The first ``count`` validation images of a dataset, normalised, optionally resized to ``size``."""
+    from ..data import build_datasets
+
+    _, val, info = build_datasets(data, data_dir, 1, count)
+    images = [val[i][0] for i in range(min(count, len(val)))]  # (C, H, W) each
+    if size is not None and size != images[0].shape[-1]:
+        images = [F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0] for x in images]
+    return images, info
+
+
+def run_erf(model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None, baseline_checkpoint: Optional[str] = None,
+            data: Optional[str] = None, data_dir: Optional[str] = None, num_samples: int = 64, input_size: Optional[int] = None,
+            stages: Optional[Sequence[str]] = None, seed: int = 0, out: Path = Path("runs/erf"), command: str = "",
+            device: str = "cpu") -> dict[str, Any]:
+    """ERFs of every stage of the model and its baseline; erf.png/json/md/npz in ``out``."""
+    from .erf import FeatureMap, erf, erf_area_ratios, stage_names
+    from .report import write_erf_report
+
+    inputs, data_info = _dataset_inputs(data, data_dir, num_samples, input_size) if data else (None, None)
+    maps: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, dict[str, Any]] = {}
+    description = ""
+    for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
+        if name is None and ck is None:
+            continue
+        net, info, label = load_model(name, ck, data_info)
+        net = net.to(device).eval()
+        if data_info is not None and info.in_chans != data_info.in_chans:
+            raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")
+        side = input_size or (inputs[0].shape[-1] if inputs else info.image_size)
+        size = (info.in_chans, side, side)
+        description = (f"{len(inputs)} {data_info.name} validation images at {side}x{side} px" if inputs
+                       else f"{num_samples} standard-normal images at {side}x{side} px")
+        label = label if label not in maps else f"{label} (baseline)"
+        wanted = list(stages or stage_names(net))
+        if maps and wanted != list(next(iter(maps.values()))):
+            raise ValueError(f"{label} has stages {wanted}, the first model others; name common ones with --stages")
+        maps[label], ratios[label] = {}, {}
+        for stage in wanted:
+            m = erf(FeatureMap(net, stage), size, num_samples, inputs, seed)
+            maps[label][stage], ratios[label][stage] = m, erf_area_ratios(m)
+    if not maps:
+        raise ValueError("give a model name or a checkpoint")
+    write_erf_report(out, maps, ratios, description, command)
+    return dict(inputs=description, ratios=ratios)
