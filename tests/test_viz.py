@@ -163,3 +163,16 @@ def test_cam_and_erf_of_trained_checkpoints(tmp_path: Path, capsys: pytest.Captu
     assert main(["erf", "--model", "scnet_demo", "--baseline", "scnet_demo_plain", "--data", "synthetic", "--num-samples", "4",
                  "--stages", "layer1", "layer2", "--out", str(tmp_path / "erf-init")]) == 0
     assert "scnet_demo (init): layer1" in capsys.readouterr().out
+
+
+def test_cam_mask_overlap_restates_its_definitions() -> None:
+    from scnet.viz import cam_mask_overlap
+
+    cams = np.array([[[1.0, 0.6], [0.2, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    masks = np.array([[[True, False], [True, False]], [[False, True], [False, False]]])
+    r = cam_mask_overlap(cams, masks)
+    np.testing.assert_allclose(r["mass_on_object"], [(1.0 + 0.2) / 1.8, 0.0])  # an all-zero map puts nothing anywhere
+    np.testing.assert_allclose(r["object_covered"], [1 / 2, 0.0])
+    np.testing.assert_allclose(r["area"], [2 / 4, 0.0])
+    with pytest.raises(ValueError, match="at least one object pixel"):
+        cam_mask_overlap(cams, np.zeros_like(masks))

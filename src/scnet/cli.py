@@ -141,7 +141,7 @@ def _erf(args: argparse.Namespace) -> int:
 
     result = run_erf(args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.data, args.data_dir,
                      args.num_samples, args.input_size, args.stages, args.seed, Path(args.out),
-                     "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), args.device)
+                     "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), args.device, args.inits)
     print(f"effective receptive fields over {result['inputs']}; share of the image holding 50% / 99% of the gradient:")
     for label, per_stage in result["ratios"].items():
         print(f"  {label}: " + ", ".join(f"{stage} {100 * r['50%']['area_ratio']:.1f}% / {100 * r['99%']['area_ratio']:.1f}%"
@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     erf.add_argument("--num-samples", type=int, default=64, help="images to average over (default 64)")
     erf.add_argument("--input-size", type=int, help="square input side (default: the dataset's or the model's); images are resized")
     erf.add_argument("--stages", nargs="+", help="submodules to measure (default: layer1 .. layer4)")
-    erf.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    erf.add_argument("--seed", type=int, default=0, help="seed of the noise and of the initial weights of models built by name (default 0)")
+    erf.add_argument("--inits", type=int, default=1, help="average models built by name over this many initialisations (default 1)")
     erf.add_argument("--device", default="cpu")
     erf.add_argument("--out", default="runs/erf", help="output folder (default runs/erf)")
     erf.set_defaults(func=_erf)

@@ -3,7 +3,7 @@
 Importing this package needs no plotting library; ``gradcam`` needs the ``grad-cam`` package, the figures
 matplotlib.
 """
-from .cam import CamResult, default_cam_layer, gradcam
+from .cam import CamResult, cam_mask_overlap, default_cam_layer, gradcam
 from .erf import THRESHOLDS, FeatureMap, erf, erf_area_ratios, stage_names
 
-__all__ = ["CamResult", "FeatureMap", "THRESHOLDS", "default_cam_layer", "erf", "erf_area_ratios", "gradcam", "stage_names"]
+__all__ = ["CamResult", "FeatureMap", "cam_mask_overlap", "THRESHOLDS", "default_cam_layer", "erf", "erf_area_ratios", "gradcam", "stage_names"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["CamResult", "gradcam", "default_cam_layer"]
+__all__ = ["CamResult", "cam_mask_overlap", "gradcam", "default_cam_layer"]
 
 
 @dataclass
@@ -74,3 +74,25 @@ def gradcam(model: nn.Module, images: torch.Tensor, layer: Optional[str] = None,
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in chosen])  # (N, H, W) in [0, 1]
     return CamResult(cams=np.asarray(maps, dtype=np.float32), classes=chosen,
                      probs=[float(probs[i, c]) for i, c in enumerate(chosen)], layer=layer)
+
+
+def cam_mask_overlap(cams: np.ndarray, masks: np.ndarray, level: float = 0.5) -> dict[str, np.ndarray]:
+    """How a batch of CAMs (N, H, W) in [0, 1] relates to object masks (N, H, W, bool), per image.
+
+    ``mass_on_object``: share of the map's total that falls on the object; ``object_covered``: share of the
+    object's pixels where the map reaches ``level``; ``area``: share of the image where it does. "Covers the
+    whole object" (the paper's reading of its CAM figure) means a high ``object_covered`` without a large
+    ``area`` off the object.
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    masks = np.asarray(masks, dtype=bool)
+    if cams.shape != masks.shape or cams.ndim != 3:
+        raise ValueError(f"cams and masks must both be (N, H, W), got {cams.shape} and {masks.shape}")
+    if not masks.reshape(len(masks), -1).any(axis=1).all():
+        raise ValueError("every mask needs at least one object pixel")
+    hot = cams >= level
+    total = cams.reshape(len(cams), -1).sum(axis=1)
+    on = (cams * masks).reshape(len(cams), -1).sum(axis=1)
+    return dict(mass_on_object=np.divide(on, total, out=np.zeros_like(on), where=total > 0),
+                object_covered=(hot & masks).reshape(len(cams), -1).sum(axis=1) / masks.reshape(len(masks), -1).sum(axis=1),
+                area=hot.reshape(len(cams), -1).mean(axis=1))

@@ -138,7 +138,7 @@ def _batches(inputs: Optional[Iterable[torch.Tensor]], input_size: Sequence[int]
 
 def erf_area_ratios(erf_map: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, dict[str, float]]:
     """For each threshold t: the side of the smallest square centred on the map's centre pixel that holds a
-    fraction t of the total, and its area as a fraction of the map (clipped at the borders)."""
+    fraction t of the total, and its area as a fraction of the map (both clipped at the borders)."""
     data = np.asarray(erf_map, dtype=np.float64)
     if data.ndim != 2 or data.sum() <= 0:
         raise ValueError("erf_area_ratios needs a non-zero (H, W) map")
@@ -147,15 +147,16 @@ def erf_area_ratios(erf_map: np.ndarray, thresholds: Sequence[float] = THRESHOLD
     total = data.sum()
     # Cumulative mass of centred squares of half-width r = 0, 1, ... until the square covers the whole map.
     radii = range(0, max(cy, h - 1 - cy, cx, w - 1 - cx) + 1)
-    masses, areas = [], []
+    masses, areas, sides = [], [], []
     for r in radii:
         window = data[max(0, cy - r):cy + r + 1, max(0, cx - r):cx + r + 1]
         masses.append(window.sum() / total)
         areas.append(window.size / data.size)
+        sides.append(max(window.shape))  # 2r + 1 until the square meets the border
     out = {}
     for t in thresholds:
         if not 0 < t <= 1:
             raise ValueError(f"thresholds must be in (0, 1], got {t}")
         r = next(i for i, m in enumerate(masses) if m >= t - 1e-12)
-        out[f"{round(100 * t)}%"] = dict(side=2 * r + 1, area_ratio=areas[r])
+        out[f"{round(100 * t)}%"] = dict(side=sides[r], area_ratio=areas[r])
     return out

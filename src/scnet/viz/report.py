@@ -72,7 +72,7 @@ def write_cam_figures(out: Path, names: Sequence[str], columns: Sequence[dict[st
     for i, name in enumerate(names):
         fig, axes = plt.subplots(1, len(columns) + 1, figsize=(3.2 * (len(columns) + 1) + 0.8, 3.6))
         axes[0].imshow(columns[0]["images"][i], interpolation="nearest")
-        axes[0].set_title(f"{name}\n(input, {columns[0]['images'][i].shape[1]}x{columns[0]['images'][i].shape[0]} px)", fontsize=9)
+        axes[0].set_title(f"{Path(name).name}\n(input, {columns[0]['images'][i].shape[1]}x{columns[0]['images'][i].shape[0]} px)", fontsize=9)
         axes[0].set_axis_off()
         for ax, col in zip(axes[1:], columns):
             _overlay(ax, col["images"][i], col["result"].cams[i], caption(col, i))
@@ -106,7 +106,9 @@ def write_erf_report(out: Path, maps: dict[str, dict[str, np.ndarray]], ratios: 
     out.mkdir(parents=True, exist_ok=True)
     labels = list(maps)
     stages = list(next(iter(maps.values())))
-    fig, axes = plt.subplots(len(stages), len(labels), figsize=(3.4 * len(labels) + 1.0, 3.1 * len(stages)), squeeze=False)
+    fig, axes = plt.subplots(len(stages), len(labels), figsize=(3.0 * len(labels) + 1.2, 2.9 * len(stages) + 0.4), squeeze=False)
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1 - 0.95 / height, bottom=0.02, hspace=0.32, wspace=0.05)
     shown = None
     for i, stage in enumerate(stages):
         for j, label in enumerate(labels):
@@ -119,7 +121,7 @@ def write_erf_report(out: Path, maps: dict[str, dict[str, np.ndarray]], ratios: 
             axes[i][j].set_axis_off()
     bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
     bar.set_label("gradient magnitude, log10(1 + 1000 x / max) / 3", fontsize=8)
-    fig.suptitle(f"Effective receptive field of the centre unit ({description})", fontsize=10)
+    fig.suptitle(f"Effective receptive field of the centre unit\n({description})", fontsize=10, y=1 - 0.12 / height)
     fig.savefig(out / "erf.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     np.savez_compressed(out / "erf.npz", **{f"{label}/{stage}": maps[label][stage] for label in labels for stage in stages})

@@ -86,11 +86,18 @@ def _dataset_inputs(data: str, data_dir: Optional[str], count: int, size: Option
 def run_erf(model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None, baseline_checkpoint: Optional[str] = None,
             data: Optional[str] = None, data_dir: Optional[str] = None, num_samples: int = 64, input_size: Optional[int] = None,
             stages: Optional[Sequence[str]] = None, seed: int = 0, out: Path = Path("runs/erf"), command: str = "",
-            device: str = "cpu") -> dict[str, Any]:
-    """ERFs of every stage of the model and its baseline; erf.png/json/md/npz in ``out``."""
+            device: str = "cpu", inits: int = 1) -> dict[str, Any]:
+    """ERFs of every stage of the model and its baseline; erf.png/json/md/npz in ``out``.
+
+    A model built from its name alone is measured at initialisation: its weights come from ``seed`` (and with
+    ``inits`` > 1 the map is averaged over that many initialisations, seeds ``seed`` .. ``seed + inits - 1``),
+    since one random draw of weights moves the tails of the field noticeably.
+    """
     from .erf import FeatureMap, erf, erf_area_ratios, stage_names
     from .report import write_erf_report
 
+    if inits < 1:
+        raise ValueError(f"inits must be >= 1, got {inits}")
     inputs, data_info = _dataset_inputs(data, data_dir, num_samples, input_size) if data else (None, None)
     maps: dict[str, dict[str, Any]] = {}
     ratios: dict[str, dict[str, Any]] = {}
@@ -98,22 +105,26 @@ def run_erf(model: Optional[str], checkpoint: Optional[str], baseline: Optional[
     for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
         if name is None and ck is None:
             continue
-        net, info, label = load_model(name, ck, data_info)
-        net = net.to(device).eval()
-        if data_info is not None and info.in_chans != data_info.in_chans:
-            raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")
-        side = input_size or (inputs[0].shape[-1] if inputs else info.image_size)
-        size = (info.in_chans, side, side)
-        description = (f"{len(inputs)} {data_info.name} validation images at {side}x{side} px" if inputs
-                       else f"{num_samples} standard-normal images at {side}x{side} px")
+        draws = 1 if ck else inits
+        summed: dict[str, Any] = {}
+        for draw in range(draws):
+            torch.manual_seed(seed + draw)  # the initial weights of a model built from its name
+            net, info, label = load_model(name, ck, data_info)
+            net = net.to(device).eval()
+            if data_info is not None and info.in_chans != data_info.in_chans:
+                raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")
+            side = input_size or (inputs[0].shape[-1] if inputs else info.image_size)
+            wanted = list(stages or stage_names(net))
+            for stage in wanted:
+                m = erf(FeatureMap(net, stage), (info.in_chans, side, side), num_samples, inputs, seed)
+                summed[stage] = summed.get(stage, 0) + m / draws
+        description = (f"{len(inputs)} {data_info.name} validation images" if inputs else f"{num_samples} standard-normal images") \
+            + f" at {side}x{side} px" + (f"; models at initialisation averaged over {inits} seeds" if inits > 1 else "")
         label = label if label not in maps else f"{label} (baseline)"
-        wanted = list(stages or stage_names(net))
         if maps and wanted != list(next(iter(maps.values()))):
             raise ValueError(f"{label} has stages {wanted}, the first model others; name common ones with --stages")
-        maps[label], ratios[label] = {}, {}
-        for stage in wanted:
-            m = erf(FeatureMap(net, stage), size, num_samples, inputs, seed)
-            maps[label][stage], ratios[label][stage] = m, erf_area_ratios(m)
+        maps[label] = summed
+        ratios[label] = {stage: erf_area_ratios(m) for stage, m in summed.items()}
     if not maps:
         raise ValueError("give a model name or a checkpoint")
     write_erf_report(out, maps, ratios, description, command)
