@@ -176,3 +176,15 @@ def test_cam_mask_overlap_restates_its_definitions() -> None:
     np.testing.assert_allclose(r["area"], [2 / 4, 0.0])
     with pytest.raises(ValueError, match="at least one object pixel"):
         cam_mask_overlap(cams, np.zeros_like(masks))
+
+
+def test_baselines_by_torchvision_and_timm_names() -> None:
+    from scnet.models import create_any_model
+
+    tv, tm = create_any_model("resnet18"), create_any_model("resnet10t", num_classes=3)
+    assert type(tv).__module__.startswith("torchvision") and type(tm).__module__.startswith("timm")
+    assert stage_names(tv) == stage_names(tm) == ["layer1", "layer2", "layer3", "layer4"]
+    field = erf(FeatureMap(tm.eval(), "layer1"), (3, 40, 40), num_samples=2)
+    assert field.shape == (40, 40) and field[20, 20] > 0
+    with pytest.raises(ValueError, match="unknown model 'resnet5O'.*did you mean"):
+        create_any_model("resnet5O")
