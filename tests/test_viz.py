@@ -81,11 +81,20 @@ def test_area_ratios_restate_the_definition() -> None:
 
 
 def test_erf_grows_with_depth_in_a_real_model() -> None:
+    torch.manual_seed(0)
     model = scnet.create_model("scnet_demo").eval()
     names = stage_names(model)
     assert names == ["layer1", "layer2", "layer3", "layer4"]
-    sides = [erf_area_ratios(erf(FeatureMap(model, n), (3, 48, 48), num_samples=4))["99%"]["area_ratio"] for n in names[:3]]
-    assert sides[0] < sides[1] <= sides[2]
+    yy, xx = np.mgrid[:48, :48]
+    distance2 = (yy - 24) ** 2 + (xx - 24) ** 2
+
+    def spread(field: np.ndarray) -> float:  # mean squared distance from the centre, weighted by the field
+        return float((field * distance2).sum() / field.sum())
+
+    fields = [erf(FeatureMap(model, n), (3, 48, 48), num_samples=4) for n in names[:3]]
+    assert spread(fields[0]) < spread(fields[1]) < spread(fields[2])
+    ratios = [erf_area_ratios(f)["99%"]["area_ratio"] for f in fields]
+    assert ratios[0] <= ratios[1] <= ratios[2]
 
 
 def test_gradcam_shapes_range_and_classes() -> None:
