@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import faults
 import scnet
 from scnet.cli import build_parser
-from scnet.train.engine import check_finite_weights, save_checkpoint
+from scnet.train.engine import check_finite_weights
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,34 @@ def test_non_finite_loss_stops_before_the_weights_change(tmp_path: Path, referen
 
 
 def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoint-last.pth"
-    save_checkpoint({"epoch": 1}, path)
+    from unittest import mock
+
     with pytest.raises(FloatingPointError, match="1 tensors, e.g. fc.weight"):
         check_finite_weights({"conv.weight": torch.zeros(2), "fc.weight": torch.tensor([1.0, float("inf")])}, "at epoch 2")
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    # In a run: a norm's running variance turns infinite after step 3 (train-mode forward passes do not read it,
+    # so the loss stays finite); the checkpoint due after step 4 is refused and the one of step 2 stays.
+    import scnet.train.runner as runner
+
+    built, original, calls = [], torch.optim.SGD.step, [0]
+
+    def capture(*args, **kwargs):
+        built.append(runner_build(*args, **kwargs))
+        return built[-1]
+
+    def poisoning_step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 3:
+            built[0].bn1.running_var.fill_(float("inf"))
+        return out
+
+    runner_build = runner.build_model_for
+    out = tmp_path / "run"
+    with mock.patch.object(runner, "build_model_for", capture), mock.patch.object(torch.optim.SGD, "step", poisoning_step), \
+            pytest.raises(FloatingPointError, match=r"weights became non-finite at epoch 1, step 4 \(1 tensors, e.g. bn1.running_var\)"):
+        faults.fit(faults.merge_config(flags={**faults.RUN, "checkpoint_every": 2, "out": str(out)}), **faults.QUIET)
+    state = faults.read_checkpoint(out / "checkpoint-last.pth")
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_malicious_pickle_never_runs(tmp_path: Path, reference) -> None:

@@ -7,6 +7,13 @@ import sys
 from typing import Sequence
 
 
+def _command_line() -> str:
+    """The command as the user typed it, for the reports that record how they were made."""
+    import shlex
+
+    return "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _info(args: argparse.Namespace) -> int:
     from .info import format_table, model_table
 
@@ -64,7 +71,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import shlex
     from pathlib import Path
 
     from .bench import evaluate_targets, grid, kernel_breakdown, run_bench, target_cases, targets_markdown, write_breakdown, write_report
@@ -74,7 +80,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     cases = target_cases() if args.targets else grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
-    command = "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     if args.breakdown:
         rows = [kernel_breakdown(c, args.device, args.dtype, calls=args.repeats, warmup=args.warmup) for c in cases]
         write_breakdown(rows, Path(args.out), command)
@@ -118,14 +124,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _cam(args: argparse.Namespace) -> int:
-    import shlex
     from pathlib import Path
 
     from .viz.tools import run_cam
 
     _verify(args.checkpoint, args.sha256)
     summary = run_cam(args.images, args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.layer,
-                      args.class_index, Path(args.out), "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                      args.class_index, Path(args.out), _command_line())
     for entry in summary["images"]:
         print(entry["image"] + ": " + "; ".join(f"{m['model']} -> {m['cls']} ({100 * m['prob']:.0f}%), map covers "
                                                 f"{100 * m['coverage']:.0f}% of the image" for m in entry["models"]))
@@ -134,14 +139,13 @@ def _cam(args: argparse.Namespace) -> int:
 
 
 def _erf(args: argparse.Namespace) -> int:
-    import shlex
     from pathlib import Path
 
     from .viz.tools import run_erf
 
     result = run_erf(args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.data, args.data_dir,
                      args.num_samples, args.input_size, args.stages, args.seed, Path(args.out),
-                     "scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]), args.device, args.inits)
+                     _command_line(), args.device, args.inits)
     print(f"effective receptive fields over {result['inputs']}; share of the image holding 50% / 99% of the gradient:")
     for label, per_stage in result["ratios"].items():
         print(f"  {label}: " + ", ".join(f"{stage} {100 * r['50%']['area_ratio']:.1f}% / {100 * r['99%']['area_ratio']:.1f}%"
@@ -154,11 +158,6 @@ def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
-    if args.resume and args.epochs is None:  # --resume alone continues to the run's own planned epoch count
-        from .models.weights import read_checkpoint
-        from .train.runner import resolve_resume
-
-        flags["epochs"] = read_checkpoint(resolve_resume(args.resume)).get("config", {}).get("epochs")
     cfg = merge_config(load_yaml(args.config) if args.config else None, flags)
     result = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
@@ -167,7 +166,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import shlex
     from pathlib import Path
 
     from .train import compare, load_yaml, merge_config
@@ -175,7 +173,7 @@ def _compare(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug", "models", "seeds")}
     base = merge_config(load_yaml(args.config) if args.config else None, flags)
     out = Path(args.out or "runs/compare")
-    report = compare(base, args.models, args.seeds, out, command="scnet " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    report = compare(base, args.models, args.seeds, out, command=_command_line())
     for name, entry in report["models"].items():
         print(f"{name:24s} {entry['mean']:6.2f} ± {entry['std']:.2f} % ({len(entry['runs'])} seed(s))")
     print(f"report: {out / 'report.md'}")
@@ -202,7 +200,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .data import BAD_IMAGE_POLICIES
     from .train import TrainConfig
+    from .train.config import DEFAULT_EPOCHS
 
     d = TrainConfig()
     # Every default is None: "not given" lets the YAML file (or the run being resumed) decide.
@@ -215,8 +215,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST defaults to the Debian package's)")
     p.add_argument("--download", action="store_true", default=None, help="download Fashion-MNIST if it is not found")
     p.add_argument("--image-size", type=int, help=f"imagefolder crop size (default {d.image_size})")
-    p.add_argument("--bad-images", choices=("error", "skip"), help="imagefolder: stop at an unreadable image file (default) or leave them all out")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, help="imagefolder: stop at an unreadable image file (default) or leave them all out")
+    p.add_argument("--epochs", type=int, help=f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     p.add_argument("--opt", choices=("sgd", "adamw"), help=f"default {d.opt}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
@@ -312,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--layer", help="submodule whose maps are weighted (default: the last stage, layer4)")
     cam.add_argument("--class", dest="class_index", type=int, help="explain this class index (default: each image's prediction)")
     cam.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
-    cam.add_argument("--sha256", help="refuse --checkpoint unless its sha256 starts with these hex digits")
     cam.set_defaults(func=_cam)
 
     erf = sub.add_parser("erf", help="effective receptive fields per stage, the SC model beside its baseline")
@@ -340,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.set_defaults(func=_eval)
-    for p in (exp, pr, ev):
+    for p in (exp, pr, ev, cam):
         p.add_argument("--sha256", help="refuse the weight file unless its sha256 starts with these hex digits (8 to 64)")
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")

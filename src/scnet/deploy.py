@@ -269,7 +269,6 @@ class FusedSelfCalibration(nn.Module):
         super().__init__()
         self.pooling_r = sc.k2[0].pooling_r
         self.upsample_mode = sc.upsample_mode
-        self.triton = onednn  # backend "auto": the fused kernels of whichever device runs the model
         self.k2 = FusedConv.fold(*_conv_norm(sc.k2), onednn=onednn)
         self.k3 = FusedConv.fold(*_conv_norm(sc.k3), onednn=onednn)
         self.k4 = FusedConv.fold(*_conv_norm(sc.k4), relu=relu_out, onednn=onednn)
@@ -283,14 +282,14 @@ class FusedSelfCalibration(nn.Module):
     def _eager(self) -> bool:
         return _running_eagerly()
 
-    def _calib(self, x: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = min(self.pooling_r, x.shape[-2]), min(self.pooling_r, x.shape[-1])
-        return self.k2(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+        return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """``sigmoid(x + Up(K2(pool(x))))``, the calibration weights, (N, C, H, W)."""
         h, w = x.shape[-2], x.shape[-1]
-        calib = self._calib(x)  # (N, C, max(1, H//r), max(1, W//r))
+        calib = self.k2(self._pooled(x))  # (N, C, max(1, H//r), max(1, W//r))
         ph, pw = calib.shape[-2], calib.shape[-1]
         n, c = x.shape[0], x.shape[1]
         if self.upsample_mode == "nearest" and self._may_branch_on_size() and (ph == 1 or h % self.pooling_r == 0) and (pw == 1 or w % self.pooling_r == 0):
@@ -307,13 +306,12 @@ class FusedSelfCalibration(nn.Module):
 
     @torch.jit.unused
     def _triton_eager(self, x: torch.Tensor) -> bool:
-        return (self.triton and x.device.type in _GPU_DEVICES and self.upsample_mode == "nearest"
+        return (self.k3.device_kernels and x.device.type in _GPU_DEVICES and self.upsample_mode == "nearest"
                 and _running_eagerly() and _triton_gate_product() is not None)
 
     @torch.jit.unused
     def _triton_product(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = min(self.pooling_r, x.shape[-2]), min(self.pooling_r, x.shape[-1])
-        calib = self.k2.conv_without_bias(F.avg_pool2d(x, [kh, kw], [kh, kw]))  # (N, C, max(1, H//r), max(1, W//r))
+        calib = self.k2.conv_without_bias(self._pooled(x))  # (N, C, max(1, H//r), max(1, W//r))
         # K2's and K3's biases are added inside the kernel, which reads each tensor once anyway.
         return _triton_gate_product()(self.k3.conv_without_bias(x), x, calib, self.k3.bias, self.k2.bias)  # (N, C, H, W)
 

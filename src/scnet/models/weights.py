@@ -241,16 +241,10 @@ def _read_safetensors_release(path: Path) -> dict:
     return obj
 
 
-def _declared_arch(obj: dict) -> Optional[str]:
-    """The architecture a file says it holds: training checkpoints and our safetensors files name it."""
-    arch = obj.get("arch")
-    return arch if isinstance(arch, str) else None
-
-
 def check_arch(obj: dict, path: Union[str, Path], arch: str) -> None:
     """Refuse a file that declares another architecture than ``arch``, saying what differs."""
-    declared = _declared_arch(obj)
-    if declared is None or declared == arch:
+    declared = obj.get("arch")  # training checkpoints and our safetensors files name their architecture
+    if not isinstance(declared, str) or declared == arch:
         return
     meta = obj.get("metadata") or {}
     info = obj.get("data_info") or {}

@@ -10,6 +10,9 @@ from typing import Any, Optional
 __all__ = ["TrainConfig", "ConfigError", "load_yaml", "merge_config"]
 
 
+DEFAULT_EPOCHS = 5
+
+
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it."""
 
@@ -25,7 +28,7 @@ class TrainConfig:
     download: bool = False
     image_size: int = 224  # imagefolder only; the other datasets have their native size
     bad_images: str = "error"  # imagefolder: "error" at the first unreadable file, or "skip" them all (counted)
-    epochs: int = 5
+    epochs: Optional[int] = None  # DEFAULT_EPOCHS for a new run; a resumed run keeps its own unless given
     batch_size: int = 128
     opt: str = "sgd"  # "sgd" or "adamw"
     lr: float = 0.1
@@ -47,9 +50,13 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
-        for name in ("epochs", "batch_size", "image_size"):
+        from ..data import BAD_IMAGE_POLICIES
+
+        if self.epochs is None and not self.resume:
+            self.epochs = DEFAULT_EPOCHS
+        for name in ("batch_size", "image_size"):
             _number(name, getattr(self, name), low=1, integer=True)
-        for name in ("checkpoint_every", "limit_train", "limit_val"):
+        for name in ("epochs", "checkpoint_every", "limit_train", "limit_val"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), low=1, integer=True)
         _number("workers", self.workers, low=0, integer=True)
@@ -63,7 +70,7 @@ class TrainConfig:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
             _number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
-        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", ("error", "skip"))):
+        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("model", "data"):
@@ -82,11 +89,11 @@ def _number(name: str, value: Any, low: Optional[float] = None, high: Optional[f
     """``value`` must be a finite number (an integer if ``integer``) within the bounds; booleans are not numbers."""
     flag = f"--{name.replace('_', '-')}"
     kinds = (int,) if integer else (int, float)
-    what = ("a positive integer" if low == 1 else "an integer") if integer else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or (integer and low == 1 and value < 1):
-        raise ConfigError(f"{flag} must be {what}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise ConfigError(f"{flag} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
-        raise ConfigError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+        bound = "a positive integer" if integer and low == 1 else f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"{flag} must be {bound}, got {value!r}")
     if high is not None and (value > high or (high_open and value == high)):
         raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
 

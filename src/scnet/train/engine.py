@@ -176,9 +176,10 @@ def train_one_epoch(
                         img_s=f"{totals['seen'] / max(totals['seconds'], 1e-9):.0f}")
         if after_step is not None:
             after_step(totals)
-    loss_sum, correct, seen = _all_reduce([totals["loss_sum"], totals["correct"], totals["seen"]], device)
+    summed = reduce_totals(totals, device)
     elapsed = seconds_before + time.perf_counter() - start
-    return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9),
+    seen = max(summed["seen"], 1)
+    return dict(loss=summed["loss_sum"] / seen, acc=100.0 * summed["correct"] / seen, images_per_s=summed["seen"] / max(elapsed, 1e-9),
                 seconds=elapsed, skipped=totals["skipped"])
 
 

@@ -196,7 +196,7 @@ class _StopSignals:
         return int(flag.item()) or None
 
 
-def _check_run_directory(out: Path, cfg: TrainConfig) -> None:
+def _check_run_directory(out: Path) -> None:
     """Refuse to start a fresh run over another run's checkpoints: say what is there and how to go on."""
     last = out / "checkpoint-last.pth"
     if not last.is_file():
@@ -227,9 +227,10 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     if cfg.resume:
         path = resolve_resume(cfg.resume)
         state = read_checkpoint(path)
-        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs,
+        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs or state["config"]["epochs"],
                                "checkpoint_every": cfg.checkpoint_every or state["config"].get("checkpoint_every")})
         cfg = saved.validate()  # the run's own configuration wins; only the epoch count and checkpoint interval may change
+        # (no --epochs: the run's own planned count)
         start_epoch, start_step, history, best_acc = state["epoch"], int(state.get("step", 0)), state["history"], state["best_acc"]
         if start_step:
             totals = EpochTotals(state.get("epoch_totals"))
@@ -244,7 +245,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     if main_process:
         _check_out_writable(out)
         if state is None:
-            _check_run_directory(out, cfg)
+            _check_run_directory(out)
     _seed_all(cfg.seed)
     train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size, cfg.download,
                                               cfg.seed, cfg.bad_images)
@@ -305,7 +306,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
         for epoch in range(start_epoch, min(cfg.epochs, stop_after_epoch or cfg.epochs)):
             _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
             skip = start_step if epoch == start_epoch else 0
-            if skip and state is not None and "rng" in state:
+            if skip and "rng" in state:
                 torch.set_rng_state(state["rng"])  # mid-epoch: the generator as it was at the checkpoint
             sampler.set_epoch(epoch, skip)
             train_loader.dataset.set_epoch(epoch)
