@@ -74,7 +74,7 @@ def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.Capt
 def test_fashion_mnist_real_subset(tmp_path: Path) -> None:
     train, val, info = build_datasets("fashion_mnist", limit_train=512, limit_val=256)
     assert (len(train), len(val), info.num_classes, info.in_chans) == (512, 256, 10, 1)
-    assert [int(train.dataset.labels[i]) for i in range(10)] == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the published order
+    assert [int(train.labels[i]) for i in range(10)] == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the published order
     result = fit(merge_config(flags=dict(data="fashion_mnist", limit_train=512, limit_val=256, epochs=1, batch_size=64, out=str(tmp_path / "fm"))),
                  show_progress=False, log=lambda *a: None)
     assert 10.0 < result["final_val_acc"] <= 100.0
@@ -128,33 +128,6 @@ def test_cli_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "cmp"
-    assert main(["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
-                 "--batch-size", "32", "--lr", "0.05", "--out", str(out)]) == 0
-    import json
-    import statistics
-
-    report = json.loads((out / "report.json").read_text())
-    assert list(report["models"]) == ["scnet_demo_plain", "scnet_demo"] and report["seeds"] == [0, 1]
-    for name, entry in report["models"].items():
-        accs = [r["final_val_acc"] for r in entry["runs"]]
-        assert entry["mean"] == pytest.approx(statistics.fmean(accs)) and entry["std"] == pytest.approx(statistics.stdev(accs))
-        assert (out / f"{name}-seed1" / "checkpoint-last.pth").is_file()
-    md = (out / "report.md").read_text()
-    params = report["models"]["scnet_demo"]["params"]
-    assert f"| scnet_demo | {params:,} |" in md and params == 506_708  # 1-channel input, 4 classes
-    assert "scnet_demo vs scnet_demo_plain" in md and (out / "report.png").stat().st_size > 10_000
-    diffs = [b["final_val_acc"] - a["final_val_acc"] for a, b in zip(*(report["models"][n]["runs"] for n in report["models"]))]
-    assert f"per-seed differences {diffs[0]:+.2f}, {diffs[1]:+.2f}" in md
-
-    # An interrupted comparison picks up its finished runs instead of training them again.
-    monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    assert main(["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
-                 "--batch-size", "32", "--lr", "0.05", "--out", str(out)]) == 0
-    assert json.loads((out / "report.json").read_text())["models"] == report["models"]
-
-
 def _one_and_two_processes(tmp_path: Path, args: list[str], entry: list[str]) -> tuple[dict, dict, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, *entry, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
@@ -168,9 +141,10 @@ def _one_and_two_processes(tmp_path: Path, args: list[str], entry: list[str]) ->
 
 
 # GroupNorm: per-sample statistics, so averaged per-rank gradients equal the full-batch gradient exactly
-# (batch norm would see each rank's half batch; SyncBatchNorm needs a GPU).
+# (batch norm would see each rank's half batch; SyncBatchNorm needs a GPU). The "small" stem has no max-pool: a
+# max-pool sends each gradient to the larger of near-equal values, which a rounding difference can swap.
 DDP_ARGS = ["train", "--data", "synthetic", "--limit-train", "64", "--batch-size", "32", "--lr", "0.01", "--warmup-epochs", "0",
-            "--norm-layer", "groupnorm"]
+            "--norm-layer", "groupnorm", "--stem-type", "small"]
 
 
 @pytest.mark.slow
@@ -213,7 +187,7 @@ def test_predict_images_of_every_mode(tmp_path: Path, capsys: pytest.CaptureFixt
     x, label = val[0]
     with torch.inference_mode():
         want = model(x[None]).softmax(1)[0]
-    pixels = val.dataset.images[val.indices[0], 0].numpy()  # (28, 28) uint8, the reference image
+    pixels = val.images[0, 0].numpy()  # (28, 28) uint8, the reference image
     files = {
         "gray.png": Image.fromarray(pixels, mode="L"),
         "rgb.png": Image.fromarray(np.stack([pixels] * 3, -1), mode="RGB"),

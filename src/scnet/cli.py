@@ -169,13 +169,21 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .train import compare, load_yaml, merge_config
+    from .train.compare import describe_difference
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug", "models", "seeds")}
+    for flag, instead in (("model", "--models"), ("seed", "--seeds"), ("resume", "the same --out: a study resumes by itself")):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} does not apply to a study; use {instead}")
+    study = ("command", "func", "config", "debug", "models", "seeds", "until_resolved", "max_seeds", "erf_samples", "jobs")
+    flags = {k: v for k, v in vars(args).items() if k not in study}
     base = merge_config(load_yaml(args.config) if args.config else None, flags)
     out = Path(args.out or "runs/compare")
-    report = compare(base, args.models, args.seeds, out, command=_command_line())
+    report = compare(base, args.models, args.seeds, out, command=_command_line(), until_resolved=args.until_resolved,
+                     max_seeds=args.max_seeds, erf_samples=args.erf_samples, jobs=args.jobs)
     for name, entry in report["models"].items():
-        print(f"{name:24s} {entry['mean']:6.2f} ± {entry['std']:.2f} % ({len(entry['runs'])} seed(s))")
+        spread = f" ± {entry['std']:.2f}" if entry["std"] is not None else ""
+        print(f"{name:24s} {entry['mean']:6.2f}{spread} % ({len(entry['runs'])} seed(s))")
+    print(describe_difference(report))
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -201,14 +209,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .data import BAD_IMAGE_POLICIES
+    from .models.resnet import STEM_TYPES
     from .train import TrainConfig
-    from .train.config import DEFAULT_EPOCHS
+    from .train.config import DEFAULT_EPOCHS, LR_PER_256
 
     d = TrainConfig()
     # Every default is None: "not given" lets the YAML file (or the run being resumed) decide.
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
     p.add_argument("--model", help=f"registered model (default {d.model}, the small demo SCNet)")
-    p.add_argument("--stem-type", choices=("", "deep", "small"), help="override the model's stem ('small' for 28-32 px images)")
+    p.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem ('small' or 'small_pool' for 28-32 px images)")
     p.add_argument("--norm-layer", choices=("batchnorm", "groupnorm"), help="override the model's norm layer")
     p.add_argument("--sync-bn", action="store_true", default=None, help="synchronise batch norm across processes (GPU)")
     p.add_argument("--data", help=f"fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {d.data})")
@@ -219,14 +228,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
     p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
     p.add_argument("--opt", choices=("sgd", "adamw"), help=f"default {d.opt}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {LR_PER_256} x batch size / 256)")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
-    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up before the cosine decay (default {d.warmup_epochs})")
+    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up before the decay (default {d.warmup_epochs})")
+    p.add_argument("--schedule", choices=("linear", "cosine"), help=f"learning-rate decay after the warm-up, to 0 at the end (default {d.schedule})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum, Nesterov (default {d.momentum})")
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
     p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     p.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay, e.g. 0.999")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16 on CPU, fp16 on GPU)")
     p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training (first steps compile)")
     p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.workers})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
@@ -245,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--format", choices=("table", "markdown", "json"), default="markdown")
     info.set_defaults(func=_info)
 
+    from .models.resnet import STEM_TYPES
+
     exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime), TorchScript or safetensors weights")
     exp.add_argument("--model", required=True, help="registered model name, e.g. scnet50")
     exp.add_argument("--checkpoint", help="weights to export (.pth or .safetensors)")
@@ -252,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output file")
     exp.add_argument("--num-classes", type=int, help="classifier size (default: the model's 1000)")
     exp.add_argument("--in-chans", type=int, help="input channels (default 3)")
-    exp.add_argument("--stem-type", choices=("", "deep", "small"), help="override the model's stem")
+    exp.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem")
     exp.add_argument("--check-sizes", type=_size, nargs="+", default=[(97, 130), (193, 257), (224, 224)],
                      help="HxW sizes at which onnxruntime is compared with PyTorch (default 97x130 193x257 224x224)")
     exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
@@ -286,10 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(train)
     train.set_defaults(func=_train)
 
-    cmp_ = sub.add_parser("compare", help="each SC model vs its plain twin over several seeds, with a report")
+    cmp_ = sub.add_parser("compare", help="an SC model vs its plain twin, paired by seed: per-seed differences, 95%% interval, verdict")
     _add_train_args(cmp_)
-    cmp_.add_argument("--models", nargs="+", default=["scnet_demo"], help="SC models (their plain twins are added)")
-    cmp_.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
+    cmp_.add_argument("--models", nargs="+", default=["scnet_demo"], help="the SC model (its plain twin is added)")
+    cmp_.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run first, one pair each (default 0 1 2)")
+    cmp_.add_argument("--until-resolved", type=float, metavar="HALF_WIDTH",
+                      help="then add seeds until the 95%% interval of SC - plain excludes zero or is at most +-HALF_WIDTH points")
+    cmp_.add_argument("--max-seeds", type=int, metavar="N", help="with --until-resolved: at most N pairs in all (default 10)")
+    cmp_.add_argument("--erf-samples", type=int, default=0, metavar="N",
+                      help="after training, the effective receptive fields of the first seed's pair over N validation images (default 0: off)")
+    cmp_.add_argument("--jobs", type=int, default=1, choices=(1, 2),
+                      help="2: train the two members of a pair at once, half of the torch threads each (default 1)")
     cmp_.set_defaults(func=_compare)
 
     pr = sub.add_parser("predict", help="top-k classes for image files")

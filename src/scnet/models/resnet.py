@@ -19,7 +19,7 @@ from ..layers import NormLayer, check_image_batch, get_norm_layer
 
 __all__ = ["ResNet", "STEM_TYPES"]
 
-STEM_TYPES = ("", "deep", "small")
+STEM_TYPES = ("", "deep", "small", "small_pool")
 
 
 def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
@@ -50,10 +50,23 @@ def _make_stem(stem_type: str, in_chans: int, stem_width: int, out_width: int, n
             act_layer(inplace=True),
             nn.Conv2d(stem_width, stem_width * 2, 3, stride=1, padding=1, bias=False),
         ), stem_width * 2
-    if stem_type == "small":
-        # For 28-32 px images (CIFAR, Fashion-MNIST): no downsampling in the stem at all.
+    if stem_type in ("small", "small_pool"):
+        # For 28-32 px images (CIFAR, Fashion-MNIST): a full-resolution 3x3 (small_pool then max-pools it by 2).
         return nn.Conv2d(in_chans, out_width, 3, stride=1, padding=1, bias=False), out_width
     return nn.Conv2d(in_chans, out_width, 7, stride=2, padding=3, bias=False), out_width
+
+
+def _make_stem_pool(stem_type: str) -> nn.Module:
+    """The pool after the stem: none for "small", 2x2 for "small_pool", ResNet's 3x3/2 otherwise.
+
+    Why "small_pool": a 28 px image keeps its full-resolution first conv but the stages run at 14-2 px, which
+    makes a small net about four times cheaper to train than "small" for a point or so of Fashion-MNIST accuracy.
+    """
+    if stem_type == "small":
+        return nn.Identity()
+    if stem_type == "small_pool":
+        return nn.MaxPool2d(2)
+    return nn.MaxPool2d(3, stride=2, padding=1)
 
 
 def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, norm_layer: NormLayer) -> nn.Sequential:
@@ -74,7 +87,8 @@ class ResNet(nn.Module):
         num_classes: classifier outputs; 0 gives pooled features.
         in_chans: input image channels.
         cardinality, base_width: the 3x3 width rule ``int(planes * base_width / 64) * cardinality``.
-        stem_type: "" (7x7/2 + max-pool), "deep" (three 3x3, v1d) or "small" (3x3/1, no max-pool, 28-32 px).
+        stem_type: "" (7x7/2 + max-pool), "deep" (three 3x3, v1d), "small" (3x3/1, no max-pool, 28-32 px) or
+            "small_pool" (3x3/1, then a 2x2 max-pool).
         stem_width: first width of the deep stem.
         widths: the four stages' bottleneck planes (outputs are 4x); the 7x7 and small stems output widths[0].
         avg_down: ResNet-D shortcut (average pool, then a stride-1 1x1).
@@ -140,8 +154,8 @@ class ResNet(nn.Module):
             self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, widths[0], norm_layer, act_layer)
             self.bn1 = norm_layer(self.inplanes)
             self.relu = act_layer(inplace=True)
-            self.maxpool = nn.Identity() if stem_type == "small" else nn.MaxPool2d(3, stride=2, padding=1)
-            stem_reduction = 1 if stem_type == "small" else 2
+            self.maxpool = _make_stem_pool(stem_type)
+            stem_reduction = 1 if stem_type.startswith("small") else 2
             self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
 
             reduction = stem_reduction * (1 if stem_type == "small" else 2)

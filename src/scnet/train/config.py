@@ -11,6 +11,7 @@ __all__ = ["TrainConfig", "ConfigError", "load_yaml", "merge_config"]
 
 
 DEFAULT_EPOCHS = 5
+LR_PER_256 = 0.2  # the peak learning rate of a 256-image batch
 
 
 class ConfigError(ValueError):
@@ -29,17 +30,19 @@ class TrainConfig:
     image_size: int = 224  # imagefolder only; the other datasets have their native size
     bad_images: str = "error"  # imagefolder: "error" at the first unreadable file, or "skip" them all (counted)
     epochs: Optional[int] = None  # DEFAULT_EPOCHS for a new run; a resumed run keeps its own unless given
-    batch_size: int = 128
+    batch_size: int = 256
     opt: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.1
+    lr: Optional[float] = None  # peak learning rate; None: LR_PER_256 x batch_size / 256 (the linear scaling rule)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.75
+    schedule: str = "linear"  # after the warm-up: "linear" decay to 0 (best for short runs) or "cosine"
     label_smoothing: float = 0.1
     clip_grad: Optional[float] = None
     ema_decay: Optional[float] = None  # e.g. 0.999 keeps an exponential moving average of the weights
     amp: bool = False  # bf16 autocast on CPU, fp16 (with a grad scaler) on GPU
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training step's model (inductor; needs a C++ compiler on CPU)
     workers: int = 0
     seed: int = 0
     limit_train: Optional[int] = None
@@ -61,6 +64,8 @@ class TrainConfig:
                 _number(name, getattr(self, name), low=1, integer=True)
         _number("workers", self.workers, low=0, integer=True)
         _number("seed", self.seed, low=0, integer=True)
+        if self.lr is None:  # Goyal et al.'s rule: a smaller batch takes proportionally smaller steps
+            self.lr = LR_PER_256 * self.batch_size / 256
         _number("lr", self.lr, low=0, low_open=True)
         _number("momentum", self.momentum, low=0, high=1, high_open=True)
         _number("weight_decay", self.weight_decay, low=0)
@@ -70,7 +75,7 @@ class TrainConfig:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
             _number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
-        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES)):
+        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES), ("schedule", ("linear", "cosine"))):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("model", "data"):

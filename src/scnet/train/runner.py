@@ -24,12 +24,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data import DataInfo, build_datasets
+from ..data import DataInfo, TensorImages, build_datasets
 from ..models import create_model
 from ..models.weights import read_checkpoint
 from .config import ConfigError, TrainConfig
-from .engine import (EpochBatches, EpochTotals, SeededSamples, check_finite_weights, evaluate, reduce_totals, save_checkpoint,
-                     save_release, train_one_epoch, warmup_cosine)
+from .engine import (EpochBatches, EpochTotals, SeededSamples, TensorBatches, check_finite_weights, evaluate, reduce_totals, save_checkpoint,
+                     save_release, train_one_epoch, SCHEDULES)
 
 __all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
@@ -93,10 +93,13 @@ def _prepare_out(out: Path) -> None:
         raise ConfigError(f"output directory {out} is not writable ({e.strerror or e})") from e
 
 
-def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int) -> tuple[DataLoader, DataLoader, EpochBatches]:
+def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int) -> tuple[Any, Any, EpochBatches]:
+    """Batches of one seeded permutation per epoch: gathered from memory for tensor datasets, else by a DataLoader."""
     sampler = EpochBatches(len(train_set), cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
-    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers)
     val_batches = EpochBatches(len(val_set), cfg.batch_size, shuffle=False, drop_last=False, rank=rank, world=world)
+    if isinstance(train_set, TensorImages) and isinstance(val_set, TensorImages):
+        return TensorBatches(train_set, sampler, cfg.seed, augment=True), TensorBatches(val_set, val_batches, cfg.seed, augment=False), sampler
+    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers)
     val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=cfg.workers)
     return train_loader, val_loader, sampler
 
@@ -264,7 +267,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     optimizer = _optimizer(cfg, model)
     steps_per_epoch = len(sampler)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, cfg.epochs * steps_per_epoch))
+    shape = SCHEDULES[cfg.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, warmup, cfg.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ema = None
     if cfg.ema_decay:
@@ -281,6 +285,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
             scaler.load_state_dict(state["scaler"])
     # Processes average gradients, so a global batch split over ranks updates like one process (same global batch).
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)  # training only: evaluation, EMA and checkpoints use the plain module
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     writer = None
     if main_process:
@@ -309,7 +315,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
             if skip and "rng" in state:
                 torch.set_rng_state(state["rng"])  # mid-epoch: the generator as it was at the checkpoint
             sampler.set_epoch(epoch, skip)
-            train_loader.dataset.set_epoch(epoch)
+            if isinstance(train_loader, DataLoader):
+                train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
             lr = optimizer.param_groups[0]["lr"]
 
             def after_step(t: EpochTotals, epoch: int = epoch) -> None:

@@ -1,0 +1,245 @@
+"""``scnet compare``: the paired t-interval, the --until-resolved rule, refusals that change nothing, resume, report."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from scnet.cli import main
+from scnet.models import create_model
+from scnet.profile import count_params
+from scnet.train import TrainConfig
+from scnet.train.compare import next_seed, paired_interval, study_finished, verdict
+
+SYNTHETIC = ["--data", "synthetic", "--epochs", "1", "--batch-size", "32"]
+PLAIN, SC = "scnet_demo_plain", "scnet_demo"
+
+
+def _compare(out: Path, *args: str) -> int:
+    return main(["compare", "--models", SC, *SYNTHETIC, "--out", str(out), *args])
+
+
+def _planned(monkeypatch: pytest.MonkeyPatch, diff: Callable[[int], float], fail_at: int | None = None) -> list[tuple[str, int]]:
+    """Replace training by planned accuracies: plain 80 + seed / 10, SC that plus ``diff(seed)``; returns the calls.
+    ``fail_at``: the call (counted from 1) that is interrupted as by Ctrl-C."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_fit(cfg, show_progress: bool = True) -> dict:
+        calls.append((cfg.model, cfg.seed))
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt
+        acc = 80.0 + cfg.seed / 10 + (diff(cfg.seed) if cfg.model == SC else 0.0)
+        run = Path(cfg.out)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "log.csv").write_text(f"epoch,val_acc\n1,{acc}\n")
+        return dict(final_val_acc=acc, best_val_acc=acc, train_seconds=1.0)
+
+    monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", fake_fit)
+    return calls
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+# ---- the statistics ---------------------------------------------------------------------------------------------
+def test_paired_interval_against_a_hand_computed_example() -> None:
+    # diffs 0.3, 0.1, 0.5, 0.2: mean 0.275; squared deviations 0.000625 + 0.030625 + 0.050625 + 0.005625 = 0.0875,
+    # sd = sqrt(0.0875 / 3) = 0.170783, sem = sd / 2 = 0.085391; t(0.975, 3 dof) = 3.182446;
+    # half-width 3.182446 * 0.085391 = 0.271753, interval [0.003247, 0.546753]: just excludes zero.
+    iv = paired_interval([0.3, 0.1, 0.5, 0.2])
+    assert iv["n"] == 4 and iv["mean_diff"] == pytest.approx(0.275)
+    assert iv["sd"] == pytest.approx(0.170783, abs=1e-6) and iv["sem"] == pytest.approx(0.085391, abs=1e-6)
+    assert iv["t"] == pytest.approx(3.182446, abs=1e-6) and iv["half_width"] == pytest.approx(0.271753, abs=1e-6)
+    assert iv["ci95"] == pytest.approx([0.003247, 0.546753], abs=1e-6)
+    assert verdict(iv) == "SC ahead: the 95 % interval excludes zero"
+    # Two pairs: t(0.975, 1 dof) = 12.706205, sd of (1, 3) = sqrt(2), sem = 1: the interval is 2 +- 12.706205.
+    assert paired_interval([1.0, 3.0])["ci95"] == pytest.approx([2 - 12.706205, 2 + 12.706205], abs=1e-6)
+
+
+def test_one_pair_has_no_interval_and_none_has_no_mean() -> None:
+    iv = paired_interval([0.4])
+    assert iv["mean_diff"] == 0.4 and all(iv[k] is None for k in ("sd", "sem", "t", "half_width", "ci95"))
+    assert verdict(iv).startswith("one seed gives no interval")
+    with pytest.raises(ValueError, match="at least one difference"):
+        paired_interval([])
+
+
+def test_verdict_words() -> None:
+    assert verdict(paired_interval([-0.3, -0.1, -0.5, -0.2])) == "SC behind: the 95 % interval excludes zero"
+    wide = paired_interval([0.1, -0.1, 0.1])  # mean 0.033, half-width 4.302653 * 0.066667 = 0.286844
+    assert verdict(wide) == "not resolved: the 95 % interval includes zero"
+    assert verdict(wide, until_resolved=0.5) == ("resolved to ±0.29 points: the 95 % interval includes zero, so the two "
+                                                 "models are within 0.32 points of each other")
+    assert verdict(wide, until_resolved=0.2) == "not resolved: the 95 % interval includes zero"
+
+
+def test_stopping_rule() -> None:
+    assert not study_finished([0.3], 10.0)  # one pair: no interval, however loose the target
+    assert not study_finished([0.3, 0.1, 0.5], 0.01) and study_finished([0.3, 0.1, 0.5, 0.2], 0.01)  # excludes zero at 4
+    assert not study_finished([0.1, -0.1], 0.5) and study_finished([0.1, -0.1, 0.1], 0.5)  # half-width 1.27, then 0.29
+    assert next_seed([4, 2], [4], [0.1], None, None) == 2  # the given seeds first, in their order
+    assert next_seed([4, 2], [4, 2], [0.1, 0.2], None, None) is None  # no rule: the given seeds only
+    assert next_seed([4, 2], [4, 2], [0.1, -0.1], 0.5, 10) == 5  # one past the largest seed so far
+    assert next_seed([0, 1], [0, 1, 2], [0.1, -0.1, 0.1], 0.5, 10) is None  # resolved
+    assert next_seed([0, 1], [0, 1, 2], [0.1, -0.1, 0.1], 0.01, 3) is None  # the pair limit
+
+
+# ---- --until-resolved on planned accuracies ---------------------------------------------------------------------
+def test_until_resolved_stops_at_the_pair_that_excludes_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    diffs = [0.3, 0.1, 0.5, 0.2, 0.4, 0.4]  # the interval first excludes zero with the fourth pair (test above)
+    calls = _planned(monkeypatch, lambda seed: diffs[seed])
+    assert _compare(tmp_path / "s", "--seeds", "0", "1", "--until-resolved", "0.01", "--max-seeds", "6") == 0
+    assert calls == [(m, s) for s in range(4) for m in (PLAIN, SC)]
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert [p["seed"] for p in report["pairs"]] == [0, 1, 2, 3] and report["status"] == "done"
+    assert [p["diff"] for p in report["pairs"]] == pytest.approx(diffs[:4])
+    assert report["ci95"] == pytest.approx([0.003247, 0.546753], abs=1e-6) and report["half_width"] == pytest.approx(0.271753, abs=1e-6)
+    assert report["verdict"].startswith("SC ahead") and report["until_resolved"] == 0.01 and report["max_seeds"] == 6
+    assert report["threads_per_process"] == [torch.get_num_threads()] and "torch threads" in report["machine"]
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "Student t-interval over the 4 paired differences, t(0.975, 3) = 3.182" in md
+    assert "stopped after 4 pairs" in md and "--max-seeds limit" not in md
+
+
+def test_until_resolved_stops_at_the_half_width(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _planned(monkeypatch, lambda seed: 0.1 if seed % 2 == 0 else -0.1)
+    assert _compare(tmp_path / "s", "--seeds", "0", "--until-resolved", "0.5") == 0
+    assert len(calls) == 6  # half-width 1.27 after two pairs, 0.29 after three
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["verdict"].startswith("resolved to ±0.29 points") and report["max_seeds"] == 10  # the default limit
+
+
+def test_until_resolved_runs_to_max_seeds_when_it_never_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _planned(monkeypatch, lambda seed: 0.1 if seed % 2 == 0 else -0.1)
+    assert _compare(tmp_path / "s", "--seeds", "2", "7", "--until-resolved", "0.01", "--max-seeds", "5") == 0
+    assert [s for m, s in calls if m == SC] == [2, 7, 8, 9, 10]
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["verdict"] == "not resolved: the 95 % interval includes zero" and report["status"] == "done"
+    assert "stopped after 5 pairs (the --max-seeds limit)" in (tmp_path / "s" / "report.md").read_text()
+
+
+# ---- refusals: one line, nothing changed ------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--until-resolved", "0"], "--until-resolved must be a positive half-width in accuracy points, got 0.0"),
+    (["--until-resolved", "-1"], "got -1.0"),
+    (["--until-resolved", "nan"], "got nan"),
+    (["--until-resolved", "0.5", "--max-seeds", "0"], "--max-seeds must be an integer >= 2 (an interval needs two pairs), got 0"),
+    (["--until-resolved", "0.5", "--max-seeds", "1", "--seeds", "0", "1"], "got 1"),
+    (["--until-resolved", "0.5", "--max-seeds", "2", "--seeds", "0", "1", "2"], "--max-seeds 2 is fewer than the 3 --seeds given"),
+    (["--max-seeds", "4"], "--max-seeds 4 needs --until-resolved"),
+    (["--seeds", "0", "1", "0"], "--seeds repeats 0"),
+    (["--erf-samples", "-1"], "--erf-samples must be an integer >= 0, got -1"),
+    (["--model", "scnet50"], "--model does not apply to a study; use --models"),
+    (["--epochs", "2"], "study.json holds another study: epochs is 1 there, 2 here"),
+    (["--models", "scnet50"], "models is ['scnet_demo_plain', 'scnet_demo'] there, ['scnet50_plain', 'scnet50'] here"),
+    (["--models", "scnet_demo", "scnet50"], "a study pairs one SC model with its plain twin"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                                   args: list[str], message: str) -> None:
+    out = tmp_path / "s"
+    _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 0
+    before = _files(out)
+    capsys.readouterr()
+    calls = _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scnet compare: error: ") and err.count("\n") == 1 and message in err, err
+    assert _files(out) == before and not calls
+
+
+def test_a_finished_run_of_another_recipe_is_not_trained_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "s"
+    _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0", "--lr", "0.05") == 0
+    (out / "study.json").unlink()  # as a directory made before study.json existed
+    before = _files(out)
+    capsys.readouterr()
+    assert _compare(out, "--seeds", "0", "1", "--lr", "0.1") == 2
+    err = capsys.readouterr().err
+    assert "scnet_demo-seed0 holds a run with another recipe: lr is 0.05 there, 0.1 here" in err and err.count("\n") == 1
+    assert _files(out) == before
+    # An unfinished run (a checkpoint, no record yet) of another recipe is refused before anything trains, too.
+    config = json.loads((out / "scnet_demo-seed0" / "compare-run.json").read_text())["config"]
+    (out / "scnet_demo-seed1").mkdir()
+    other = TrainConfig().warmup_epochs + 1.0
+    torch.save(dict(config={**config, "seed": 1, "warmup_epochs": other}), out / "scnet_demo-seed1" / "checkpoint-last.pth")
+    before = _files(out)
+    calls = _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0", "1", "--lr", "0.05") == 2
+    err = capsys.readouterr().err
+    assert f"scnet_demo-seed1 holds a run with another recipe: warmup_epochs is {other!r} there, {other - 1.0!r} here" in err
+    assert _files(out) == before and not calls
+
+
+# ---- resume ------------------------------------------------------------------------------------------------------
+def test_an_interrupted_study_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s"
+    calls = _planned(monkeypatch, lambda seed: 0.1 * seed, fail_at=3)  # Ctrl-C while training the second pair
+    assert _compare(out, "--seeds", "0", "1", "2") == 130
+    report = json.loads((out / "report.json").read_text())
+    assert [p["seed"] for p in report["pairs"]] == [0] and report["status"] == "running"  # the first pair was reported
+    calls = _planned(monkeypatch, lambda seed: 0.1 * seed)
+    assert _compare(out, "--seeds", "0", "1", "2") == 0
+    assert calls == [(PLAIN, 1), (SC, 1), (PLAIN, 2), (SC, 2)]  # seed 0's pair reused
+    report = json.loads((out / "report.json").read_text())
+    assert [p["diff"] for p in report["pairs"]] == pytest.approx([0.0, 0.1, 0.2])
+    # A longer study in the same directory adds only its new seeds.
+    calls = _planned(monkeypatch, lambda seed: 0.1 * seed)
+    assert _compare(out, "--seeds", "0", "1", "2", "3") == 0
+    assert calls == [(PLAIN, 3), (SC, 3)]
+
+
+def test_one_seed_shows_no_spread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    _planned(monkeypatch, lambda seed: 0.7)
+    assert _compare(tmp_path / "s", "--seeds", "0") == 0
+    stdout = capsys.readouterr().out
+    md = (tmp_path / "s" / "report.md").read_text()
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert "±" not in stdout and "±" not in md
+    assert "SC - plain: +0.70 points from one seed. Verdict: one seed gives no interval" in md and "one seed gives no interval" in stdout
+    assert report["ci95"] is None and report["half_width"] is None and report["models"][SC]["std"] is None
+
+
+# ---- the real thing, small ---------------------------------------------------------------------------------------
+def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "scnet_demo", "--seeds", "0", "1", "--data", "synthetic", "--epochs", "1",
+            "--batch-size", "32", "--lr", "0.05", "--out", str(out)]
+    assert main([*args, "--erf-samples", "4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["models"]) == ["scnet_demo_plain", "scnet_demo"] and report["seeds"] == [0, 1]
+    for name, entry in report["models"].items():
+        accs = [r["final_val_acc"] for r in entry["runs"]]
+        assert entry["mean"] == pytest.approx(statistics.fmean(accs)) and entry["std"] == pytest.approx(statistics.stdev(accs))
+        assert (out / f"{name}-seed1" / "checkpoint-last.pth").is_file()
+    md = (out / "report.md").read_text()
+    params = report["models"]["scnet_demo"]["params"]
+    expected = count_params(create_model("scnet_demo", in_chans=1, num_classes=4))  # the synthetic set's shape
+    assert f"| scnet_demo | {params:,} |" in md and params == expected
+    assert "scnet_demo vs scnet_demo_plain" in md and (out / "report.png").stat().st_size > 10_000
+    for pair, (a, b) in zip(report["pairs"], zip(*(report["models"][n]["runs"] for n in report["models"]))):
+        assert pair["diff"] == pytest.approx(b["final_val_acc"] - a["final_val_acc"])
+        assert f"| {a['seed']} | {a['final_val_acc']:.2f} | {b['final_val_acc']:.2f} | {pair['diff']:+.2f} |" in md
+    half = 12.706205 * abs(report["pairs"][0]["diff"] - report["pairs"][1]["diff"]) / 2  # t(0.975, 1) * sd / sqrt(2)
+    assert report["half_width"] == pytest.approx(half, abs=1e-4) and "t-interval over the 2 paired differences" in md
+    assert json.loads((out / "study.json").read_text())["models"] == ["scnet_demo_plain", "scnet_demo"]
+    # The ERF of the first seed's trained pair, by scnet erf's code, beside the accuracy.
+    erf = report["erf"]["last_stage"]
+    assert list(erf) == ["scnet_demo", "scnet_demo_plain"] and (out / "erf" / "erf.png").stat().st_size > 10_000
+    assert all(0 < r["50%"] <= r["99%"] <= 1 for r in erf.values()) and "(erf/erf.png)" in md
+    assert f"| scnet_demo | {100 * erf['scnet_demo']['50%']:.1f}% | {100 * erf['scnet_demo']['99%']:.1f}% |" in md
+    assert not math.isnan(report["mean_diff"])
+
+    # An interrupted comparison picks up its finished runs instead of training them again.
+    monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert main(args) == 0
+    assert json.loads((out / "report.json").read_text())["models"] == report["models"]
