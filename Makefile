@@ -27,7 +27,7 @@ data: $(FASHION)
 # The main job: the demo SCNet and its plain twin, same recipe (5 epochs on all 60,000 training images, trained at
 # once, a thread each), tested on all 10,000 test images, with their effective receptive fields; report in runs/demo/.
 demo: setup data
-	$(VENV)/bin/scnet info --models 'scnet_demo*' --input-size 28
+	$(VENV)/bin/scnet info --models 'scnet_demo*' --input-size 32
 	$(VENV)/bin/scnet compare --models scnet_demo --seeds 0 --channels-last --jobs 2 --erf-samples 200 --out runs/demo
 
 test: setup data
