@@ -7,7 +7,7 @@ are prepared as today, so the first path, with torchvision transforms per image,
 steps on Fashion-MNIST (data, forward, backward, SGD update), round-robin, so a slower stretch of the machine hits
 every case alike. Writes throughput.json and throughput.md in --out.
 
-    python scripts/demo_throughput.py --out docs/results/demo-throughput
+    python scripts/demo_throughput.py --compile --out docs/results/demo-throughput
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def _case(name: str, version: str, train_set, batch: int):
     model = model.to(memory_format=torch.channels_last).train()
     macs = count_macs(model, (1, 28, 28))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    net = torch.compile(model) if version == "after, --compile" else model  # what `scnet train --compile` does
     batches = iter(_loader(train_set, "per-sample" if version == "before" else "tensor", batch))
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -50,7 +51,7 @@ def _case(name: str, version: str, train_set, batch: int):
         start = time.perf_counter()
         for _ in range(count):
             x, y = next(batches)
-            loss = crit(model(x.contiguous(memory_format=torch.channels_last)), y)
+            loss = crit(net(x.contiguous(memory_format=torch.channels_last)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -64,14 +65,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (default 6)")
     p.add_argument("--rounds", type=int, default=4, help="round-robin rounds (default 4)")
+    p.add_argument("--compile", action="store_true", help="also time the current models under torch.compile (compiling takes minutes)")
     p.add_argument("--out", default="runs/demo-throughput")
     args = p.parse_args()
     train_set, _, _ = build_datasets("fashion_mnist")
     roofs = [matmul_roof(torch.device("cpu"))]
-    cases = [_case(n, v, train_set, args.batch_size) for v, n in itertools.product(("before", "after"), ("scnet_demo_plain", "scnet_demo"))]
+    versions = ("before", "after") + (("after, --compile",) if args.compile else ())
+    cases = [_case(n, v, train_set, args.batch_size) for v, n in itertools.product(versions, ("scnet_demo_plain", "scnet_demo"))]
     times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
     for i, case in enumerate(cases):
-        case["step"](2)  # warm-up: oneDNN primitive creation
+        case["step"](3)  # warm-up: oneDNN primitive creation, and compilation for the compiled cases
     for _ in range(args.rounds):
         for i, case in enumerate(cases):
             times[i].append(case["step"](args.steps))
@@ -90,7 +93,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(report, indent=2))
     lines = ["# Demo training throughput, before and after the fast CPU path", "",
-             "Command: `python scripts/demo_throughput.py --out docs/results/demo-throughput`", "",
+             f"Command: `python scripts/demo_throughput.py{' --compile' if args.compile else ''} --out {args.out}`", "",
              f"Machine: {report['machine']}. Matmul roof: {roof:.0f} GFLOP/s (fp32, 2048^3). Batch {args.batch_size}, "
              "channels_last, Fashion-MNIST 28 px, whole training steps (data, forward, backward, SGD) timed round-robin.", "",
              "| version | model | MMACs / image | img/s | GFLOP/s | of roof | spread |", "|---|---|---|---|---|---|---|"]
@@ -99,7 +102,8 @@ def main() -> None:
                      f"{100 * r['roof_fraction']:.0f}% | {r['spread_pct']:.0f}% |")
     by = {(r["version"], r["model"]): r for r in rows}
     for model in ("scnet_demo_plain", "scnet_demo"):
-        lines.append(f"\n{model}: {by[('after', model)]['images_per_s'] / by[('before', model)]['images_per_s']:.1f}x the img/s of before.")
+        ratios = [f"{by[(v, model)]['images_per_s'] / by[('before', model)]['images_per_s']:.1f}x ({v})" for v in versions[1:]]
+        lines.append(f"\n{model}: {', '.join(ratios)} the img/s of before.")
     (out / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -12,8 +12,6 @@ import pytest
 import torch
 
 from scnet.cli import main
-from scnet.models import create_model
-from scnet.profile import count_params
 from scnet.train import TrainConfig
 from scnet.train.compare import next_seed, paired_interval, study_finished, verdict
 
@@ -223,8 +221,7 @@ def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert (out / f"{name}-seed1" / "checkpoint-last.pth").is_file()
     md = (out / "report.md").read_text()
     params = report["models"]["scnet_demo"]["params"]
-    expected = count_params(create_model("scnet_demo", in_chans=1, num_classes=4))  # the synthetic set's shape
-    assert f"| scnet_demo | {params:,} |" in md and params == expected
+    assert f"| scnet_demo | {params:,} |" in md and params == 1_134_460  # 1-channel input, 4 classes (the synthetic set)
     assert "scnet_demo vs scnet_demo_plain" in md and (out / "report.png").stat().st_size > 10_000
     for pair, (a, b) in zip(report["pairs"], zip(*(report["models"][n]["runs"] for n in report["models"]))):
         assert pair["diff"] == pytest.approx(b["final_val_acc"] - a["final_val_acc"])
@@ -233,10 +230,14 @@ def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert report["half_width"] == pytest.approx(half, abs=1e-4) and "t-interval over the 2 paired differences" in md
     assert json.loads((out / "study.json").read_text())["models"] == ["scnet_demo_plain", "scnet_demo"]
     # The ERF of the first seed's trained pair, by scnet erf's code, beside the accuracy.
-    erf = report["erf"]["last_stage"]
-    assert list(erf) == ["scnet_demo", "scnet_demo_plain"] and (out / "erf" / "erf.png").stat().st_size > 10_000
-    assert all(0 < r["50%"] <= r["99%"] <= 1 for r in erf.values()) and "(erf/erf.png)" in md
-    assert f"| scnet_demo | {100 * erf['scnet_demo']['50%']:.1f}% | {100 * erf['scnet_demo']['99%']:.1f}% |" in md
+    stages = report["erf"]["stages"]
+    assert list(stages) == ["layer1", "layer2", "layer3", "layer4"] and (out / "erf" / "erf.png").stat().st_size > 10_000
+    for stage, by_model in stages.items():
+        assert list(by_model) == ["scnet_demo", "scnet_demo_plain"] and "(erf/erf.png)" in md
+        assert all(0 < r["50%"] <= r["99%"] <= 1 for r in by_model.values())
+        sc, plain = by_model["scnet_demo"], by_model["scnet_demo_plain"]
+        assert (f"| {stage} | {100 * sc['50%']:.1f}% | {100 * plain['50%']:.1f}% | {100 * sc['99%']:.1f}% | "
+                f"{100 * plain['99%']:.1f}% |") in md
     assert not math.isnan(report["mean_diff"])
 
     # An interrupted comparison picks up its finished runs instead of training them again.

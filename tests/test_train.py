@@ -159,11 +159,12 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_one_process_across_epochs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data", [[], ["--data", "fashion_mnist", "--limit-val", "64"]], ids=["synthetic", "fashion_mnist-augmented"])
+def test_two_process_ddp_equals_one_process_across_epochs(tmp_path: Path, data: list[str]) -> None:
     # Over several epochs float32 rounding (different summation order) is amplified to ~1e-5 by training itself;
-    # in float64 it is not, so any real divergence (schedule, sampler, state at epoch boundaries) would show.
+    # in float64 it is not, so any real divergence (schedule, sampler, augmentation, state at epoch boundaries) would show.
     driver = str(Path(__file__).with_name("train_float64.py"))
-    one, two, _ = _one_and_two_processes(tmp_path, [*DDP_ARGS, "--epochs", "3"], [driver])
+    one, two, _ = _one_and_two_processes(tmp_path, [*DDP_ARGS, *data, "--epochs", "3"], [driver])
     assert one["model"]["conv1.weight"].dtype == torch.float64 and one["epoch"] == two["epoch"] == 3
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-10, atol=1e-12, msg=key)
@@ -212,3 +213,62 @@ def test_predict_images_of_every_mode(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.startswith("scnet predict: error: cannot read") and "broken.png" in err
     assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", ckpt]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def _fashion_head(count: int):
+    train, _, _ = build_datasets("fashion_mnist", limit_train=count, limit_val=1)
+    return train
+
+
+def test_batch_augmentation_is_a_shifted_flipped_crop() -> None:
+    # The batched crop restated per image: zero-pad by p, take the H x W window at (dy, dx), mirror when flipped.
+    from scnet.data import BatchAugment
+
+    images = torch.randint(0, 256, (6, 2, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    aug = BatchAugment(pad=2)
+    params = aug.draw(6, torch.Generator().manual_seed(4))
+    got = aug.apply(images, params)
+    for i in range(6):
+        padded = torch.zeros(2, 9, 11, dtype=torch.uint8)
+        padded[:, 2:7, 2:9] = images[i]
+        want = padded[:, int(params["dy"][i]):int(params["dy"][i]) + 5, int(params["dx"][i]):int(params["dx"][i]) + 7]
+        assert torch.equal(got[i], want.flip(-1) if params["flip"][i] else want), i
+    assert params["flip"].any() and not params["flip"].all() and len(set(params["dy"].tolist())) > 1
+
+
+def test_tensor_batches_are_the_same_for_any_split_and_start() -> None:
+    # Global batch k of epoch e is a function of (seed, e, k): two ranks' slices, or a run resumed at batch 3, see
+    # exactly what one uninterrupted process sees, augmentation included.
+    from scnet.train.engine import EpochBatches, TensorBatches
+
+    train = _fashion_head(200)
+
+    def epoch(rank: int = 0, world: int = 1, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = TensorBatches(train, EpochBatches(len(train), 64, True, True, seed=5, rank=rank, world=world), 5, augment=True)
+        loader.set_epoch(2, start)
+        return list(loader)
+
+    one = epoch()
+    assert len(one) == 3 and one[0][0].shape == (64, 1, 28, 28) and one[0][0].dtype == torch.float32
+    halves = [epoch(rank, 2) for rank in (0, 1)]
+    for k, (images, labels) in enumerate(one):
+        assert torch.equal(torch.cat([halves[0][k][0], halves[1][k][0]]), images)
+        assert torch.equal(torch.cat([halves[0][k][1], halves[1][k][1]]), labels)
+    resumed = epoch(start=1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, one[1:]))
+    plain = TensorBatches(train, EpochBatches(len(train), 64, True, True, seed=5), 5, augment=False)
+    plain.set_epoch(2)
+    assert not torch.equal(next(iter(plain))[0], one[0][0])  # the augmentation really changed the images
+
+
+def test_resume_is_exact_with_augmentation(tmp_path: Path) -> None:
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    real = dict(data="fashion_mnist", limit_train=256, limit_val=64, epochs=3)
+    fit(_cfg(tmp_path / "straight", **real), **quiet)
+    fit(_cfg(tmp_path / "cut", **real), stop_after_epoch=2, **quiet)
+    fit(merge_config(flags=dict(resume=str(tmp_path / "cut"), epochs=3)), **quiet)
+    a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
+    b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key

@@ -59,8 +59,9 @@ def _make_stem(stem_type: str, in_chans: int, stem_width: int, out_width: int, n
 def _make_stem_pool(stem_type: str) -> nn.Module:
     """The pool after the stem: none for "small", 2x2 for "small_pool", ResNet's 3x3/2 otherwise.
 
-    Why "small_pool": a 28 px image keeps its full-resolution first conv but the stages run at 14-2 px, which
-    makes a small net about four times cheaper to train than "small" for a point or so of Fashion-MNIST accuracy.
+    Why "small_pool": a 28 px image keeps its full-resolution first conv but the stages run at 14-2 px, a quarter
+    of the positions of "small", so a small net trains several times faster (the demo model: 92% on Fashion-MNIST
+    after 5 epochs).
     """
     if stem_type == "small":
         return nn.Identity()

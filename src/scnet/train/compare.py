@@ -241,6 +241,9 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
 
 def _run_alone(config: dict[str, Any], threads: int) -> dict[str, Any]:
     """``_run`` in a worker process with ``threads`` torch threads (no progress bar: two would interleave)."""
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)  # each epoch's line shows as it ends, not when the process exits
     torch.set_num_threads(threads)
     return _run(TrainConfig(**config), show_progress=False)
 
@@ -251,7 +254,7 @@ def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int) -> li
     Why at once: two small models on one thread each keep two cores busier than one model on two threads
     (small convolutions leave a second thread idle much of the time), and both meet the same machine load.
     """
-    if jobs == 1:
+    if jobs == 1 or any((Path(cfg.out) / DONE).is_file() for cfg in cfgs):  # a finished run is only read back
         return [_run(cfg, show_progress) for cfg in cfgs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -335,11 +338,11 @@ def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, 
     weights = {n: out / _run_name(n, seed) / "checkpoint-last.pth" for n in names}
     result = run_erf(None, str(weights[sc]), None, str(weights[plain]), base.data, base.data_dir, samples, seed=seed,
                      out=out / "erf", command=command, device=_device().type)
-    last = {}
+    stages = {}  # stage -> model -> {"50%": area ratio, "99%": area ratio}
     for name, ratios in zip((sc, plain), result["ratios"].values()):  # run_erf keeps the order: model, then baseline
-        stage = list(ratios)[-1]
-        last[name] = dict(stage=stage, **{k: ratios[stage][k]["area_ratio"] for k in ("50%", "99%")})
-    return dict(inputs=result["inputs"], seed=seed, last_stage=last, png="erf/erf.png", report="erf/erf.md")
+        for stage, r in ratios.items():
+            stages.setdefault(stage, {})[name] = {k: r[k]["area_ratio"] for k in ("50%", "99%")}
+    return dict(inputs=result["inputs"], seed=seed, stages=stages, png="erf/erf.png", report="erf/erf.md")
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -408,13 +411,16 @@ def _stopping_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _erf_lines(report: dict[str, Any]) -> list[str]:
+    """The ERF beside the accuracy: per stage, the share of the image holding 50 % and 99 % of the gradient."""
     erf = report["erf"]
-    stage = next(iter(erf["last_stage"].values()))["stage"]
+    plain, sc = report["models"]
     lines = [f"## Effective receptive field (seed {erf['seed']}, final weights, {erf['inputs']})", "",
-             f"Share of the image holding 50 % / 99 % of the centre unit's gradient at the last stage ({stage}):", "",
-             "| model | 50 % area | 99 % area |", "|---|---|---|"]
-    lines += [f"| {name} | {100 * r['50%']:.1f}% | {100 * r['99%']:.1f}% |" for name, r in erf["last_stage"].items()]
-    return lines + ["", f"Every stage: [{erf['report']}]({erf['report']}), heatmaps: [{erf['png']}]({erf['png']}).", ""]
+             "Share of the image (smallest centred square) holding 50 % / 99 % of the centre unit's input gradient:", "",
+             f"| stage | {sc} 50 % | {plain} 50 % | {sc} 99 % | {plain} 99 % |", "|---|---|---|---|---|"]
+    for stage, by_model in erf["stages"].items():
+        cells = [f"{100 * by_model[m][k]:.1f}%" for k in ("50%", "99%") for m in (sc, plain)]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return lines + ["", f"![ERF heatmaps per stage]({erf['png']})", "", f"Also at 20 % and 30 %: [{erf['report']}]({erf['report']}).", ""]
 
 
 def _plot(path: Path, report: dict[str, Any]) -> None:

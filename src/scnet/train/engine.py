@@ -1,8 +1,9 @@
 """Training and evaluation steps, the schedule, reproducible sampling and atomic checkpoints.
 
-Reproducibility: batches are cut from one permutation per (seed, epoch), and each sample's augmentation
-is seeded by (seed, epoch, index). What a run sees therefore depends neither on where it was resumed nor on
-the number of data workers or processes.
+Reproducibility: batches are cut from one permutation per (seed, epoch), and the augmentation is seeded by
+(seed, epoch, batch) for in-memory datasets (``TensorBatches``) or by (seed, epoch, index) per sample for the
+others (``SeededSamples``). What a run sees therefore depends neither on where it was resumed nor on the number
+of data workers or processes.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class EpochBatches(Sampler[list[int]]):
             yield mine
 
 
+def augment_seed(seed: int, epoch: int, item: int) -> int:
+    """The RNG seed of one item's augmentation (a sample, or a whole batch): distinct for every (seed, epoch, item)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + item
+
+
 class SeededSamples(Dataset):
     """Wraps a dataset so sample ``i`` of epoch ``e`` is augmented with RNG seed (seed, e, i)."""
 
@@ -78,7 +84,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            torch.manual_seed(augment_seed(self.seed, self.epoch, index))
             return self.dataset[index]
 
 
@@ -104,7 +110,7 @@ class TensorBatches:
         for k, offset, size, mine in self.batches.slices():
             params = None
             if aug is not None:
-                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.batches.epoch) * 10_000_019 + k)
+                gen = torch.Generator().manual_seed(augment_seed(self.seed, self.batches.epoch, k))
                 params = {name: v[offset:offset + len(mine)] for name, v in aug.draw(size, gen).items()}
             yield self.dataset.batch(torch.tensor(mine), params)
 

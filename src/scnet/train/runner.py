@@ -286,7 +286,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     # Processes average gradients, so a global batch split over ranks updates like one process (same global batch).
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     if cfg.compile:
-        net = torch.compile(net)  # training only: evaluation, EMA and checkpoints use the plain module
+        # dynamic=False: every stage has its own sizes, and a dynamic avg-pool window does not lower in inductor
+        net = torch.compile(net, dynamic=False)  # training only: evaluation, EMA and checkpoints use the plain module
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     writer = None
     if main_process:
