@@ -169,7 +169,7 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .train import compare, load_yaml, merge_config
-    from .train.compare import describe_difference
+    from .train.compare import StudyPlan, describe_difference
 
     for flag, instead in (("model", "--models"), ("seed", "--seeds"), ("resume", "the same --out: a study resumes by itself")):
         if getattr(args, flag) is not None:
@@ -178,8 +178,8 @@ def _compare(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in study}
     base = merge_config(load_yaml(args.config) if args.config else None, flags)
     out = Path(args.out or "runs/compare")
-    report = compare(base, args.models, args.seeds, out, command=_command_line(), until_resolved=args.until_resolved,
-                     max_seeds=args.max_seeds, erf_samples=args.erf_samples, jobs=args.jobs)
+    plan = StudyPlan(args.models, args.seeds, args.until_resolved, args.max_seeds, args.erf_samples, args.jobs)
+    report = compare(base, plan, out, command=_command_line())
     for name, entry in report["models"].items():
         spread = f" ± {entry['std']:.2f}" if entry["std"] is not None else ""
         print(f"{name:24s} {entry['mean']:6.2f}{spread} % ({len(entry['runs'])} seed(s))")

@@ -1,10 +1,10 @@
 """Training tools over the library: configuration, engine and the run orchestration."""
 from .config import ConfigError, TrainConfig, load_yaml, merge_config
 from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, train_one_epoch, warmup_cosine
-from .compare import compare
+from .compare import StudyPlan, compare
 from .runner import evaluate_checkpoint, fit
 
 __all__ = [
-    "ConfigError", "EpochBatches", "compare", "SeededSamples", "TrainConfig", "evaluate", "evaluate_checkpoint", "fit",
+    "ConfigError", "EpochBatches", "StudyPlan", "compare", "SeededSamples", "TrainConfig", "evaluate", "evaluate_checkpoint", "fit",
     "load_yaml", "merge_config", "save_checkpoint", "train_one_epoch", "warmup_cosine",
 ]

@@ -13,7 +13,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -26,7 +26,7 @@ from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
 from .runner import build_model_for, fit
 
-__all__ = ["compare", "paired_interval", "study_finished", "next_seed", "check_study_args", "verdict", "describe_difference"]
+__all__ = ["StudyPlan", "compare", "paired_interval", "study_finished", "next_seed", "check_study_args", "verdict", "describe_difference"]
 
 # Config keys that name one run or how it is kept, not how it is trained: the recipe is everything else.
 RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
@@ -273,21 +273,36 @@ def _val_curve(run: Path) -> list[float]:
         return [float(row["val_acc"]) for row in csv.DictReader(f)]
 
 
-def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out: Path, command: str = "",
-            show_progress: bool = True, *, until_resolved: Optional[float] = None, max_seeds: Optional[int] = None,
-            erf_samples: int = 0, jobs: int = 1) -> dict[str, Any]:
-    """Train the SC model of ``models`` and its plain twin, pair by pair, with ``base``'s recipe; report in ``out``.
+@dataclass(frozen=True)
+class StudyPlan:
+    """What to compare and for how long: the SC model(s) (their twins are added), the seeds run first, the
+    ``--until-resolved`` rule and its pair limit, the ERF sample count, and how many runs train at once."""
 
-    ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads.
+    models: Sequence[str]
+    seeds: Sequence[int]
+    until_resolved: Optional[float] = None
+    max_seeds: Optional[int] = None
+    erf_samples: int = 0
+    jobs: int = 1
 
-    The ``seeds`` run first; with ``until_resolved`` more seeds follow (see ``next_seed``) up to ``max_seeds`` pairs
-    in all (default 10). report.md/json/png are rewritten after every pair. With ``erf_samples`` > 0 the trained
-    pair of the first seed has its effective receptive fields measured on that many validation images (``erf/``).
+    def checked(self) -> "StudyPlan":
+        """The plan with its pair limit resolved; a plan that cannot run raises ``ValueError`` before anything is written."""
+        limit = check_study_args(list(self.seeds), self.until_resolved, self.max_seeds, self.erf_samples)
+        if self.jobs not in (1, 2):
+            raise ValueError(f"--jobs must be 1 or 2 (the two members of a pair), got {self.jobs!r}")
+        return replace(self, seeds=list(self.seeds), max_seeds=limit)
+
+
+def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", show_progress: bool = True) -> dict[str, Any]:
+    """Train the SC model of ``plan.models`` and its plain twin, pair by pair, with ``base``'s recipe; report in ``out``.
+
+    The ``plan.seeds`` run first; with ``until_resolved`` more seeds follow (see ``next_seed``) up to ``max_seeds``
+    pairs in all (default 10). report.md/json/png are rewritten after every pair. With ``erf_samples`` > 0 the
+    trained pair of the first seed has its effective receptive fields measured on that many validation images
+    (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads.
     """
-    seeds = list(seeds)
-    max_seeds = check_study_args(seeds, until_resolved, max_seeds, erf_samples)
-    if jobs not in (1, 2):
-        raise ValueError(f"--jobs must be 1 or 2 (the two members of a pair), got {jobs!r}")
+    plan = plan.checked()
+    models, seeds, until_resolved, max_seeds = plan.models, plan.seeds, plan.until_resolved, plan.max_seeds
     names = _twins(models)
     study = dict(models=names, recipe=_recipe(base.to_dict()))
     if out.is_dir():
@@ -303,7 +318,7 @@ def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out:
     seed = next_seed(seeds, [], [], until_resolved, max_seeds)
     while seed is not None:
         cfgs = [replace(base, model=name, seed=seed, out=str(out / _run_name(name, seed)), resume=None).validate() for name in names]
-        for name, result in zip(names, _run_pair(cfgs, show_progress, jobs)):
+        for name, result in zip(names, _run_pair(cfgs, show_progress, plan.jobs)):
             report["models"][name]["runs"].append(result)
         report["seeds"].append(seed)
         report["threads_per_process"] = sorted({r["threads"] for e in report["models"].values() for r in e["runs"] if "threads" in r})
@@ -311,8 +326,8 @@ def compare(base: TrainConfig, models: Sequence[str], seeds: Sequence[int], out:
         seed = next_seed(seeds, report["seeds"], [p["diff"] for p in report["pairs"]], until_resolved, max_seeds)
         report["status"] = "running" if seed is not None else "done"
         _write_report(out, report)
-    if erf_samples:
-        report["erf"] = _measure_erf(base, names, seeds[0], out, erf_samples, command)
+    if plan.erf_samples:
+        report["erf"] = _measure_erf(base, names, seeds[0], out, plan.erf_samples, command)
         _write_report(out, report)
     return report
 
