@@ -272,3 +272,9 @@ def test_resume_is_exact_with_augmentation(tmp_path: Path) -> None:
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_a_run_too_short_to_learn_says_so(tmp_path: Path) -> None:
+    said: list[str] = []
+    fit(_cfg(tmp_path / "run", epochs=1, batch_size=128), show_progress=False, log=said.append)  # 256 images: 2 steps
+    assert any(line.startswith("note: 2 optimiser steps in all") for line in said)

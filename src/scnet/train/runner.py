@@ -33,6 +33,7 @@ from .engine import (EpochBatches, EpochTotals, SeededSamples, TensorBatches, ch
 
 __all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
+SHORT_RUN_STEPS = 100  # below this many steps in all, a run is told it is too short to learn much
 LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "images_per_s", "seconds")
 
 
@@ -266,6 +267,9 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     train_loader, val_loader, sampler = _loaders(cfg, train_set, val_set, rank, world)
     optimizer = _optimizer(cfg, model)
     steps_per_epoch = len(sampler)
+    if cfg.epochs * steps_per_epoch < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
+        log(f"note: {cfg.epochs * steps_per_epoch} optimiser steps in all, too few to learn much; a smaller --batch-size "
+            f"(the learning rate follows it) or more --epochs gives more")
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     shape = SCHEDULES[cfg.schedule]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, warmup, cfg.epochs * steps_per_epoch))
