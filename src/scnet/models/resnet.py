@@ -17,9 +17,12 @@ from timm.models import checkpoint_seq
 
 from ..layers import NormLayer, check_image_batch, get_norm_layer
 
-__all__ = ["ResNet", "STEM_TYPES"]
+__all__ = ["ResNet", "STEM_STRIDES", "STEM_TYPES"]
 
-STEM_TYPES = ("", "deep", "small", "small_pool")
+# Each stem's (conv stride, pool stride): the one place the stem's downsampling is stated; the trunk's feature
+# reductions, the pool module and timm's pool size all follow from it.
+STEM_STRIDES = {"": (2, 2), "deep": (2, 2), "small": (1, 1), "small_pool": (1, 2)}
+STEM_TYPES = tuple(STEM_STRIDES)
 
 
 def _stage_strides(output_stride: int) -> list[tuple[int, int]]:
@@ -50,7 +53,7 @@ def _make_stem(stem_type: str, in_chans: int, stem_width: int, out_width: int, n
             act_layer(inplace=True),
             nn.Conv2d(stem_width, stem_width * 2, 3, stride=1, padding=1, bias=False),
         ), stem_width * 2
-    if stem_type in ("small", "small_pool"):
+    if STEM_STRIDES[stem_type][0] == 1:
         # For 28-32 px images (CIFAR, Fashion-MNIST): a full-resolution 3x3 (small_pool then max-pools it by 2).
         return nn.Conv2d(in_chans, out_width, 3, stride=1, padding=1, bias=False), out_width
     return nn.Conv2d(in_chans, out_width, 7, stride=2, padding=3, bias=False), out_width
@@ -63,11 +66,10 @@ def _make_stem_pool(stem_type: str) -> nn.Module:
     of the positions of "small", so a small net trains several times faster (the demo model: 92% on Fashion-MNIST
     after 5 epochs).
     """
-    if stem_type == "small":
+    conv_stride, pool_stride = STEM_STRIDES[stem_type]
+    if pool_stride == 1:
         return nn.Identity()
-    if stem_type == "small_pool":
-        return nn.MaxPool2d(2)
-    return nn.MaxPool2d(3, stride=2, padding=1)
+    return nn.MaxPool2d(2) if conv_stride == 1 else nn.MaxPool2d(3, stride=2, padding=1)
 
 
 def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool, norm_layer: NormLayer) -> nn.Sequential:
@@ -156,10 +158,10 @@ class ResNet(nn.Module):
             self.bn1 = norm_layer(self.inplanes)
             self.relu = act_layer(inplace=True)
             self.maxpool = _make_stem_pool(stem_type)
-            stem_reduction = 1 if stem_type.startswith("small") else 2
+            stem_reduction, pool_stride = STEM_STRIDES[stem_type]
             self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
 
-            reduction = stem_reduction * (1 if stem_type == "small" else 2)
+            reduction = stem_reduction * pool_stride
             for idx, (planes, blocks, (stride, dilation)) in enumerate(zip(widths, layers, _stage_strides(output_stride))):
                 stage = self._make_stage(
                     block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,

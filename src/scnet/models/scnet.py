@@ -16,7 +16,7 @@ from timm.models import register_model as timm_register_model
 
 from .blocks import Bottleneck, SCBottleneck
 from .registry import register_model
-from .resnet import ResNet
+from .resnet import STEM_STRIDES, ResNet
 from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
 
 __all__ = ["ARCHS", "build_model", "plain_twin", "sc_twin"]
@@ -39,7 +39,7 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
     "sescnet50": (dict(**_R50, attn_layer="se"), "SE-SCNet-50: SCNet-50 with squeeze-and-excitation (reduction 16)"),
     # The training tools' demo model: one block per stage for 28-32 px images, stages at 14-2 px after the stem's
     # max-pool. Widths 24-48-96-192 give SC halves of 12+ channels (oneDNN runs 8-channel convs poorly), so a 2-core
-    # CPU trains it at ~1,300 img/s: over 91% on Fashion-MNIST in 5 epochs.
+    # CPU trains it at 1,593 img/s (docs/results/demo-throughput): 92% on Fashion-MNIST in 5 epochs.
     "scnet_demo": (dict(layers=(1, 1, 1, 1), widths=(24, 48, 96, 192), stem_type="small_pool"), "Small demo SCNet for 28-32 px images (1.1 M params)"),
 }
 
@@ -63,12 +63,14 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     """timm's pretrained cfg. The sha256 prefix is in the file name (torch.hub's convention)."""
     spec = PRETRAINED.get(name)
     stem = _arch_args(name).get("stem_type")
-    small = stem in ("small", "small_pool")  # 32 px images: a 4x4 last map (2x2 after small_pool's max-pool)
+    conv_stride, pool_stride = STEM_STRIDES[stem or ""]
+    small = conv_stride == 1  # a stem for 32 px images
+    last_map = (32 if small else 224) // (conv_stride * pool_stride * 8)  # the stages stride 8 in all
     return dict(
         url=spec.url if spec else "",
         num_classes=1000, input_size=(3, 32, 32) if small else (3, 224, 224),
         min_input_size=(3, 16, 16) if small else (3, 32, 32),
-        pool_size=(7, 7) if not small else (2, 2) if stem == "small_pool" else (4, 4),
+        pool_size=(last_map, last_map),
         crop_pct=spec.crop_pct if spec else (1.0 if small else 0.875), interpolation=spec.interpolation if spec else "bilinear",
         mean=spec.mean if spec else IMAGENET_MEAN, std=spec.std if spec else IMAGENET_STD,
         first_conv="conv1.0" if stem == "deep" else "conv1", classifier="fc", license="mit",
