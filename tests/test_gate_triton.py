@@ -13,7 +13,8 @@ import scnet
 from scnet.models.blocks import Bottleneck, SCBottleneck
 from seeded import seeded_state_dict
 
-deploy_module = importlib.import_module("scnet.deploy")  # the module; ``scnet.deploy`` is the function
+fusion = importlib.import_module("scnet.layers.fusion")  # the backends of every fused form
+gate = importlib.import_module("scnet.layers.gate")  # the gate and its Triton kernel, loaded on first use
 
 # (N, C, H, W) and the pooled (PH, PW): divisible maps, floor-pooled odd maps (the nearest rule's float scale
 # decides the source cell: 18 -> 4 puts h = 9 on a float32 boundary), one-cell maps and non-square ones.
@@ -70,6 +71,19 @@ def test_kernel_equals_the_formula_in_float64(kernel, shape: tuple, pooled: tupl
         assert out.is_contiguous(memory_format=torch.channels_last if dense_cl else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("shape,pooled", SHAPES)
+def test_reference_gate_is_the_formula_and_the_kernel_equals_it(kernel, shape: tuple, pooled: tuple) -> None:
+    """``calibration_gate`` (what the eager layer and the fused forms compute, broadcast or not) is the formula
+    restated above, and the kernel computes the same product."""
+    gen = torch.Generator().manual_seed(7 + sum(shape))
+    features, x = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    calib = torch.randn(shape[0], shape[1], *pooled, generator=gen, dtype=torch.float64)
+    for broadcast in range(5):  # 0: never broadcast; else the pooling rate it may broadcast for (whenever valid)
+        reference = features * gate.calibration_gate(x, calib, "nearest", broadcast)
+        torch.testing.assert_close(reference, _reference(features, x, calib), rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(kernel(features, x, calib), reference, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_kernel_rounds_once_in_low_precision(kernel, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(3)
@@ -122,9 +136,9 @@ def test_gpu_path_is_wired_exactly(kernel, monkeypatch: pytest.MonkeyPatch, name
     this checks the moved biases (K2/K3 into the kernel, the shortcut's into conv3), the split 1x1 and the gate.
     """
     calls: dict = {}
-    monkeypatch.setattr(deploy_module, "_GPU_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(deploy_module, "_ONEDNN", False)  # else oneDNN takes every CPU call first
-    monkeypatch.setitem(deploy_module._TRITON_GATE, "fn", _counting(kernel, calls, "gate"))
+    monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(fusion, "_ONEDNN", False)  # else oneDNN takes every CPU call first
+    monkeypatch.setitem(gate._TRITON, "fn", _counting(kernel, calls, "gate"))
     monkeypatch.setattr(torch, "cudnn_convolution_relu", _counting(_cudnn_relu, calls, "relu"), raising=False)
     monkeypatch.setattr(torch, "cudnn_convolution_add_relu", _counting(_cudnn_add_relu, calls, "add_relu"), raising=False)
     model = scnet.create_model(name, num_classes=7).eval()
@@ -152,10 +166,10 @@ def test_a_refused_cudnn_call_falls_back_with_one_warning(kernel, monkeypatch: p
     def refuse(*args, **kwargs):
         raise RuntimeError("cuDNN: no engine for this fused graph")
 
-    monkeypatch.setattr(deploy_module, "_GPU_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(deploy_module, "_ONEDNN", False)
-    monkeypatch.setitem(deploy_module._TRITON_GATE, "fn", kernel)
-    monkeypatch.setitem(deploy_module._CUDNN_FUSED, "ok", True)
+    monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(fusion, "_ONEDNN", False)
+    monkeypatch.setitem(gate._TRITON, "fn", kernel)
+    monkeypatch.setitem(fusion._CUDNN_FUSED, "ok", True)
     monkeypatch.setattr(torch, "cudnn_convolution_relu", refuse, raising=False)
     monkeypatch.setattr(torch, "cudnn_convolution_add_relu", refuse, raising=False)
     model = scnet.create_model("scnet_demo", num_classes=7).eval()
@@ -165,5 +179,5 @@ def test_a_refused_cudnn_call_falls_back_with_one_warning(kernel, monkeypatch: p
         got = fast(x)
         expected = model(x)
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
-    assert deploy_module._CUDNN_FUSED["ok"] is False
+    assert fusion._CUDNN_FUSED["ok"] is False
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -15,7 +15,8 @@ from test_deploy import ODD, _rel, _seeded
 from test_gate_triton import SHAPES, _layouts, _reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-deploy_module = importlib.import_module("scnet.deploy")
+fusion = importlib.import_module("scnet.layers.fusion")
+gate = importlib.import_module("scnet.layers.gate")
 CUDA = torch.device("cuda")
 
 
@@ -31,7 +32,7 @@ def exact_convolutions():
 @pytest.fixture
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """Counts the calls of the real (compiled) Triton kernel made by deployed models."""
-    real = deploy_module._triton_gate_product()
+    real = gate.triton_gate_product()
     assert real is not None, "Triton could not be imported on this GPU machine"
     calls: list = []
 
@@ -39,7 +40,7 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list:
         calls.append(tuple(x.shape))
         return real(features, x, *rest)
 
-    monkeypatch.setitem(deploy_module._TRITON_GATE, "fn", counted)
+    monkeypatch.setitem(gate._TRITON, "fn", counted)
     return calls
 
 
@@ -75,7 +76,7 @@ def test_deploy_on_gpu_runs_the_kernel_and_matches(name: str, exact_convolutions
             want, got = model(x), fused(x)
         assert len(kernel_calls) == n_sc
         assert _rel(got, want) <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1)), (name, shape)
-    assert deploy_module._CUDNN_FUSED["ok"], "cuDNN refused a fused convolution: deploy fell back to plain ops"
+    assert fusion._CUDNN_FUSED["ok"], "cuDNN refused a fused convolution: deploy fell back to plain ops"
     model64, fused64 = model.double(), scnet.deploy(model.double())
     x = torch.randn(ODD, generator=torch.Generator().manual_seed(2)).to(CUDA, torch.float64)
     with torch.inference_mode():

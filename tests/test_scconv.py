@@ -223,7 +223,7 @@ def test_torch_compile_matches_eager() -> None:
 
 @pytest.mark.parametrize("mode, size, pooled", [("nearest", (8, 8), (2, 2)), ("nearest", (7, 9), (1, 2)), ("bilinear", (8, 6), (2, 1))])
 def test_lean_calibrated_product_gradients(mode: str, size: tuple, pooled: tuple) -> None:
-    from scnet.layers.scconv import _CalibratedProduct
+    from scnet.layers.gate import _CalibratedProduct
 
     g = torch.Generator().manual_seed(0)
     f, x = (torch.randn(2, 3, *size, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -238,7 +238,8 @@ def test_lean_calibrated_product_gradients(mode: str, size: tuple, pooled: tuple
 
 
 def test_lean_calibration_saves_one_full_size_tensor_less() -> None:
-    from scnet.layers.scconv import SelfCalibration, _upsample
+    from scnet.layers.gate import upsample as _upsample
+    from scnet.layers.scconv import SelfCalibration
 
     layer = SelfCalibration(8).train()
     x = torch.randn(2, 8, 16, 16, requires_grad=True)

@@ -11,21 +11,20 @@ Paper notation, for an input X split into halves X1 (calibrated) and X2 (plain):
 Every K is a 3x3 convolution followed by a norm. ``SelfCalibration`` is the K2/K3/K4 branch (the official
 ``SCConv`` module, same state-dict names); ``SCConv`` is the whole drop-in for a 3x3 ``nn.Conv2d``.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TorchScript reads the fused forms' annotations as real types.
 from typing import Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_function, register_notrace_module
+from timm.layers import register_notrace_module
 
+from .fusion import FusedConv
+from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, triton_gate_product
 from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
 from .validate import check_image_batch
 
-__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "conv3x3_norm", "UPSAMPLE_MODES"]
-
-UPSAMPLE_MODES = ("nearest", "bilinear")
+__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "FusedSelfCalibration", "FusedSCConv", "conv3x3_norm", "UPSAMPLE_MODES"]
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -54,6 +53,12 @@ def conv3x3_norm(
     return nn.Sequential(conv, norm_layer(out_channels) if norm_layer is not None else nn.Identity())
 
 
+def calibration_pool(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``AvgPool_r`` with the size rule of ``CalibrationPool``: an r x r window, or the whole side when shorter."""
+    kh, kw = min(r, x.shape[-2]), min(r, x.shape[-1])
+    return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
+
+
 @register_notrace_module  # the window depends on the input size: a leaf for FX tracing
 class CalibrationPool(nn.Module):
     """Average pooling with an r x r window and stride r, floor mode, as the official ``AvgPool2d(r, r)``.
@@ -68,59 +73,10 @@ class CalibrationPool(nn.Module):
         self.pooling_r = _positive_int(pooling_r, "pooling_r")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh = min(self.pooling_r, x.shape[-2])
-        kw = min(self.pooling_r, x.shape[-1])
-        return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
+        return calibration_pool(x, self.pooling_r)
 
     def extra_repr(self) -> str:
         return f"pooling_r={self.pooling_r}"
-
-
-def _upsample(calib: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
-    if mode == "nearest":
-        return F.interpolate(calib, size=size, mode="nearest")  # (N, C, H, W)
-    return F.interpolate(calib, size=size, mode="bilinear", align_corners=False)  # (N, C, H, W)
-
-
-class _CalibratedProduct(torch.autograd.Function):
-    """``features * sigmoid(x + Up(calib))`` that keeps no full-size gate for backward.
-
-    Plain autograd saves the sigmoid's output (one full-resolution tensor per SC layer) until backward; here
-    only the inputs are kept (``features`` and ``x`` are saved by the neighbouring convolutions anyway, ``calib``
-    is r^2 times smaller) and the gate is recomputed in backward, one cheap element-wise pass.
-    """
-
-    @staticmethod
-    def forward(ctx, features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
-        ctx.mode = mode
-        ctx.save_for_backward(features, x, calib)
-        return features * torch.sigmoid(x + _upsample(calib, list(x.shape[-2:]), mode))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        features, x, calib = ctx.saved_tensors
-        with torch.enable_grad():
-            calib_ = calib.detach().requires_grad_(True)
-            up = _upsample(calib_, list(x.shape[-2:]), ctx.mode)  # (N, C, H, W)
-        gate = torch.sigmoid(x + up.detach())
-        d_features = grad * gate
-        d_sum = (grad * features) * (1 - gate) * gate  # d/dt sigmoid(t) = s (1 - s), in autograd's order
-        (d_calib,) = torch.autograd.grad(up, calib_, d_sum)  # the upsample's adjoint: sums over each cell
-        return d_features, d_sum, d_calib, None
-
-
-@register_notrace_function  # FX tracing keeps it as one call
-def calibrated_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
-    """``features * sigmoid(x + Up(calib))``, the calibrated K3 output; memory-lean when gradients are needed."""
-    if not torch.jit.is_scripting():
-        if torch.is_grad_enabled() and (features.requires_grad or x.requires_grad or calib.requires_grad):
-            return _lean_product(features, x, calib, mode)
-    return features * torch.sigmoid(x + _upsample(calib, list(x.shape[-2:]), mode))
-
-
-@torch.jit.unused
-def _lean_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
-    return _CalibratedProduct.apply(features, x, calib, mode)
 
 
 class SelfCalibration(nn.Module):
@@ -158,6 +114,10 @@ class SelfCalibration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         calib = self.k2(x)  # (N, C, max(1, H//r), max(1, W//r))
         return self.k4(calibrated_product(self.k3(x), x, calib, self.upsample_mode))  # (N, C_out, H/s, W/s)
+
+    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> "FusedSelfCalibration":
+        """The eval-mode form: norms folded, the gate product inside K3's call (see ``FusedSelfCalibration``)."""
+        return FusedSelfCalibration(self, relu_out, onednn)
 
 
 class SCConv(nn.Module):
@@ -219,5 +179,83 @@ class SCConv(nn.Module):
         calibrated = self.scconv(x[:, half:])  # (N, C_out/2, H/s, W/s)
         return torch.cat([plain, calibrated], dim=1)  # (N, C_out, H/s, W/s)
 
+    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> "FusedSCConv":
+        """The eval-mode form: K1 and the calibration folded and fused (see ``FusedSCConv``)."""
+        return FusedSCConv(self, relu_out, onednn)
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def _fold(seq: nn.Sequential, relu: bool = False, onednn: bool = True) -> FusedConv:
+    # conv3x3_norm's Sequential(conv, norm); K2 has the pool in front: Sequential(pool, conv, norm).
+    return FusedConv.fold(seq[-2], seq[-1], relu=relu, onednn=onednn)
+
+
+class FusedSelfCalibration(nn.Module):
+    """``SelfCalibration`` in eval mode: ``K4(K3(x) * calibration_gate(x, K2(pool(x))))`` with norms folded.
+
+    The upsample is a broadcast, never materialised, when each pooled cell maps to an r x r block (see
+    ``calibration_gate``). The product with the gate runs inside K3's convolution and ``relu_out`` (the
+    bottleneck's ReLU) inside K4's. On a GPU in eager mode (nearest upsampling), K2's and K3's biases, the sum,
+    the sigmoid and the product are one Triton kernel instead of five memory-bound passes.
+    """
+
+    def __init__(self, sc: SelfCalibration, relu_out: bool = False, onednn: bool = True) -> None:
+        super().__init__()
+        self.pooling_r = sc.k2[0].pooling_r
+        self.upsample_mode = sc.upsample_mode
+        self.k2 = _fold(sc.k2, onednn=onednn)
+        self.k3 = _fold(sc.k3, onednn=onednn)
+        self.k4 = _fold(sc.k4, relu=relu_out, onednn=onednn)
+
+    def _broadcast_r(self) -> int:
+        """r where Python may branch on sizes (eager, TorchScript), else 0: a recorded graph keeps the general path."""
+        if torch.jit.is_scripting():
+            return self.pooling_r  # TorchScript evaluates the size test at run time
+        return self._eager_r()
+
+    @torch.jit.unused
+    def _eager_r(self) -> int:
+        from .fusion import running_eagerly
+
+        return self.pooling_r if running_eagerly() else 0
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(x + Up(K2(pool(x))))``, the calibration weights, (N, C, H, W)."""
+        calib = self.k2(calibration_pool(x, self.pooling_r))  # (N, C, max(1, H//r), max(1, W//r))
+        return calibration_gate(x, calib, self.upsample_mode, self._broadcast_r())
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_scripting():
+            return False
+        return self._triton_eager(x)
+
+    @torch.jit.unused
+    def _triton_eager(self, x: torch.Tensor) -> bool:
+        return self.upsample_mode == "nearest" and self.k3.on_gpu(x) and triton_gate_product() is not None
+
+    @torch.jit.unused
+    def _triton_product(self, x: torch.Tensor) -> torch.Tensor:
+        calib = self.k2.conv_without_bias(calibration_pool(x, self.pooling_r))  # (N, C, max(1, H//r), max(1, W//r))
+        # K2's and K3's biases are added inside the kernel, which reads each tensor once anyway.
+        return triton_gate_product()(self.k3.conv_without_bias(x), x, calib, self.k3.bias, self.k2.bias)  # (N, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_triton(x):
+            return self.k4(self._triton_product(x))  # (N, C_out, H/s, W/s)
+        return self.k4(self.k3(x, self.gate(x), "mul"))  # (N, C_out, H/s, W/s)
+
+
+class FusedSCConv(nn.Module):
+    """``SCConv`` in eval mode: K1 and the fused calibration on the two channel halves, then one concat."""
+
+    def __init__(self, layer: SCConv, relu_out: bool = False, onednn: bool = True) -> None:
+        super().__init__()
+        self.half = layer.in_channels // 2
+        self.k1 = _fold(layer.k1, relu=relu_out, onednn=onednn)
+        self.scconv = FusedSelfCalibration(layer.scconv, relu_out=relu_out, onednn=onednn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = self.k1(x[:, :self.half])  # (N, C_out/2, H/s, W/s)
+        return torch.cat([plain, self.scconv(x[:, self.half:])], dim=1)  # (N, C_out, H/s, W/s)

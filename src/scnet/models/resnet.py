@@ -210,6 +210,30 @@ class ResNet(nn.Module):
                     m.zero_init_last()
 
     @torch.jit.ignore
+    def deploy_form(self, onednn: bool = True) -> "ResNet":
+        """Fuse the stem in place (``deploy`` calls this on its copy): conv(s) + norm + ReLU as ``FusedConv``s.
+
+        The blocks are fused by their own ``deploy_form``; ``bn1`` and ``relu`` become identities, their work now
+        inside the last stem convolution.
+        """
+        from ..layers.fusion import FusedConv, require_relu
+
+        if isinstance(self.bn1, nn.Identity):  # already fused
+            return self
+        require_relu(self.relu, "the stem")
+        if isinstance(self.conv1, nn.Sequential):  # deep stem: conv, norm, act, conv, norm, act, conv (+ bn1, relu)
+            for m in self.conv1:
+                if not isinstance(m, nn.Conv2d) and hasattr(m, "inplace"):
+                    require_relu(m, "the stem")
+            convs = [m for m in self.conv1 if isinstance(m, nn.Conv2d)]
+            norms = [m for m in self.conv1 if not isinstance(m, (nn.Conv2d, nn.ReLU))] + [self.bn1]
+            self.conv1 = nn.Sequential(*[FusedConv.fold(c, n, relu=True, onednn=onednn) for c, n in zip(convs, norms)])
+        else:
+            self.conv1 = FusedConv.fold(self.conv1, self.bn1, relu=True, onednn=onednn)
+        self.bn1, self.relu = nn.Identity(), nn.Identity()
+        return self
+
+    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
         """Parameter groups for layer-wise learning-rate decay: the stem, then stages or single blocks."""
         return dict(stem=r"^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")

@@ -1,0 +1,37 @@
+"""``import scnet`` runs no tensor operation and changes no global torch setting: probes happen on first use."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+_CHILD = r"""
+import json, torch
+from torch.profiler import ProfilerActivity, profile
+
+def settings():
+    return dict(threads=torch.get_num_threads(), dtype=str(torch.get_default_dtype()), grad=torch.is_grad_enabled(),
+                deterministic=torch.are_deterministic_algorithms_enabled(), cudnn_benchmark=torch.backends.cudnn.benchmark,
+                tf32=torch.backends.cuda.matmul.allow_tf32)
+
+before = settings()
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    import scnet
+    import scnet.deploy, scnet.bench, scnet.train, scnet.viz, scnet.export, scnet.predict, scnet.cli
+print(json.dumps(dict(ops=[e.name for e in prof.events() if e.name.startswith("aten::")], before=before, after=settings())))
+"""
+
+
+def test_import_runs_no_tensor_operation_and_sets_no_flag() -> None:
+    # A fresh interpreter: in this one scnet is imported already. The oneDNN probe alone used to run 47 aten ops.
+    done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ops"] == []
+    assert result["after"] == result["before"]
+
+
+def test_onednn_probe_runs_on_first_use() -> None:
+    from scnet.layers import fusion
+
+    assert isinstance(fusion.onednn_fusion_available(), bool)
+    assert fusion._ONEDNN is not None  # cached: later calls run nothing
