@@ -17,7 +17,7 @@ import torch
 
 from scnet.data import build_datasets
 from scnet.viz import cam_mask_overlap, gradcam
-from scnet.viz.tools import load_model
+from scnet.load import load_model
 
 
 def main() -> None:
@@ -34,7 +34,8 @@ def main() -> None:
     masks = (x[:, 0] * info.std[0] + info.mean[0]).numpy() > 0.1  # (N, 28, 28)
     rows = {}
     for path in (args.sc, args.plain):
-        model, _, label = load_model(None, path)
+        loaded = load_model(file=path)
+        model, label = loaded.model, loaded.label
         with torch.no_grad():
             correct = (model(x).argmax(1) == torch.tensor(labels)).float().mean().item()
         stats = {}

@@ -32,3 +32,22 @@ def test_python_dash_m_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "scnet", "info", "--models", "scnet50", "--format", "table"],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[1].split()[:3] == ["scnet50", "25,564,584", "3.925"]
+
+
+def test_every_train_config_field_has_a_flag_with_help() -> None:
+    """The train and compare flags are made from TrainConfig: one field, one flag, with its help text."""
+    import dataclasses
+
+    from scnet.cli import build_parser
+    from scnet.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("train", "compare"):
+        actions = {a.dest: a for a in sub[command]._actions}
+        assert fields <= set(actions), f"{command} lacks {sorted(fields - set(actions))}"
+        assert all(actions[name].help and "{default}" not in actions[name].help for name in fields)
+    train_only = set(a.dest for a in sub["train"]._actions) - fields
+    assert train_only == {"help", "config", "debug"}  # nothing hand-written beside the generated flags
+    args = build_parser().parse_args(["train", "--momentum", "0.5", "--amp", "--schedule", "cosine"])
+    assert (args.momentum, args.amp, args.schedule, args.lr) == (0.5, True, "cosine", None)

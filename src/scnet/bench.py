@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import create_any_model
 from .profile import describe_machine
 
 __all__ = ["BenchCase", "MODES", "kernel_breakdown", "matmul_roof", "run_bench", "write_breakdown", "write_report"]
@@ -140,19 +141,12 @@ def cpu_peak_memory(case: "BenchCase", dtype: str, calls: int = 2) -> Optional[f
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def build_model(name: str) -> nn.Module:
-    """One of ours, a torchvision classifier (``resnet50``...) or any timm model."""
-    from .models import create_any_model
-
-    return create_any_model(name)
-
-
 def _prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
     from .deploy import cuda_graph, deploy
 
     spec = MODES[mode]
-    model = build_model(name).to(device)
+    model = create_any_model(name).to(device)
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if spec["train"]:
@@ -248,7 +242,7 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
             runners[case.model, case.mode] = _prepare(case.model, case.mode, dev, torch_dtype)
         if (case.model, case.size) not in macs:
             with torch.device("meta"):
-                macs[case.model, case.size] = count_macs(build_model(case.model), (3, case.size, case.size))
+                macs[case.model, case.size] = count_macs(create_any_model(case.model), (3, case.size, case.size))
         case.macs = macs[case.model, case.size]
     def input_key(case: BenchCase) -> tuple[int, int, bool, torch.dtype]:
         return case.batch, case.size, MODES[case.mode]["channels_last"], _input_dtype(case.mode, torch_dtype)

@@ -37,17 +37,17 @@ def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .export import check_onnx, export_onnx, export_torchscript
-    from .models import create_model
+    from .load import load_model
 
     _verify(args.checkpoint, args.sha256)
-    model = create_model(args.model, checkpoint_path=args.checkpoint, num_classes=args.num_classes,
-                         in_chans=args.in_chans, stem_type=args.stem_type).eval()
+    loaded = load_model(args.model, args.checkpoint, num_classes=args.num_classes, in_chans=args.in_chans, stem_type=args.stem_type)
+    model = loaded.model
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "safetensors":
         from .export import export_safetensors
 
-        export_safetensors(model, args.model, out)
+        export_safetensors(model, args.model, out, loaded.info)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {args.model} with metadata")
         return 0
     if args.format == "torchscript":
@@ -208,44 +208,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .data import BAD_IMAGE_POLICIES
-    from .models.resnet import STEM_TYPES
-    from .train import TrainConfig
-    from .train.config import DEFAULT_EPOCHS, LR_PER_256
+    """One flag per ``TrainConfig`` field, its help and choices from the field's metadata (``config.option``).
 
-    d = TrainConfig()
-    # Every default is None: "not given" lets the YAML file (or the run being resumed) decide.
+    Every default is None: "not given" lets the YAML file (or the run being resumed) decide.
+    """
+    import dataclasses
+    import typing
+
+    from .train import TrainConfig
+
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
-    p.add_argument("--model", help=f"registered model (default {d.model}, the small demo SCNet)")
-    p.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem ('small' or 'small_pool' for 28-32 px images)")
-    p.add_argument("--norm-layer", choices=("batchnorm", "groupnorm"), help="override the model's norm layer")
-    p.add_argument("--sync-bn", action="store_true", default=None, help="synchronise batch norm across processes (GPU)")
-    p.add_argument("--data", help=f"fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {d.data})")
-    p.add_argument("--data-dir", help="dataset folder (Fashion-MNIST defaults to the Debian package's)")
-    p.add_argument("--download", action="store_true", default=None, help="download Fashion-MNIST if it is not found")
-    p.add_argument("--image-size", type=int, help=f"imagefolder crop size (default {d.image_size})")
-    p.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, help="imagefolder: stop at an unreadable image file (default) or leave them all out")
-    p.add_argument("--epochs", type=int, help=f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
-    p.add_argument("--batch-size", type=int, help=f"global batch size (default {d.batch_size})")
-    p.add_argument("--opt", choices=("sgd", "adamw"), help=f"default {d.opt}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {LR_PER_256} x batch size / 256)")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
-    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up before the decay (default {d.warmup_epochs})")
-    p.add_argument("--schedule", choices=("linear", "cosine"), help=f"learning-rate decay after the warm-up, to 0 at the end (default {d.schedule})")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum, Nesterov (default {d.momentum})")
-    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
-    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    p.add_argument("--ema-decay", type=float, help="keep an EMA of the weights with this decay, e.g. 0.999")
-    p.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16 on CPU, fp16 on GPU)")
-    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training (first steps compile)")
-    p.add_argument("--workers", type=int, help=f"data-loading processes (default {d.workers})")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--limit-val", type=int, help="use only the first N validation images")
-    p.add_argument("--out", help="run directory (default runs/<model>-<data>-seed<seed>)")
-    p.add_argument("--resume", help="run directory or checkpoint to continue from")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps inside an epoch (a crash loses at most N)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        help_text = meta["help"].format(default=f.default)
+        if hints[f.name] is bool:
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+            continue
+        choices = meta.get("choices")
+        kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
+        p.add_argument(flag, type=kind, choices=choices() if callable(choices) else choices, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

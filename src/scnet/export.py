@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .data import DataInfo
 from .layers import CalibrationPool
 
 __all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx"]
@@ -89,21 +90,21 @@ def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[i
     return rows
 
 
-def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path]) -> dict[str, str]:
+def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info: Optional[DataInfo] = None) -> dict[str, str]:
     """The weights alone, as safetensors with what a user needs to rebuild and feed the model (metadata).
 
-    Why safetensors: loading one can never run code, unlike a pickle. The metadata names the architecture (the
-    loader refuses the file for another one), classes, input channels and size, mean/std and the library
-    version; a digest of the tensors lets every read detect corruption. Returns the metadata.
+    Why safetensors: loading one can never run code, unlike a pickle. The metadata (``files.release_metadata``, the
+    same keys a training run's release has) names the architecture (the loader refuses the file for another one),
+    classes, input channels and size, mean/std and the library version; a digest of the tensors lets every read
+    detect corruption. ``info`` describes the inputs (a trained model's dataset); else the model's pretrained
+    config does. Returns the metadata.
     """
-    import json
+    from .files import release_metadata, write_release
 
-    from . import __version__
-    from .train.engine import save_release
+    if info is None:
+        from .load import data_info_of
 
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    meta = dict(format="scnet", arch=arch, num_classes=str(getattr(model, "num_classes", "")), in_chans=str(getattr(model, "in_chans", "")),
-                input_size=json.dumps(list(cfg.get("input_size", ()))), mean=json.dumps(list(cfg.get("mean", ()))),
-                std=json.dumps(list(cfg.get("std", ()))), scnet_version=__version__)
-    save_release(model.state_dict(), Path(path), meta)
+        info = data_info_of(model)
+    meta = release_metadata(arch, info.num_classes, info.in_chans, (info.in_chans, info.image_size, info.image_size), info.mean, info.std)
+    write_release(model.state_dict(), Path(path), meta)
     return meta

@@ -17,9 +17,6 @@ from .data import DataError, DataInfo
 
 __all__ = ["load_image", "load_predictor", "predict"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
     """One image file as a normalised (C, S, S) tensor: shorter side resized to S, centre crop, mean/std."""
     from PIL import Image, UnidentifiedImageError
@@ -47,33 +44,13 @@ def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
 
 def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
                    weights: Optional[str] = None, use_ema: bool = False) -> tuple[nn.Module, DataInfo]:
-    """A model in eval mode and the description of its inputs and classes."""
-    from .models import create_any_model, create_model
-    from .models.weights import read_checkpoint
-    from .train.config import TrainConfig
-    from .train.runner import load_trained_model
+    """A model in eval mode and the description of its inputs and classes (``scnet.load.load_model``)."""
+    from .load import load_model
 
-    if checkpoint:
-        state = read_checkpoint(checkpoint)
-        if "config" not in state or "data_info" not in state:
-            raise ValueError(f"{checkpoint} is not a training checkpoint of this tool; for bare weights use --model NAME --weights FILE")
-        info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
-        return load_trained_model(state, TrainConfig(**state["config"]), info, use_ema, checkpoint).eval(), info
-    if not model:
+    if not (checkpoint or model):
         raise ValueError("give --checkpoint (a training checkpoint) or --model NAME (ImageNet classes)")
-    from timm.data import ImageNetInfo
-
-    if pretrained:
-        net = create_model(model, pretrained=True, checkpoint_path=weights)
-    else:  # torchvision and timm names too (their weights from --weights), e.g. a baseline resnet50
-        net = create_any_model(model, checkpoint_path=weights)
-    cfg = getattr(net, "pretrained_cfg", {}) or {}
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
-    classes = getattr(net, "num_classes", None) or [m for m in net.modules() if isinstance(m, nn.Linear)][-1].out_features  # torchvision's have no attribute
-    # Readable names ("goldfish"), the first of each class's synonyms, rather than WordNet ids.
-    names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
-    info = DataInfo("imagenet", classes, 3, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
-    return net.eval(), info
+    loaded = load_model(model, checkpoint or weights, pretrained=pretrained, use_ema=use_ema)
+    return loaded.model, loaded.info
 
 
 def predict(model: nn.Module, info: DataInfo, images: Sequence[str | Path], topk: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:

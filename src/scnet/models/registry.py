@@ -52,30 +52,23 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     return model
 
 
-def create_any_model(name: str, checkpoint_path: str | None = None, **kwargs: Any) -> nn.Module:
+def create_any_model(name: str, **kwargs: Any) -> nn.Module:
     """One of ours, a torchvision classifier (``resnet50``...) or any timm model, by name, with random weights.
 
     For the tools that set an SC model beside a baseline the user names (bench, cam, erf): ours come first
-    (they are registered in timm too), then torchvision's, then timm's. ``checkpoint_path`` loads a weight
-    file through the one loading path (a classifier of another size stays at its initialisation).
+    (they are registered in timm too), then torchvision's, then timm's. Weights come through ``scnet.load``.
     """
-    from .weights import load_checkpoint
-
     if name in _BUILDERS:
-        return create_model(name, checkpoint_path=checkpoint_path, **kwargs)
+        return create_model(name, **kwargs)
     import timm
     import torchvision
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if name in torchvision.models.list_models(module=torchvision.models):
-        model = torchvision.models.get_model(name, **kwargs)
-    elif timm.is_model(name):
-        model = timm.create_model(name, **kwargs)
-    else:
-        known = list(_BUILDERS) + torchvision.models.list_models(module=torchvision.models)
-        close = difflib.get_close_matches(name, known, n=3)
-        raise ValueError(f"unknown model {name!r}: not one of ours, torchvision's or timm's"
-                         + (f"; did you mean {', '.join(close)}?" if close else ""))
-    if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
-    return model
+        return torchvision.models.get_model(name, **kwargs)
+    if timm.is_model(name):
+        return timm.create_model(name, **kwargs)
+    known = list(_BUILDERS) + torchvision.models.list_models(module=torchvision.models)
+    close = difflib.get_close_matches(name, known, n=3)
+    raise ValueError(f"unknown model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                     + " (not one of ours, torchvision's or timm's)")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
-__all__ = ["TrainConfig", "ConfigError", "load_yaml", "merge_config"]
+__all__ = ["TrainConfig", "ConfigError", "load_yaml", "merge_config", "option"]
 
 
 DEFAULT_EPOCHS = 5
@@ -18,38 +18,63 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it."""
 
 
+def _stem_types() -> tuple[str, ...]:
+    from ..models.resnet import STEM_TYPES
+
+    return STEM_TYPES
+
+
+def _bad_image_policies() -> tuple[str, ...]:
+    from ..data import BAD_IMAGE_POLICIES
+
+    return BAD_IMAGE_POLICIES
+
+
+def option(default: Any, help: str, choices: Union[tuple[str, ...], Callable[[], tuple[str, ...]], None] = None) -> Any:
+    """A configuration field with the help text and choices of its ``scnet train`` flag (the CLI is made from these).
+
+    ``help`` may name ``{default}``; ``choices`` may be a function, called when the parser is built.
+    """
+    return field(default=default, metadata=dict(help=help, choices=choices))
+
+
 @dataclass
 class TrainConfig:
-    model: str = "scnet_demo"
-    stem_type: Optional[str] = None  # override the model's stem, e.g. "small" for 28-32 px images
-    norm_layer: Optional[str] = None  # override the model's norm: "batchnorm", "groupnorm"
-    sync_bn: bool = False  # synchronise batch-norm statistics across processes (GPU only)
-    data: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    download: bool = False
-    image_size: int = 224  # imagefolder only; the other datasets have their native size
-    bad_images: str = "error"  # imagefolder: "error" at the first unreadable file, or "skip" them all (counted)
-    epochs: Optional[int] = None  # DEFAULT_EPOCHS for a new run; a resumed run keeps its own unless given
-    batch_size: int = 256
-    opt: str = "sgd"  # "sgd" or "adamw"
-    lr: Optional[float] = None  # peak learning rate; None: LR_PER_256 x batch_size / 256 (the linear scaling rule)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.75
-    schedule: str = "linear"  # after the warm-up: "linear" decay to 0 (best for short runs) or "cosine"
-    label_smoothing: float = 0.1
-    clip_grad: Optional[float] = None
-    ema_decay: Optional[float] = None  # e.g. 0.999 keeps an exponential moving average of the weights
-    amp: bool = False  # bf16 autocast on CPU, fp16 (with a grad scaler) on GPU
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training step's model (inductor; needs a C++ compiler on CPU)
-    workers: int = 0
-    seed: int = 0
-    limit_train: Optional[int] = None
-    limit_val: Optional[int] = None
-    out: Optional[str] = None  # default runs/<model>-<data>-seed<seed>
-    resume: Optional[str] = None
-    checkpoint_every: Optional[int] = None  # also checkpoint every N steps within an epoch (a kill loses at most N)
+    """Every option of a training run. One field is one ``scnet train`` flag (``--batch-size`` for ``batch_size``)."""
+
+    model: str = option("scnet_demo", "registered model (default {default}, the small demo SCNet)")
+    stem_type: Optional[str] = option(None, "override the model's stem ('small' or 'small_pool' for 28-32 px images)", _stem_types)
+    norm_layer: Optional[str] = option(None, "override the model's norm layer", ("batchnorm", "groupnorm"))
+    sync_bn: bool = option(False, "synchronise batch norm across processes (GPU)")
+    data: str = option("fashion_mnist", "fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {default})")
+    data_dir: Optional[str] = option(None, "dataset folder (Fashion-MNIST defaults to the Debian package's)")
+    download: bool = option(False, "download Fashion-MNIST if it is not found")
+    image_size: int = option(224, "imagefolder crop size (default {default}); the other datasets have their native size")
+    bad_images: str = option("error", "imagefolder: stop at an unreadable image file (default) or leave them all out",
+                             _bad_image_policies)
+    epochs: Optional[int] = option(None, f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
+    batch_size: int = option(256, "global batch size (default {default})")
+    opt: str = option("sgd", "optimiser (default {default})", ("sgd", "adamw"))
+    lr: Optional[float] = option(None, f"peak learning rate (default {LR_PER_256} x batch size / 256, the linear scaling rule)")
+    momentum: float = option(0.9, "SGD momentum, Nesterov (default {default})")
+    weight_decay: float = option(5e-4, "default {default}; none on norms and biases")
+    warmup_epochs: float = option(0.75, "linear warm-up before the decay (default {default})")
+    schedule: str = option("linear", "learning-rate decay after the warm-up, to 0 at the end: linear (best for short runs) "
+                                     "or cosine (default {default})", ("linear", "cosine"))
+    label_smoothing: float = option(0.1, "default {default}")
+    clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
+    ema_decay: Optional[float] = option(None, "keep an EMA of the weights with this decay, e.g. 0.999")
+    amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 with a grad scaler on GPU)")
+    channels_last: bool = option(False, "NHWC memory format")
+    compile: bool = option(False, "torch.compile the model for training (inductor; the first steps compile; needs a C++ "
+                                  "compiler on CPU)")
+    workers: int = option(0, "data-loading processes (default {default})")
+    seed: int = option(0, "default {default}")
+    limit_train: Optional[int] = option(None, "use only the first N training images")
+    limit_val: Optional[int] = option(None, "use only the first N validation images")
+    out: Optional[str] = option(None, "run directory (default runs/<model>-<data>-seed<seed>)")
+    resume: Optional[str] = option(None, "run directory or checkpoint to continue from")
+    checkpoint_every: Optional[int] = option(None, "also checkpoint every N steps inside an epoch (a crash loses at most N)")
 
     def validate(self) -> "TrainConfig":
         """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""

@@ -11,6 +11,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -21,9 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
+from ..files import write_atomically
+
 __all__ = [
-    "SeededSamples", "EpochBatches", "TensorBatches", "EpochTotals", "warmup_cosine", "warmup_linear", "SCHEDULES", "train_one_epoch", "evaluate", "save_checkpoint",
-    "save_release", "check_finite_weights", "reduce_totals", "autocast",
+    "SeededSamples", "EpochBatches", "TensorBatches", "EpochTotals", "warmup_cosine", "warmup_linear", "SCHEDULES", "StepParts", "train_one_epoch", "evaluate", "save_checkpoint",
+    "check_finite_weights", "reduce_totals", "autocast",
 ]
 
 
@@ -161,74 +164,94 @@ class EpochTotals(dict):
         super().__init__({k: float((values or {}).get(k, 0.0)) for k in self.KEYS})
 
 
-def train_one_epoch(
-    model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module, device: torch.device,
-    epoch: int, amp: bool = False, channels_last: bool = False, clip_grad: Optional[float] = None, ema=None,
-    scaler: Optional[torch.amp.GradScaler] = None, show_progress: bool = True, totals: Optional[EpochTotals] = None,
-    after_step: Optional[Callable[[EpochTotals], None]] = None,
-) -> dict[str, float]:
+@dataclass
+class StepParts:
+    """What every optimiser step uses, made once per run: the model to run (wrapped in DDP or compiled, or not),
+    the optimiser and schedule, the loss and where and how to compute."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: nn.Module
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    clip_grad: Optional[float] = None
+    ema: Any = None
+    scaler: Optional[torch.amp.GradScaler] = None
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), labels
+
+
+def _optimiser_step(p: StepParts, loss: torch.Tensor) -> None:
+    """Backward, clipping, the update (through the fp16 grad scaler if there is one), the schedule and the EMA."""
+    if p.scaler is not None:
+        p.scaler.scale(loss).backward()
+        p.scaler.unscale_(p.optimizer)
+    else:
+        loss.backward()
+    if p.clip_grad:
+        nn.utils.clip_grad_norm_(p.model.parameters(), p.clip_grad)
+    if p.scaler is not None:
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+    else:
+        p.optimizer.step()
+    p.scheduler.step()
+    if p.ema is not None:
+        p.ema.update(getattr(p.model, "module", p.model))  # the DDP wrapper's inner model
+
+
+def _skip_step(p: StepParts, loss: torch.Tensor, totals: EpochTotals, epoch: int, skips: int) -> None:
+    """A non-finite loss: stop the run before it reaches the weights, or under fp16 skip the step (the scaler
+    lowers its scale), stopping only after 20 skips in a row (``skips`` counts them, this one included)."""
+    if p.scaler is None:
+        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {int(totals['steps']) + 1}; "
+                                 "nothing was saved from this step on: lower --lr or set --clip-grad")
+    if skips > 20:
+        raise FloatingPointError(f"non-finite loss for {skips} steps in a row at epoch {epoch + 1}; lower --lr")
+    p.scaler.update(p.scaler.get_scale() / 2)  # what the scaler does after an overflowing step
+    p.scheduler.step()
+    totals["skipped"] += 1
+
+
+def train_one_epoch(parts: StepParts, loader, epoch: int, show_progress: bool = True, totals: Optional[EpochTotals] = None,
+                    after_step: Optional[Callable[[EpochTotals], None]] = None) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, accuracy and throughput (reduced over processes).
 
     ``totals`` continues an epoch that a mid-epoch checkpoint interrupted (the loader then yields only the rest).
     ``after_step(totals)`` runs after every optimiser step: the caller's place to checkpoint or stop.
-
-    A non-finite loss stops the run (``FloatingPointError``) before it can reach the weights; under fp16 with a
-    gradient scaler the step is skipped instead (the scaler lowers its scale), and only 20 skips in a row stop it.
+    A non-finite loss stops the run, or under fp16 skips the step (``_skip_step``).
     """
-    model.train()
+    parts.model.train()
     totals = totals if totals is not None else EpochTotals()
-    start, seconds_before, consecutive_skips = time.perf_counter(), totals["seconds"], 0
+    start, seconds_before, skips = time.perf_counter(), totals["seconds"], 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not show_progress or None, dynamic_ncols=True,
                initial=int(totals["steps"]), total=int(totals["steps"]) + len(loader))
     for images, labels in bar:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            if scaler is None:
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {int(totals['steps']) + 1}; "
-                                         "nothing was saved from this step on: lower --lr or set --clip-grad")
-            consecutive_skips += 1
-            if consecutive_skips > 20:
-                raise FloatingPointError(f"non-finite loss for {consecutive_skips} steps in a row at epoch {epoch + 1}; lower --lr")
-            scaler.update(scaler.get_scale() / 2)  # what the scaler does after an overflowing step
-            scheduler.step()
-            totals["skipped"] += 1
-            totals["steps"] += 1
-            if after_step is not None:
-                after_step(totals)
-            continue
-        consecutive_skips = 0
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
+        images, labels = _to_device(images, labels, parts.device, parts.channels_last)
+        with autocast(parts.device, parts.amp):
+            logits = parts.model(images)
+            loss = parts.criterion(logits, labels)
+        parts.optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        skips = 0 if finite else skips + 1
+        if finite:
+            _optimiser_step(parts, loss)
+            totals["loss_sum"] += loss.item() * labels.shape[0]
+            totals["correct"] += (logits.argmax(1) == labels).sum().item()
+            totals["seen"] += labels.shape[0]
+            totals["seconds"] = seconds_before + time.perf_counter() - start
+            bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}", img_s=f"{totals['seen'] / max(totals['seconds'], 1e-9):.0f}")
         else:
-            loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(getattr(model, "module", model))  # the DDP wrapper's inner model
-        n = labels.shape[0]
-        totals["loss_sum"] += loss.item() * n
-        totals["correct"] += (logits.argmax(1) == labels).sum().item()
-        totals["seen"] += n
+            _skip_step(parts, loss, totals, epoch, skips)
         totals["steps"] += 1
-        totals["seconds"] = seconds_before + time.perf_counter() - start
-        bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}",
-                        img_s=f"{totals['seen'] / max(totals['seconds'], 1e-9):.0f}")
         if after_step is not None:
             after_step(totals)
-    summed = reduce_totals(totals, device)
+    summed = reduce_totals(totals, parts.device)
     elapsed = seconds_before + time.perf_counter() - start
     seen = max(summed["seen"], 1)
     return dict(loss=summed["loss_sum"] / seen, acc=100.0 * summed["correct"] / seen, images_per_s=summed["seen"] / max(elapsed, 1e-9),
@@ -247,9 +270,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, 
     model.eval()
     loss_sum, correct, seen = 0.0, 0.0, 0.0
     for images, labels in tqdm(loader, desc="eval", leave=False, disable=not show_progress or None, dynamic_ncols=True):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, labels = _to_device(images, labels, device, channels_last)
         with autocast(device, amp):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
@@ -257,44 +278,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False, 
         seen += labels.shape[0]
     loss_sum, correct, seen = _all_reduce([loss_sum, correct, seen], device)
     return dict(loss=loss_sum / max(seen, 1), acc=100.0 * correct / max(seen, 1), count=int(seen))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``.
-
-    A crash at any moment leaves either the previous file or the new one, never a partial file. A failed write
-    (disk full, quota, I/O error) removes the temporary file and raises an ``OSError`` that says the previous
-    file is intact.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        kept = "the previous file is intact" if path.exists() else "no earlier file existed"
-        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); {kept}") from e
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
-        pass
-
-
-def save_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Weights for distribution: a ``.safetensors`` file (no code can hide in it) with string metadata, atomically."""
-    from safetensors.torch import save_file
-
-    from ..models.weights import tensors_sha256
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    metadata = {**metadata, "tensors_sha256": tensors_sha256(tensors)}  # checked on every read
-    _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str) -> None:
@@ -306,5 +289,5 @@ def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str) -> Non
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` atomically (see ``_write_atomically``): the previous checkpoint survives any failure."""
-    _write_atomically(path, lambda tmp: torch.save(state, tmp))
+    """Write ``state`` atomically (see ``files.write_atomically``): the previous checkpoint survives any failure."""
+    write_atomically(path, lambda tmp: torch.save(state, tmp))

@@ -13,9 +13,9 @@ import os
 import random
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -25,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
-from ..models import create_model
-from ..models.weights import read_checkpoint
+from ..files import read_checkpoint, release_metadata, write_release
+from ..load import BareWeightsError, load_model, model_from_config
+from ..models.weights import load_weights
 from .config import ConfigError, TrainConfig
-from .engine import (EpochBatches, EpochTotals, SeededSamples, TensorBatches, check_finite_weights, evaluate, reduce_totals, save_checkpoint,
-                     save_release, train_one_epoch, SCHEDULES)
+from .engine import (SCHEDULES, EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
+                     reduce_totals, save_checkpoint, train_one_epoch)
 
 __all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
@@ -44,7 +45,8 @@ def _seed_all(seed: int) -> None:
 
 
 def build_model_for(cfg: TrainConfig, info: DataInfo) -> nn.Module:
-    return create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, stem_type=cfg.stem_type, norm_layer=cfg.norm_layer)
+    """The run's model with random weights (``scnet.load.model_from_config``); tests wrap it to train in float64."""
+    return model_from_config(cfg.to_dict(), info)
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -219,6 +221,59 @@ def _check_run_directory(out: Path) -> None:
                       f"--resume {out}, or choose another --out")
 
 
+@dataclass
+class Run:
+    """What a training run holds from one step to the next: where it is, what it trains, where it stands."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    log: Callable[..., None]
+    show_progress: bool
+    resumed: Optional[dict[str, Any]] = None  # the checkpoint being continued
+    path: Optional[Path] = None  # its file
+    start_epoch: int = 0
+    start_step: int = 0
+    totals: Optional[EpochTotals] = None  # the running sums of an epoch resumed mid-way
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    info: Optional[DataInfo] = None
+    train_set: Any = None
+    val_set: Any = None
+    model: Optional[nn.Module] = None  # the plain module: evaluation, EMA and checkpoints use it
+    parts: Optional[StepParts] = None  # what each step runs (parts.model may be DDP-wrapped or compiled)
+    loaders: Optional[tuple[Any, Any, EpochBatches]] = None  # train, val, the train batches
+    writer: Any = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loaders[2])
+
+    def checkpoint(self, epoch: int, step: int = 0, epoch_totals: Optional[EpochTotals] = None) -> dict[str, Any]:
+        """The whole state: ``epoch`` epochs done, then ``step`` steps of the next (with its running sums)."""
+        p = self.parts
+        ck = dict(model=self.model.state_dict(), optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(), epoch=epoch,
+                  step=step, history=self.history, best_acc=self.best_acc, config=self.cfg.to_dict(), arch=self.cfg.model,
+                  data_info=asdict(self.info))
+        if step:
+            ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state())
+        if p.ema is not None:
+            ck["model_ema"] = p.ema.module.state_dict()
+        if p.scaler is not None:
+            ck["scaler"] = p.scaler.state_dict()
+        check_finite_weights(ck["model"], f"at epoch {epoch + (1 if step else 0)}, step {step}")
+        return ck
+
+
 def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to metrics.json).
 
@@ -227,167 +282,202 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     SIGINT writes one at the current step and raises ``TrainingStopped``. Resuming from any of them gives the
     weights an uninterrupted run would have had.
     """
-    start_epoch, start_step, totals, history, best_acc, state = 0, 0, None, [], -1.0, None
-    if cfg.resume:
-        path = resolve_resume(cfg.resume)
-        state = read_checkpoint(path)
-        saved = TrainConfig(**{**state["config"], "resume": cfg.resume, "epochs": cfg.epochs or state["config"]["epochs"],
-                               "checkpoint_every": cfg.checkpoint_every or state["config"].get("checkpoint_every")})
-        cfg = saved.validate()  # the run's own configuration wins; only the epoch count and checkpoint interval may change
-        # (no --epochs: the run's own planned count)
-        start_epoch, start_step, history, best_acc = state["epoch"], int(state.get("step", 0)), state["history"], state["best_acc"]
-        if start_step:
-            totals = EpochTotals(state.get("epoch_totals"))
-        log(f"resuming {path} at epoch {start_epoch + 1}, step {start_step}")
+    run = _start(cfg, show_progress, log)
+    _load_data(run)
+    _build_training(run)
+    _open_logs(run)
+    with _StopSignals() as stop:
+        for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
+            _train_epoch(run, epoch, stop)
+    return _finish(run)
+
+
+def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfig, Optional[dict[str, Any]], Optional[Path]]:
+    """The configuration to run and the checkpoint it continues: the run's own configuration wins; only the epoch
+    count and checkpoint interval may change (no --epochs: the run's own planned count)."""
+    if not cfg.resume:
+        return cfg, None, None
+    path = resolve_resume(cfg.resume)
+    state = read_checkpoint(path)
+    saved = state["config"]
+    cfg = TrainConfig(**{**saved, "resume": cfg.resume, "epochs": cfg.epochs or saved["epochs"],
+                         "checkpoint_every": cfg.checkpoint_every or saved.get("checkpoint_every")}).validate()
+    log(f"resuming {path} at epoch {state['epoch'] + 1}, step {int(state.get('step', 0))}")
+    return cfg, state, path
+
+
+def _start(cfg: TrainConfig, show_progress: bool, log: Callable[..., None]) -> Run:
+    """Resume state, processes, and the output directory checked before any work."""
+    cfg, state, path = _resume_from(cfg, log)
     rank, world, device = _init_distributed()
-    main_process = rank == 0
-    if not main_process:
+    if rank != 0:
         show_progress, log = False, (lambda *a, **k: None)
-        # Rank 0 carries the saved (already reduced) sums; every rank counts the same steps, so all checkpoint together.
-        totals = EpochTotals({"steps": totals["steps"]}) if totals is not None else None
-    out = Path(cfg.out)
-    if main_process:
-        _check_out_writable(out)
+    run = Run(cfg, rank, world, device, log, show_progress, state, path)
+    if state is not None:
+        run.start_epoch, run.start_step, run.history, run.best_acc = state["epoch"], int(state.get("step", 0)), state["history"], state["best_acc"]
+        if run.start_step:
+            # Rank 0 carries the saved (already reduced) sums; every rank counts the same steps, so all checkpoint together.
+            saved = EpochTotals(state.get("epoch_totals"))
+            run.totals = saved if run.main_process else EpochTotals({"steps": saved["steps"]})
+    if run.main_process:
+        _check_out_writable(run.out)
         if state is None:
-            _check_run_directory(out)
+            _check_run_directory(run.out)
+    return run
+
+
+def _load_data(run: Run) -> None:
+    """The datasets, then the run directory (made only once the data has been read)."""
+    cfg = run.cfg
     _seed_all(cfg.seed)
-    train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size, cfg.download,
-                                              cfg.seed, cfg.bad_images)
-    if info.skipped_images:
-        log(f"left out {info.skipped_images} unreadable image files (--bad-images skip)")
-    if main_process:  # the run directory is made only once the data has been read
-        _prepare_out(out)
-        for stale in out.glob(".*.tmp"):  # writes that a killed process left unfinished
+    run.train_set, run.val_set, run.info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size,
+                                                          cfg.download, cfg.seed, cfg.bad_images)
+    if run.info.skipped_images:
+        run.log(f"left out {run.info.skipped_images} unreadable image files (--bad-images skip)")
+    if run.main_process:
+        _prepare_out(run.out)
+        for stale in run.out.glob(".*.tmp"):  # writes that a killed process left unfinished
             stale.unlink()
-    model = build_model_for(cfg, info).to(device)
-    if cfg.sync_bn and world > 1:
+
+
+def _build_training(run: Run) -> None:
+    """Model, loaders, optimiser, schedule, grad scaler, EMA, the resumed state, then DDP and torch.compile."""
+    cfg, device = run.cfg, run.device
+    model = build_model_for(cfg, run.info).to(device)
+    if cfg.sync_bn and run.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader, val_loader, sampler = _loaders(cfg, train_set, val_set, rank, world)
+    run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world)
+    steps = cfg.epochs * run.steps_per_epoch
+    if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
+        run.log(f"note: {steps} optimiser steps in all, too few to learn much; a smaller --batch-size "
+                f"(the learning rate follows it) or more --epochs gives more")
     optimizer = _optimizer(cfg, model)
-    steps_per_epoch = len(sampler)
-    if cfg.epochs * steps_per_epoch < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
-        log(f"note: {cfg.epochs * steps_per_epoch} optimiser steps in all, too few to learn much; a smaller --batch-size "
-            f"(the learning rate follows it) or more --epochs gives more")
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    shape = SCHEDULES[cfg.schedule]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, warmup, cfg.epochs * steps_per_epoch))
+    warmup, shape = int(cfg.warmup_epochs * run.steps_per_epoch), SCHEDULES[cfg.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, warmup, steps))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ema = None
     if cfg.ema_decay:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and "model_ema" in state:
-            ema.module.load_state_dict(state["model_ema"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+    run.parts = StepParts(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device,
+                          cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler)
+    if run.resumed is not None:
+        _restore(run)
     # Processes average gradients, so a global batch split over ranks updates like one process (same global batch).
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.world > 1 else model
     if cfg.compile:
         # dynamic=False: every stage has its own sizes, and a dynamic avg-pool window does not lower in inductor
         net = torch.compile(net, dynamic=False)  # training only: evaluation, EMA and checkpoints use the plain module
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    writer = None
-    if main_process:
-        (out / "config.yaml").write_text(_yaml(cfg.to_dict()))
-        writer = _tensorboard(out)
-    log(f"training {cfg.model} on {info.name} ({len(train_set)} train / {len(val_set)} val images) for {cfg.epochs} epochs"
-        f"{f' on {world} processes' if world > 1 else ''} -> {out}")
+    run.parts.model = net
 
-    def checkpoint(epoch: int, step: int = 0, epoch_totals: Optional[EpochTotals] = None) -> dict[str, Any]:
-        """The whole state: ``epoch`` epochs done, then ``step`` steps of the next (with its running sums)."""
-        ck = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                  step=step, history=history, best_acc=best_acc, config=cfg.to_dict(), arch=cfg.model, data_info=asdict(info))
-        if step:
-            ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state())
-        if ema is not None:
-            ck["model_ema"] = ema.module.state_dict()
-        if scaler is not None:
-            ck["scaler"] = scaler.state_dict()
-        check_finite_weights(ck["model"], f"at epoch {epoch + (1 if step else 0)}, step {step}")
-        return ck
 
-    with _StopSignals() as stop:
-        for epoch in range(start_epoch, min(cfg.epochs, stop_after_epoch or cfg.epochs)):
-            _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
-            skip = start_step if epoch == start_epoch else 0
-            if skip and "rng" in state:
-                torch.set_rng_state(state["rng"])  # mid-epoch: the generator as it was at the checkpoint
-            sampler.set_epoch(epoch, skip)
-            if isinstance(train_loader, DataLoader):
-                train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
-            lr = optimizer.param_groups[0]["lr"]
+def _restore(run: Run) -> None:
+    """The resumed checkpoint's weights (through the one loading path), optimiser, schedule, EMA and scaler."""
+    state, p = run.resumed, run.parts
+    load_weights(run.model, state["model"], str(run.path), classifier=None, name=run.cfg.model)
+    p.optimizer.load_state_dict(state["optimizer"])
+    p.scheduler.load_state_dict(state["scheduler"])
+    if p.ema is not None and "model_ema" in state:
+        load_weights(p.ema.module, state["model_ema"], f"{run.path} (EMA)", classifier=None, name=run.cfg.model)
+    if p.scaler is not None and "scaler" in state:
+        p.scaler.load_state_dict(state["scaler"])
 
-            def after_step(t: EpochTotals, epoch: int = epoch) -> None:
-                signum = stop.agreed(device)
-                periodic = bool(cfg.checkpoint_every) and int(t["steps"]) % cfg.checkpoint_every == 0 and t["steps"] < steps_per_epoch
-                if signum is None and not periodic:
-                    return
-                ck = checkpoint(epoch, int(t["steps"]), reduce_totals(t, device))
-                if main_process:
-                    save_checkpoint(ck, out / "checkpoint-last.pth")
-                if signum is not None:
-                    name = signal.Signals(signum).name
-                    raise TrainingStopped(signum, f"stopped by {name} at epoch {epoch + 1}, step {int(t['steps'])} of {steps_per_epoch}; "
-                                                  f"checkpoint written: continue with --resume {out}")
 
-            train = train_one_epoch(net, train_loader, optimizer, scheduler, criterion, device, epoch, cfg.amp, cfg.channels_last,
-                                    cfg.clip_grad, ema, scaler, show_progress, totals if skip else None, after_step)
-            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
-            row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
-                       images_per_s=train["images_per_s"], seconds=train["seconds"])
-            if ema is not None:
-                row["ema_val_acc"] = evaluate(ema.module, val_loader, device, cfg.amp, cfg.channels_last)["acc"]
-            history.append(row)
-            is_best = val["acc"] > best_acc
-            best_acc = max(best_acc, val["acc"])
-            ck = checkpoint(epoch + 1)
-            if main_process:
-                # checkpoint-last is written last: it is the commit point. A crash before its rename resumes from the
-                # previous one and redoes this epoch, best checkpoint and release included.
-                if is_best:
-                    save_checkpoint(ck, out / "checkpoint-best.pth")
-                    save_release(model.state_dict(), out / "weights-best.safetensors", _release_metadata(cfg, info, epoch + 1, val["acc"]))
-                save_checkpoint(ck, out / "checkpoint-last.pth")
-                _write_log(out, history)
-            if writer is not None:
-                for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-                    writer.add_scalar(key, row[key], epoch + 1)
-            log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.2f}% | {train['images_per_s']:.0f} img/s"
-                + (f" | {train['skipped']:.0f} steps skipped (non-finite loss)" if train["skipped"] else ""))
-            signum = stop.agreed(device)
-            if signum is not None and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stopping point
-                raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} after epoch {epoch + 1}; "
-                                              f"checkpoint written: continue with --resume {out}")
-    final = dict(model=cfg.model, data=info.name, out=str(out), epochs=cfg.epochs, best_val_acc=best_acc,
+def _open_logs(run: Run) -> None:
+    cfg, info = run.cfg, run.info
+    if run.main_process:
+        (run.out / "config.yaml").write_text(_yaml(cfg.to_dict()))
+        run.writer = _tensorboard(run.out)
+    run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)} train / {len(run.val_set)} val images) for {cfg.epochs} epochs"
+            f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
+
+
+def _after_step(run: Run, epoch: int, stop: "_StopSignals") -> Callable[[EpochTotals], None]:
+    """The check after every step: a periodic mid-epoch checkpoint, or a signal (checkpoint, then stop)."""
+    def check(t: EpochTotals) -> None:
+        signum = stop.agreed(run.device)
+        every = run.cfg.checkpoint_every
+        periodic = bool(every) and int(t["steps"]) % every == 0 and t["steps"] < run.steps_per_epoch
+        if signum is None and not periodic:
+            return
+        ck = run.checkpoint(epoch, int(t["steps"]), reduce_totals(t, run.device))
+        if run.main_process:
+            save_checkpoint(ck, run.out / "checkpoint-last.pth")
+        if signum is not None:
+            raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {int(t['steps'])} of "
+                                          f"{run.steps_per_epoch}; checkpoint written: continue with --resume {run.out}")
+    return check
+
+
+def _train_epoch(run: Run, epoch: int, stop: "_StopSignals") -> None:
+    """Train one epoch (or its rest, when resumed mid-way), validate, record, checkpoint; stop if signalled."""
+    cfg = run.cfg
+    train_loader, val_loader, sampler = run.loaders
+    _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
+    skip = run.start_step if epoch == run.start_epoch else 0
+    if skip and "rng" in run.resumed:
+        torch.set_rng_state(run.resumed["rng"])  # mid-epoch: the generator as it was at the checkpoint
+    sampler.set_epoch(epoch, skip)
+    if isinstance(train_loader, DataLoader):
+        train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
+    lr = run.parts.optimizer.param_groups[0]["lr"]
+    train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None, _after_step(run, epoch, stop))
+    val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
+    row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
+               images_per_s=train["images_per_s"], seconds=train["seconds"])
+    if run.parts.ema is not None:
+        row["ema_val_acc"] = evaluate(run.parts.ema.module, val_loader, run.device, cfg.amp, cfg.channels_last)["acc"]
+    _record_epoch(run, epoch, row)
+    run.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.2f}% | "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.2f}% | {train['images_per_s']:.0f} img/s"
+            + (f" | {train['skipped']:.0f} steps skipped (non-finite loss)" if train["skipped"] else ""))
+    signum = stop.agreed(run.device)
+    if signum is not None and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stopping point
+        raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} after epoch {epoch + 1}; "
+                                      f"checkpoint written: continue with --resume {run.out}")
+
+
+def _record_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
+    """History, best accuracy, checkpoints, the release of the best weights, log.csv and TensorBoard."""
+    run.history.append(row)
+    is_best = row["val_acc"] > run.best_acc
+    run.best_acc = max(run.best_acc, row["val_acc"])
+    ck = run.checkpoint(epoch + 1)
+    if run.main_process:
+        # checkpoint-last is written last: it is the commit point. A crash before its rename resumes from the
+        # previous one and redoes this epoch, best checkpoint and release included.
+        if is_best:
+            save_checkpoint(ck, run.out / "checkpoint-best.pth")
+            info = run.info
+            meta = release_metadata(run.cfg.model, info.num_classes, info.in_chans, (info.in_chans, info.image_size, info.image_size),
+                                    info.mean, info.std, config=run.cfg.to_dict(), data_info=asdict(info), epoch=epoch + 1,
+                                    val_acc=f"{row['val_acc']:.4f}")
+            write_release(run.model.state_dict(), run.out / "weights-best.safetensors", meta)
+        save_checkpoint(ck, run.out / "checkpoint-last.pth")
+        _write_log(run.out, run.history)
+    if run.writer is not None:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            run.writer.add_scalar(key, row[key], epoch + 1)
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    """metrics.json, log.csv and the curves (again: a run killed just after its last checkpoint resumes to here)."""
+    cfg, history = run.cfg, run.history
+    final = dict(model=cfg.model, data=run.info.name, out=str(run.out), epochs=cfg.epochs, best_val_acc=run.best_acc,
                  final_val_acc=history[-1]["val_acc"] if history else None, train_seconds=sum(h["seconds"] for h in history))
-    if main_process:
-        if writer is not None:
-            writer.close()
+    if run.main_process:
+        if run.writer is not None:
+            run.writer.close()
         if history:
-            _write_log(out, history)  # again: a run killed just after its last checkpoint resumes straight to here
-            _plot_curves(out, history, f"{cfg.model} on {info.name}")
-        (out / "metrics.json").write_text(json.dumps(final, indent=2))
-    if world > 1:
+            _write_log(run.out, history)
+            _plot_curves(run.out, history, f"{cfg.model} on {run.info.name}")
+        (run.out / "metrics.json").write_text(json.dumps(final, indent=2))
+    if run.world > 1:
         dist.barrier()
     return final
-
-
-def _release_metadata(cfg: TrainConfig, info: DataInfo, epoch: int, val_acc: float) -> dict[str, str]:
-    """What a user of the released weights needs to rebuild the model and prepare its inputs (strings only)."""
-    from .. import __version__
-
-    return dict(format="scnet", arch=cfg.model, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
-                input_size=str(info.image_size), mean=json.dumps(info.mean), std=json.dumps(info.std),
-                config=json.dumps(cfg.to_dict()), data_info=json.dumps(asdict(info)), epoch=str(epoch),
-                val_acc=f"{val_acc:.4f}", scnet_version=__version__)
 
 
 def _yaml(values: dict[str, Any]) -> str:
@@ -396,33 +486,23 @@ def _yaml(values: dict[str, Any]) -> str:
     return yaml.safe_dump(values, sort_keys=False)
 
 
-def load_trained_model(state: dict[str, Any], cfg: TrainConfig, info: DataInfo, use_ema: bool = False, source: str = "checkpoint") -> nn.Module:
-    """The model a training checkpoint (or released safetensors file) describes, with its weights loaded."""
-    key = "model_ema" if use_ema else "model"
-    if key not in state:
-        raise ConfigError(f"{source} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
-    model = build_model_for(cfg, info)
-    try:
-        model.load_state_dict(state[key])
-    except RuntimeError as e:
-        raise ConfigError(f"{source} does not fit {cfg.model} on {info.name}: {str(e).splitlines()[0]}") from e
-    return model
-
-
 def evaluate_checkpoint(
     checkpoint: str, data: Optional[str] = None, data_dir: Optional[str] = None, limit_val: Optional[int] = None,
     batch_size: Optional[int] = None, workers: int = 0, use_ema: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of a training checkpoint on its dataset's validation split (or another one given by name)."""
-    state = read_checkpoint(checkpoint)
-    if "config" not in state or "model" not in state:
+    try:
+        loaded = load_model(file=checkpoint, use_ema=use_ema)
+    except BareWeightsError:
+        loaded = None
+    if loaded is None or loaded.checkpoint is None:
         raise ConfigError(f"{checkpoint} is not a training checkpoint of this tool (no config/model entries)")
+    state = loaded.checkpoint
     cfg = TrainConfig(**state["config"])
     cfg.data = data or cfg.data
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
     _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images)
-    model = load_trained_model(state, cfg, info, use_ema, checkpoint)
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
-    result = evaluate(model, loader, torch.device("cpu"))
+    result = evaluate(loaded.model, loader, torch.device("cpu"))
     return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)

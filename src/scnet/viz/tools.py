@@ -11,36 +11,16 @@ import torch.nn.functional as F
 
 from ..data import DataInfo
 
-__all__ = ["load_model", "run_cam", "run_erf"]
+__all__ = ["run_cam", "run_erf"]
 
 
-def load_model(name: Optional[str], checkpoint: Optional[str], data_info: Optional[DataInfo] = None) -> tuple[nn.Module, DataInfo, str]:
-    """(model in eval mode, its input description, a label) from a name, a training checkpoint or release,
-    or a name plus a bare weight file. ``data_info`` shapes a model built from a name alone (channels,
-    classes) to a dataset, for measuring it at initialisation on that dataset's images."""
-    from ..models import create_any_model
-    from ..models.weights import read_checkpoint
-    from ..predict import load_predictor
+def _load(name: Optional[str], checkpoint: Optional[str], data_info: Optional[DataInfo] = None) -> tuple[nn.Module, DataInfo, str]:
+    """(model in eval mode, its inputs, a label) through the front door. ``data_info`` shapes a model built from a
+    name alone (channels, classes) to a dataset, for measuring it at initialisation on that dataset's images."""
+    from ..load import load_model
 
-    if checkpoint:
-        state = read_checkpoint(checkpoint)
-        if "config" in state and "data_info" in state:  # a training checkpoint or a released .safetensors
-            arch = state["config"]["model"]
-            if name and name != arch:
-                raise ValueError(f"{checkpoint} holds {arch}, not {name}")
-            model, info = load_predictor(checkpoint=checkpoint)
-            return model, info, f"{arch} (trained)"
-        if not name:
-            raise ValueError(f"{checkpoint} holds bare weights: give the model's name too")
-        model, info = load_predictor(model=name, weights=checkpoint)
-        return model, info, f"{name} (weights)"
-    if not name:
-        raise ValueError("give a model name or a checkpoint")
-    if data_info is not None:
-        model = create_any_model(name, in_chans=data_info.in_chans, num_classes=data_info.num_classes).eval()
-        return model, data_info, f"{name} (init)"
-    model, info = load_predictor(model=name)
-    return model, info, f"{name} (init)"
+    loaded = load_model(name, checkpoint, data_info=None if checkpoint else data_info)
+    return loaded.model, loaded.info, loaded.label
 
 
 def run_cam(images: Sequence[str], model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None,
@@ -57,7 +37,7 @@ def run_cam(images: Sequence[str], model: Optional[str], checkpoint: Optional[st
     for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
         if name is None and ck is None:
             continue
-        net, info, label = load_model(name, ck)
+        net, info, label = _load(name, ck)
         label = label if all(c["label"] != label for c in columns) else f"{label} (baseline)"
         x = torch.stack([load_image(p, info) for p in images])  # (N, C, S, S)
         result = gradcam(net, x, layer, class_index)
@@ -109,7 +89,7 @@ def run_erf(model: Optional[str], checkpoint: Optional[str], baseline: Optional[
         summed: dict[str, Any] = {}
         for draw in range(draws):
             torch.manual_seed(seed + draw)  # the initial weights of a model built from its name
-            net, info, label = load_model(name, ck, data_info)
+            net, info, label = _load(name, ck, data_info)
             net = net.to(device).eval()
             if data_info is not None and info.in_chans != data_info.in_chans:
                 raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")

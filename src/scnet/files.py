@@ -1,0 +1,205 @@
+"""Every file kind scnet reads or writes, each with one reader and one writer.
+
+- torch checkpoints (``.pth``): read by ``read_checkpoint`` without ever unpickling code, their zip checksums
+  verified first; written atomically by ``write_atomically``.
+- released weights (``.safetensors``): tensors with string metadata and a digest of the tensors, written by
+  ``write_release`` with the metadata of ``release_metadata`` (the one format: training's best weights and
+  ``scnet export`` write the same keys), read back by ``read_checkpoint`` as a dict like a checkpoint's.
+
+Nothing here knows a model or a training loop: ``scnet.load`` turns what these read into models.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+__all__ = ["read_checkpoint", "write_atomically", "write_release", "release_metadata", "tensors_sha256", "check_arch",
+           "is_training_checkpoint"]
+
+
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    """Read a whole torch checkpoint (weights, optimizer, config, ...) without ever unpickling code.
+
+    ``weights_only=True`` admits only tensors and plain Python containers; anything else is refused with the
+    name of the global it would have needed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _read_safetensors_release(path)
+    _check_zip_integrity(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked".
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
+        if found or "weights only load failed" in str(e).lower():
+            names = [found.group(1)] if found else _foreign_globals(path)
+            what = f"the Python global {names[0]!r}" if names else "a Python object"
+            raise ValueError(f"refusing to load {path}: it needs {what}, which could run code; "
+                             "only plain tensor checkpoints are loaded") from e
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is damaged or not a torch checkpoint ({first})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a dictionary")
+    return obj
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The globals a torch file's pickle would import, other than torch's and the standard containers.
+
+    Read with ``pickletools`` (which parses and never executes), to name the culprit when the safe unpickler
+    stops at an instruction it does not support before it reaches the global.
+    """
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - an unparsable pickle: no name to report
+        return []
+    safe = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
+    return [n for n in names if not n.startswith(safe)]
+
+
+def _check_zip_integrity(path: Path) -> None:
+    """Verify the CRC-32 of every part of a zip-format torch file before unpickling anything from it.
+
+    Why: ``torch.load`` does not check them, so flipped bytes inside a tensor load silently as wrong weights.
+    Files in the legacy (pre-1.6) pickle format carry no checksums and are not checked.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path} is damaged ({e}); use an earlier checkpoint or the original file") from e
+    if bad is not None:
+        part = bad.split("/", 1)[-1]  # the archive's top folder is named after whatever file name it was written under
+        raise ValueError(f"{path} is damaged: its part {part!r} fails its CRC-32 check; use an earlier checkpoint or the original file")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes: released safetensors files carry it to detect corruption."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+RELEASE_JSON_KEYS = ("config", "data_info", "input_size", "mean", "std")  # JSON-encoded in the metadata
+
+
+def _read_safetensors_release(path: Path) -> dict:
+    """A ``.safetensors`` file as a checkpoint dict: tensors under "model", our metadata decoded beside them."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a damaged header or body: say which file
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e
+    if "tensors_sha256" in meta and tensors_sha256(tensors) != meta["tensors_sha256"]:
+        raise ValueError(f"{path} is damaged: its tensors do not match the digest stored in the file")
+    obj: dict = dict(model=tensors, metadata=dict(meta))
+    for key in RELEASE_JSON_KEYS:
+        if key in meta:
+            obj[key] = json.loads(meta[key])
+    if "epoch" in meta:
+        obj["epoch"] = int(meta["epoch"])
+    if "arch" in meta:
+        obj["arch"] = meta["arch"]
+    return obj
+
+
+def check_arch(obj: dict, path: Union[str, Path], arch: str) -> None:
+    """Refuse a file that declares another architecture than ``arch``, saying what differs."""
+    declared = obj.get("arch")  # training checkpoints and our safetensors files name their architecture
+    if not isinstance(declared, str) or declared == arch:
+        return
+    meta = obj.get("metadata") or {}
+    info = obj.get("data_info") or {}
+    facts = [f"{k} {meta.get(k, info.get(k))}" for k in ("num_classes", "in_chans") if meta.get(k, info.get(k)) is not None]
+    raise ValueError(f"{path} holds weights of {declared}{' (' + ', '.join(facts) + ')' if facts else ''}, not {arch}; "
+                     f"build {declared!r} to load it")
+
+
+def is_training_checkpoint(obj: dict[str, Any]) -> bool:
+    """Whether a file read by ``read_checkpoint`` describes its own model: a training checkpoint or a release of one
+    (its configuration and dataset description are inside), as opposed to bare weights."""
+    return isinstance(obj.get("config"), dict) and isinstance(obj.get("data_info"), dict) and isinstance(obj.get("model"), dict)
+
+
+def release_metadata(arch: str, num_classes: int, in_chans: int, input_size: Sequence[int], mean: Sequence[float],
+                     std: Sequence[float], **extra: Any) -> dict[str, str]:
+    """The metadata of a released ``.safetensors`` file: what a user needs to rebuild the model and feed it.
+
+    ``input_size`` is (C, H, W), as timm's ``pretrained_cfg``; ``extra`` (a training run's config, data_info, epoch,
+    val_acc) is stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
+    """
+    from . import __version__
+
+    meta = dict(format="scnet", arch=arch, num_classes=str(num_classes), in_chans=str(in_chans),
+                input_size=json.dumps(list(input_size)), mean=json.dumps(list(mean)), std=json.dumps(list(std)), scnet_version=__version__)
+    for key, value in extra.items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+    return meta
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+
+    A crash at any moment leaves either the previous file or the new one, never a partial file. A failed write
+    (disk full, quota, I/O error) removes the temporary file and raises an ``OSError`` that says the previous
+    file is intact.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file is intact" if path.exists() else "no earlier file existed"
+        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); {kept}") from e
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def write_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Weights for distribution: a ``.safetensors`` file (no code can hide in it) with string metadata, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    metadata = {**metadata, "tensors_sha256": tensors_sha256(tensors)}  # checked on every read
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
