@@ -1,11 +1,15 @@
 """``scnet bench``: the report's structure and the targets' arithmetic (timings themselves are not asserted)."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from scnet.bench import BenchCase, evaluate_targets, grid, run_bench, write_report
+from scnet.bench import BenchCase, grid, run_bench, write_report
 from scnet.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bench_targets import evaluate_targets  # noqa: E402  (the project's targets live beside the benchmark scripts)
 
 
 def test_grid_and_bad_arguments() -> None:
@@ -119,3 +123,19 @@ def test_breakdown_accounts_for_all_the_time(tmp_path: Path) -> None:
     write_breakdown(rows, tmp_path)
     assert "| scnet_demo | eager | 2 | 32 |" in (tmp_path / "breakdown.md").read_text()
     assert len(json.loads((tmp_path / "breakdown.json").read_text())["rows"]) == 2
+
+
+def test_torch_settings_are_restored_after_a_measurement() -> None:
+    """bench changes process-wide flags only inside ``torch_settings``: cuDNN's search and inductor's freezing."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from scnet.bench import torch_settings
+
+    before = torch.backends.cudnn.benchmark, inductor_config.freezing
+    with torch_settings(torch.device("cuda"), freezing=True):  # sets flags only: no GPU is touched
+        assert torch.backends.cudnn.benchmark is True and inductor_config.freezing is True
+    assert (torch.backends.cudnn.benchmark, inductor_config.freezing) == before
+    with pytest.raises(RuntimeError), torch_settings(torch.device("cuda"), freezing=True):
+        raise RuntimeError("a failing case")
+    assert (torch.backends.cudnn.benchmark, inductor_config.freezing) == before

@@ -73,36 +73,27 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import evaluate_targets, grid, kernel_breakdown, run_bench, target_cases, targets_markdown, write_breakdown, write_report
+    from .bench import grid, kernel_breakdown, run_bench, write_breakdown, write_report
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cases = target_cases() if args.targets else grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
-    command = _command_line()
+    cases = grid(args.models, args.modes, args.batch_sizes, args.sizes, args.baseline)
+    out = Path(args.out)
     if args.breakdown:
         rows = [kernel_breakdown(c, args.device, args.dtype, calls=args.repeats, warmup=args.warmup) for c in cases]
-        write_breakdown(rows, Path(args.out), command)
+        write_breakdown(rows, out, _command_line())
         for r in rows:
             top = ", ".join(f"{c['category']} {100 * c['share']:.0f}%" for c in r["categories"][:5])
             print(f"{r['model']:>16} {r['mode']:>14} b{r['batch']:<3} {r['size']}px  {r['total_us_per_call'] / 1e3:8.2f} ms: {top}")
-        print(f"report: {Path(args.out) / 'breakdown.md'}")
+        print(f"report: {out / 'breakdown.md'}")
         return 0
     report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory)
-    extra = []
-    if args.targets:
-        report["targets"] = evaluate_targets(report)
-        extra = targets_markdown(report["targets"])
-    out = Path(args.out)
-    write_report(report, out, command=command, extra_md=extra)
+    write_report(report, out, command=_command_line())
     for row in report["results"]:
         status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"
         print(f"{row['model']:>16} {row['mode']:>14} b{row['batch']:<3} {row['size']}px  {status}")
-    for t in report.get("targets", []):
-        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        print(f"target: {t['goal']}: {ratio} ({t['bound']}) {verdict}")
     print(f"report: {out / 'bench.md'}")
     return 0
 
@@ -267,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
-    bench.add_argument("--targets", action="store_true", help="measure exactly the cases of the fast-path targets and rate them")
     bench.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")

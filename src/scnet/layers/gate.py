@@ -37,14 +37,14 @@ def calibration_gate(x: torch.Tensor, calib: torch.Tensor, mode: str = "nearest"
     allowed) and nearest upsampling onto whole r x r blocks, ``Up`` is a broadcast over a block view instead of
     a materialised map: the same numbers, one full-size pass fewer.
     """
-    h, w = x.shape[-2], x.shape[-1]
+    n, c, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     ph, pw = calib.shape[-2], calib.shape[-1]
     if pooling_r > 0 and mode == "nearest" and _tiles_exactly(h, w, ph, pw, pooling_r):
-        n, c = x.shape[0], x.shape[1]
         bh, bw = h // ph, w // pw
         t = x.view(n, c, ph, bh, pw, bw) + calib.view(n, c, ph, 1, pw, 1)  # (N, C, H/bh, bh, W/bw, bw)
-        return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W); a view when t kept x's layout
-    return torch.sigmoid_(x + upsample(calib, [h, w], mode))  # (N, C, H, W); the sum is a fresh tensor
+    else:
+        t = x + upsample(calib, [h, w], mode)  # (N, C, H, W)
+    return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W): in place on the fresh sum; a view when t kept x's layout
 
 
 class _CalibratedProduct(torch.autograd.Function):

@@ -1,0 +1,160 @@
+"""What ``scnet bench`` measures: the modes as data, one case per (model, mode, batch, size), how each is built
+into a callable that does one timed call, and the torch settings a measurement runs under (restored after)."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models import create_any_model
+
+__all__ = ["BenchCase", "DTYPES", "MODES", "grid", "make_inputs", "input_dtype", "prepare", "torch_settings"]
+
+# Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
+# deploy_nchw and deploy_portable isolate the ingredients: folding alone, then + channels_last, then (deploy)
+# + oneDNN post-op fusion and pre-packed weights.
+MODES: dict[str, dict[str, Any]] = {
+    "eager": dict(channels_last=False, deploy=None, compile=False, train=False),
+    "eager_cl": dict(channels_last=True, deploy=None, compile=False, train=False),
+    "deploy_nchw": dict(channels_last=False, deploy=dict(channels_last=False, backend="portable"), compile=False, train=False),
+    "deploy_portable": dict(channels_last=True, deploy=dict(channels_last=True, backend="portable"), compile=False, train=False),
+    "deploy": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False),
+    "compiled": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=True, train=False),  # inductor + freezing
+    "graph": dict(channels_last=True, deploy=None, compile=False, train=False, graph=True),  # CUDA graph replay
+    "deploy_graph": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False, graph=True),
+    "train": dict(channels_last=False, deploy=None, compile=False, train=True),
+    "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
+    "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+@dataclass
+class BenchCase:
+    """One measured configuration and its results (seconds per call, over the timed rounds)."""
+
+    model: str
+    mode: str
+    batch: int
+    size: int
+    times: list[float] = field(default_factory=list)
+    peak_mem_mb: Optional[float] = None
+    macs: Optional[float] = None  # per image, at ``size``
+    error: Optional[str] = None
+
+    @property
+    def train(self) -> bool:
+        return MODES[self.mode]["train"]
+
+    def summary(self, roof_gflops: Optional[float]) -> dict[str, Any]:
+        row = dict(model=self.model, mode=self.mode, batch=self.batch, size=self.size, train=self.train, error=self.error,
+                   peak_mem_mb=self.peak_mem_mb, macs_per_image=self.macs)
+        if self.times:
+            med = statistics.median(self.times)
+            row.update(latency_ms=1e3 * med, latency_min_ms=1e3 * min(self.times), latency_max_ms=1e3 * max(self.times),
+                       spread_pct=100.0 * (max(self.times) - min(self.times)) / med, images_per_s=self.batch / med,
+                       repeats=len(self.times))
+            if self.macs:
+                flops = 2.0 * self.macs * self.batch * (3.0 if self.train else 1.0)  # backward ~ twice the forward
+                row["gflops"] = flops / med / 1e9
+                if roof_gflops:
+                    row["roof_fraction"] = row["gflops"] / roof_gflops
+        return row
+
+
+
+
+@contextlib.contextmanager
+def torch_settings(device: torch.device, freezing: bool = False) -> Iterator[None]:
+    """The process-wide torch flags a measurement wants, restored on exit: cuDNN's algorithm search on a GPU (fixed
+    shapes: let it pick the fastest per shape) and, for compiled inference, inductor's freezing (weights become
+    constants, folded and pre-packed). Compilation happens on a model's first call, so calls run inside."""
+    import torch._inductor.config as inductor_config
+
+    saved = torch.backends.cudnn.benchmark, inductor_config.freezing
+    try:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if freezing:
+            inductor_config.freezing = True
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, inductor_config.freezing = saved
+
+
+def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
+    from ..deploy import cuda_graph, deploy
+
+    spec = MODES[mode]
+    model = create_any_model(name).to(device)
+    if spec["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if spec["train"]:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        net = torch.compile(model) if spec["compile"] else model
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+    model.eval()
+    if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
+        model = deploy(model, **spec["deploy"])
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    net = model
+    if spec["compile"]:  # compiled on the first call, with inductor's freezing on (see ``torch_settings``)
+        net = torch.compile(model)
+
+    graphs: dict[tuple, Callable] = {}
+
+    def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+        if spec.get("graph"):  # one recorded graph per input shape, made on the first (warm-up) call
+            key = (tuple(x.shape), x.dtype)
+            if key not in graphs:
+                graphs[key] = cuda_graph(net, x)
+            graphs[key](x)
+            return
+        with torch.inference_mode():
+            net(x)
+
+    return infer
+
+
+def input_dtype(mode: str, dtype: torch.dtype) -> torch.dtype:
+    # Inference runs the model in ``dtype``; training keeps float32 weights and inputs under autocast.
+    return torch.float32 if MODES[mode]["train"] else dtype
+
+
+def make_inputs(batch: int, size: int, channels_last: bool, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device, dtype)
+    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,
+            torch.randint(0, 1000, (batch,), generator=gen).to(device))
+
+
+def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int], sizes: Sequence[int],
+         baseline: Optional[str] = "resnet50") -> list[BenchCase]:
+    """Every (model, mode, batch, size), the baseline first; "deploy" does not apply to the baseline."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {tuple(MODES)}")
+    for values, what in ((batch_sizes, "batch size"), (sizes, "resolution")):
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"every {what} must be >= 1, got {bad[0]}")
+    names = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
+    return [BenchCase(n, m, b, s) for n in names for m in modes if not (m.startswith("deploy") and n == baseline)
+            for s in sizes for b in batch_sizes]
+
+
