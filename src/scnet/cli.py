@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _command_line() -> str:
@@ -120,8 +120,8 @@ def _cam(args: argparse.Namespace) -> int:
     from .viz.tools import run_cam
 
     _verify(args.checkpoint, args.sha256)
-    summary = run_cam(args.images, args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.layer,
-                      args.class_index, Path(args.out), _command_line())
+    models = [(args.model, args.checkpoint), (args.baseline, args.baseline_checkpoint)]
+    summary = run_cam(args.images, models, args.layer, args.class_index, Path(args.out), _command_line())
     for entry in summary["images"]:
         print(entry["image"] + ": " + "; ".join(f"{m['model']} -> {m['cls']} ({100 * m['prob']:.0f}%), map covers "
                                                 f"{100 * m['coverage']:.0f}% of the image" for m in entry["models"]))
@@ -132,11 +132,10 @@ def _cam(args: argparse.Namespace) -> int:
 def _erf(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .viz.tools import run_erf
+    from .viz.tools import ErfOptions, run_erf
 
-    result = run_erf(args.model, args.checkpoint, args.baseline, args.baseline_checkpoint, args.data, args.data_dir,
-                     args.num_samples, args.input_size, args.stages, args.seed, Path(args.out),
-                     _command_line(), args.device, args.inits)
+    options = ErfOptions(args.data, args.data_dir, args.num_samples, args.input_size, args.stages, args.seed, args.device, args.inits)
+    result = run_erf([(args.model, args.checkpoint), (args.baseline, args.baseline_checkpoint)], options, Path(args.out), _command_line())
     print(f"effective receptive fields over {result['inputs']}; share of the image holding 50% / 99% of the gradient:")
     for label, per_stage in result["ratios"].items():
         print(f"  {label}: " + ", ".join(f"{stage} {100 * r['50%']['area_ratio']:.1f}% / {100 * r['99%']['area_ratio']:.1f}%"
@@ -222,15 +221,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=kind, choices=choices() if callable(choices) else choices, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_info_command(sub: Any) -> None:
     info = sub.add_parser("info", help="parameters, multiply-adds and published accuracy per model")
     info.add_argument("--models", default="*", help="shell-style pattern of model names (default: all)")
     info.add_argument("--input-size", type=int, default=224, help="square input side for the MAC count (default 224)")
     info.add_argument("--format", choices=("table", "markdown", "json"), default="markdown")
     info.set_defaults(func=_info)
 
+
+def _add_export_command(sub: Any) -> None:
     from .models.resnet import STEM_TYPES
 
     exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime), TorchScript or safetensors weights")
@@ -247,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     exp.set_defaults(func=_export)
 
+
+def _add_bench_command(sub: Any) -> None:
     from .bench import DTYPES, MODES
 
     bench = sub.add_parser("bench", help="throughput, latency and peak memory side by side with torchvision's resnet50")
@@ -269,10 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
     bench.set_defaults(func=_bench)
 
+
+def _add_train_command(sub: Any) -> None:
     train = sub.add_parser("train", help="train a model (default: the demo SCNet on Fashion-MNIST)")
     _add_train_args(train)
     train.set_defaults(func=_train)
 
+
+def _add_compare_command(sub: Any) -> None:
     cmp_ = sub.add_parser("compare", help="an SC model vs its plain twin, paired by seed: per-seed differences, 95%% interval, verdict")
     _add_train_args(cmp_)
     cmp_.add_argument("--models", nargs="+", default=["scnet_demo"], help="the SC model (its plain twin is added)")
@@ -286,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="2: train the two members of a pair at once, half of the torch threads each (default 1)")
     cmp_.set_defaults(func=_compare)
 
+
+def _add_predict_command(sub: Any) -> None:
     pr = sub.add_parser("predict", help="top-k classes for image files")
     pr.add_argument("images", nargs="+", help="image files (any mode: grayscale, RGB, RGBA, palette, 16-bit)")
     pr.add_argument("--checkpoint", help="a checkpoint written by scnet train (carries classes and preprocessing)")
@@ -297,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=("text", "json"), default="text")
     pr.set_defaults(func=_predict)
 
+
+def _add_cam_command(sub: Any) -> None:
     cam = sub.add_parser("cam", help="Grad-CAM maps of images, the SC model beside its baseline")
     cam.add_argument("images", nargs="+", help="image files (any mode and size)")
     cam.add_argument("--model", help="model name (ours, torchvision's or timm's); with --checkpoint, its weights")
@@ -308,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     cam.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
     cam.set_defaults(func=_cam)
 
+
+def _add_erf_command(sub: Any) -> None:
     erf = sub.add_parser("erf", help="effective receptive fields per stage, the SC model beside its baseline")
     erf.add_argument("--model", help="model name (ours, torchvision's or timm's); with --checkpoint, its weights")
     erf.add_argument("--checkpoint", help="a training checkpoint or release (carries the model), or weights for --model")
@@ -324,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     erf.add_argument("--out", default="runs/erf", help="output folder (default runs/erf)")
     erf.set_defaults(func=_erf)
 
+
+def _add_eval_command(sub: Any) -> None:
     ev = sub.add_parser("eval", help="accuracy of a training checkpoint")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint written by scnet train")
     ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
@@ -333,8 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     ev.set_defaults(func=_eval)
-    for p in (exp, pr, ev, cam):
-        p.add_argument("--sha256", help="refuse the weight file unless its sha256 starts with these hex digits (8 to 64)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_info_command, _add_export_command, _add_bench_command, _add_train_command, _add_compare_command, _add_predict_command, _add_cam_command, _add_erf_command, _add_eval_command):
+        add(sub)
+    for name in ("export", "predict", "eval", "cam"):
+        sub.choices[name].add_argument("--sha256", help="refuse the weight file unless its sha256 starts with these hex digits (8 to 64)")
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser

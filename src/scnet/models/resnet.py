@@ -81,6 +81,22 @@ def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool,
     return nn.Sequential(pool, nn.Conv2d(inplanes, outplanes, 1, stride=1, bias=False), norm_layer(outplanes))
 
 
+def _check_trunk_args(stem_type: str, layers: Sequence[int], widths: Sequence[int], in_chans: int, num_classes: int,
+                      drop_rate: float) -> None:
+    """A ``ValueError`` naming the first bad constructor argument."""
+    if stem_type not in STEM_TYPES:
+        raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {stem_type!r}")
+    if len(layers) != 4 or any(n < 1 for n in layers):
+        raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
+    if len(widths) != 4 or any(w < 1 for w in widths):
+        raise ValueError(f"widths must give 4 positive stage widths, got {list(widths)}")
+    for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0.0 <= float(drop_rate) < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+
+
 class ResNet(nn.Module):
     """A ResNet built from any bottleneck class, with the timm backbone API.
 
@@ -133,17 +149,7 @@ class ResNet(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if stem_type not in STEM_TYPES:
-            raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {stem_type!r}")
-        if len(layers) != 4 or any(n < 1 for n in layers):
-            raise ValueError(f"layers must give 4 positive block counts, got {list(layers)}")
-        if len(widths) != 4 or any(w < 1 for w in widths):
-            raise ValueError(f"widths must give 4 positive stage widths, got {list(widths)}")
-        for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not 0.0 <= float(drop_rate) < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate)
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
         with torch.device(device) if device is not None else contextlib.nullcontext():
             norm_layer = get_norm_layer(norm_layer)
@@ -162,12 +168,12 @@ class ResNet(nn.Module):
             self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
 
             reduction = stem_reduction * pool_stride
+            common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer,
+                          attn_layer=attn_layer, **(block_args or {}))
             for idx, (planes, blocks, (stride, dilation)) in enumerate(zip(widths, layers, _stage_strides(output_stride))):
-                stage = self._make_stage(
-                    block, planes, blocks, stride, dilation, idx, cardinality, base_width, avg_down, avd,
-                    norm_layer, act_layer, attn_layer, block_args or {},
-                )
-                self.add_module(f"layer{idx + 1}", stage)
+                # avd also applies to the first block of stages 2-4 when dilation removed their stride (a 3x3/1 blur).
+                first_avd = avd and (stride > 1 or idx > 0)
+                self.add_module(f"layer{idx + 1}", self._make_stage(block, planes, blocks, stride, dilation, first_avd, avg_down, common))
                 reduction *= stride
                 self.feature_info.append(dict(num_chs=self.inplanes, reduction=reduction, module=f"layer{idx + 1}"))
 
@@ -178,20 +184,16 @@ class ResNet(nn.Module):
             self.to(dtype=dtype)
         self.grad_checkpointing = False
 
-    def _make_stage(
-        self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, stage_idx: int,
-        cardinality: int, base_width: int, avg_down: bool, avd: bool, norm_layer: NormLayer,
-        act_layer: Callable[..., nn.Module], attn_layer: Optional[str], block_args: dict[str, Any],
-    ) -> nn.Sequential:
+    def _make_stage(self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, first_avd: bool,
+                    avg_down: bool, common: dict[str, Any]) -> nn.Sequential:
+        """One stage; ``common`` holds the keyword arguments every block gets (width rule, layers, block_args)."""
         outplanes = planes * block.expansion
         downsample = None
         if stride != 1 or self.inplanes != outplanes:
-            downsample = _make_downsample(self.inplanes, outplanes, stride, avg_down, norm_layer)
-        # As the official code: a dilated stage's first block uses half the dilation (1 for 2, 2 for 4), and
-        # avd also applies to the first block of stages 2-4 when dilation removed their stride (a 3x3/1 blur).
+            downsample = _make_downsample(self.inplanes, outplanes, stride, avg_down, common["norm_layer"])
+        # As the official code: a dilated stage's first block uses half the dilation (1 for 2, 2 for 4).
         first_dilation = 1 if dilation in (1, 2) else 2
-        common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer, attn_layer=attn_layer, **block_args)
-        stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=avd and (stride > 1 or stage_idx > 0), **common)]
+        stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=first_avd, **common)]
         self.inplanes = outplanes
         stage += [block(outplanes, planes, 1, None, dilation=dilation, avd=False, **common) for _ in range(1, blocks)]
         return nn.Sequential(*stage)

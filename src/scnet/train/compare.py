@@ -347,12 +347,12 @@ def _tally(report: dict[str, Any], names: Sequence[str]) -> None:
 
 def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, samples: int, command: str) -> dict[str, Any]:
     """ERFs of the first seed's trained pair (final weights, the ones the accuracy is of), by ``scnet erf``'s code."""
-    from ..viz.tools import run_erf
+    from ..viz.tools import ErfOptions, run_erf
 
     plain, sc = names
     weights = {n: out / _run_name(n, seed) / "checkpoint-last.pth" for n in names}
-    result = run_erf(None, str(weights[sc]), None, str(weights[plain]), base.data, base.data_dir, samples, seed=seed,
-                     out=out / "erf", command=command, device=_device().type)
+    options = ErfOptions(base.data, base.data_dir, samples, seed=seed, device=_device().type)
+    result = run_erf([(None, str(weights[sc])), (None, str(weights[plain]))], options, out / "erf", command)
     stages = {}  # stage -> model -> {"50%": area ratio, "99%": area ratio}
     for name, ratios in zip((sc, plain), result["ratios"].values()):  # run_erf keeps the order: model, then baseline
         for stage, r in ratios.items():

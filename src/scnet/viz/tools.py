@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -10,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DataInfo
+from .erf import FeatureMap, erf, erf_area_ratios, stage_names
 
-__all__ = ["run_cam", "run_erf"]
+__all__ = ["ErfOptions", "run_cam", "run_erf"]
 
 
 def _load(name: Optional[str], checkpoint: Optional[str], data_info: Optional[DataInfo] = None) -> tuple[nn.Module, DataInfo, str]:
@@ -23,10 +25,16 @@ def _load(name: Optional[str], checkpoint: Optional[str], data_info: Optional[Da
     return loaded.model, loaded.info, loaded.label
 
 
-def run_cam(images: Sequence[str], model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None,
-            baseline_checkpoint: Optional[str] = None, layer: Optional[str] = None, class_index: Optional[int] = None,
+ModelRef = tuple[Optional[str], Optional[str]]  # (name, checkpoint): either may be None, not both
+
+
+def _given(models: Sequence[ModelRef]) -> list[ModelRef]:
+    return [(name, ck) for name, ck in models if name is not None or ck is not None]
+
+
+def run_cam(images: Sequence[str], models: Sequence[ModelRef], layer: Optional[str] = None, class_index: Optional[int] = None,
             out: Path = Path("runs/cam"), command: str = "") -> dict[str, Any]:
-    """Grad-CAM of every image for the model and (if given) its baseline; figures and cam.json in ``out``."""
+    """Grad-CAM of every image for each model (the SC model, then its baseline); figures and cam.json in ``out``."""
     from ..predict import load_image
     from .cam import gradcam
     from .report import display_image, write_cam_figures
@@ -34,9 +42,7 @@ def run_cam(images: Sequence[str], model: Optional[str], checkpoint: Optional[st
     if not images:
         raise ValueError("give at least one image file")
     columns = []
-    for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
-        if name is None and ck is None:
-            continue
+    for name, ck in _given(models):
         net, info, label = _load(name, ck)
         label = label if all(c["label"] != label for c in columns) else f"{label} (baseline)"
         x = torch.stack([load_image(p, info) for p in images])  # (N, C, S, S)
@@ -63,49 +69,64 @@ def _dataset_inputs(data: str, data_dir: Optional[str], count: int, size: Option
     return images, info
 
 
-def run_erf(model: Optional[str], checkpoint: Optional[str], baseline: Optional[str] = None, baseline_checkpoint: Optional[str] = None,
-            data: Optional[str] = None, data_dir: Optional[str] = None, num_samples: int = 64, input_size: Optional[int] = None,
-            stages: Optional[Sequence[str]] = None, seed: int = 0, out: Path = Path("runs/erf"), command: str = "",
-            device: str = "cpu", inits: int = 1) -> dict[str, Any]:
-    """ERFs of every stage of the model and its baseline; erf.png/json/md/npz in ``out``.
+@dataclass(frozen=True)
+class ErfOptions:
+    """What ``run_erf`` averages over and measures (the ``scnet erf`` flags)."""
+
+    data: Optional[str] = None  # a dataset's validation images; None: standard-normal noise
+    data_dir: Optional[str] = None
+    num_samples: int = 64
+    input_size: Optional[int] = None  # square side; None: the dataset's or the model's
+    stages: Optional[Sequence[str]] = None  # None: every stage
+    seed: int = 0  # of the noise and of the initial weights of a model built from its name
+    device: str = "cpu"
+    inits: int = 1  # average a model built from its name over this many initialisations
+
+
+def run_erf(models: Sequence[ModelRef], options: ErfOptions = ErfOptions(), out: Path = Path("runs/erf"), command: str = "") -> dict[str, Any]:
+    """ERFs of every stage of each model (the SC model, then its baseline); erf.png/json/md/npz in ``out``.
 
     A model built from its name alone is measured at initialisation: its weights come from ``seed`` (and with
     ``inits`` > 1 the map is averaged over that many initialisations, seeds ``seed`` .. ``seed + inits - 1``),
     since one random draw of weights moves the tails of the field noticeably.
     """
-    from .erf import FeatureMap, erf, erf_area_ratios, stage_names
     from .report import write_erf_report
 
-    if inits < 1:
-        raise ValueError(f"inits must be >= 1, got {inits}")
-    inputs, data_info = _dataset_inputs(data, data_dir, num_samples, input_size) if data else (None, None)
+    o = options
+    if o.inits < 1:
+        raise ValueError(f"inits must be >= 1, got {o.inits}")
+    inputs, data_info = _dataset_inputs(o.data, o.data_dir, o.num_samples, o.input_size) if o.data else (None, None)
     maps: dict[str, dict[str, Any]] = {}
     ratios: dict[str, dict[str, Any]] = {}
     description = ""
-    for name, ck in ((model, checkpoint), (baseline, baseline_checkpoint)):
-        if name is None and ck is None:
-            continue
-        draws = 1 if ck else inits
-        summed: dict[str, Any] = {}
-        for draw in range(draws):
-            torch.manual_seed(seed + draw)  # the initial weights of a model built from its name
-            net, info, label = _load(name, ck, data_info)
-            net = net.to(device).eval()
-            if data_info is not None and info.in_chans != data_info.in_chans:
-                raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")
-            side = input_size or (inputs[0].shape[-1] if inputs else info.image_size)
-            wanted = list(stages or stage_names(net))
-            for stage in wanted:
-                m = erf(FeatureMap(net, stage), (info.in_chans, side, side), num_samples, inputs, seed)
-                summed[stage] = summed.get(stage, 0) + m / draws
-        description = (f"{len(inputs)} {data_info.name} validation images" if inputs else f"{num_samples} standard-normal images") \
-            + f" at {side}x{side} px" + (f"; models at initialisation averaged over {inits} seeds" if inits > 1 else "")
+    for name, ck in _given(models):
+        label, summed, side = _erf_of(name, ck, o, inputs, data_info)
+        description = (f"{len(inputs)} {data_info.name} validation images" if inputs else f"{o.num_samples} standard-normal images") \
+            + f" at {side}x{side} px" + (f"; models at initialisation averaged over {o.inits} seeds" if o.inits > 1 else "")
         label = label if label not in maps else f"{label} (baseline)"
-        if maps and wanted != list(next(iter(maps.values()))):
-            raise ValueError(f"{label} has stages {wanted}, the first model others; name common ones with --stages")
+        if maps and list(summed) != list(next(iter(maps.values()))):
+            raise ValueError(f"{label} has stages {list(summed)}, the first model others; name common ones with --stages")
         maps[label] = summed
         ratios[label] = {stage: erf_area_ratios(m) for stage, m in summed.items()}
     if not maps:
         raise ValueError("give a model name or a checkpoint")
     write_erf_report(out, maps, ratios, description, command)
     return dict(inputs=description, ratios=ratios)
+
+
+def _erf_of(name: Optional[str], ck: Optional[str], o: ErfOptions, inputs: Optional[list[torch.Tensor]],
+            data_info: Optional[DataInfo]) -> tuple[str, dict[str, Any], int]:
+    """(label, stage -> ERF map averaged over the initialisations, input side) of one model."""
+    draws = 1 if ck else o.inits
+    summed: dict[str, Any] = {}
+    for draw in range(draws):
+        torch.manual_seed(o.seed + draw)  # the initial weights of a model built from its name
+        net, info, label = _load(name, ck, data_info)
+        net = net.to(o.device).eval()
+        if data_info is not None and info.in_chans != data_info.in_chans:
+            raise ValueError(f"{label} takes {info.in_chans} channels but {data_info.name} images have {data_info.in_chans}")
+        side = o.input_size or (inputs[0].shape[-1] if inputs else info.image_size)
+        for stage in list(o.stages or stage_names(net)):
+            m = erf(FeatureMap(net, stage), (info.in_chans, side, side), o.num_samples, inputs, o.seed)
+            summed[stage] = summed.get(stage, 0) + m / draws
+    return label, summed, side
