@@ -6,12 +6,13 @@ from .models import (
 from . import detection
 from .convert import ConversionReport, convert
 from .deploy import cuda_graph, deploy
+from .load import LoadedModel, load_model
 from .profile import count_macs, count_params
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConversionReport", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
-    "convert", "count_macs", "cuda_graph", "deploy", "detection", "count_params", "create_model", "list_models", "load_checkpoint", "plain_twin",
+    "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
+    "convert", "count_macs", "cuda_graph", "deploy", "detection", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin",
     "set_finite_check",
 ]

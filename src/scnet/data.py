@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2 as T
 
@@ -263,7 +264,7 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs --data-dir with train/<class>/* and val/<class>/* subfolders (got {data_dir})")
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
     train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
     val_tf = T.Compose([T.RGB(), T.Resize(int(image_size / 0.875), antialias=True), T.CenterCrop(image_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
     try:

@@ -22,8 +22,6 @@ from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_stat
 
 __all__ = ["BareWeightsError", "LoadedModel", "load_model", "model_from_config", "data_info_of"]
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-
 
 class BareWeightsError(ValueError):
     """A weight file without the model's description, loaded without a model name."""

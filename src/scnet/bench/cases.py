@@ -10,8 +10,6 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..models import create_any_model
-
 __all__ = ["BenchCase", "DTYPES", "MODES", "grid", "make_inputs", "input_dtype", "prepare", "torch_settings"]
 
 # Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
@@ -88,9 +86,10 @@ def torch_settings(device: torch.device, freezing: bool = False) -> Iterator[Non
 def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
     from ..deploy import cuda_graph, deploy
+    from ..load import load_model
 
     spec = MODES[mode]
-    model = create_any_model(name).to(device)
+    model = load_model(name).model.to(device)
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if spec["train"]:

@@ -8,7 +8,6 @@ of data workers or processes.
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass

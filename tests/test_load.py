@@ -1,0 +1,68 @@
+"""``scnet.load_model``, the front door: each kind of model reference gives the right model, weights and description."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import scnet
+from scnet.data import DataInfo
+from scnet.load import BareWeightsError
+from seeded import seeded_state_dict
+
+
+def _same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_an_official_file_is_known_by_its_published_name(tmp_path: Path) -> None:
+    state = seeded_state_dict(scnet.create_model("scnet50").state_dict(), seed=5)
+    torch.save(state, tmp_path / "scnet50-dc6a7e87.pth")  # the name of the file the authors published
+    loaded = scnet.load_model(file=str(tmp_path / "scnet50-dc6a7e87.pth"))
+    assert loaded.label == "scnet50 (weights)" and _same_weights(loaded.model, state) and not loaded.model.training
+    assert (loaded.info.num_classes, loaded.info.image_size, loaded.info.mean) == (1000, 224, (0.485, 0.456, 0.406))
+    assert loaded.info.classes[1] == "goldfish"  # ImageNet's readable class names
+    torch.save(state, tmp_path / "renamed.pth")
+    with pytest.raises(BareWeightsError, match="renamed.pth holds bare weights: give the model's name too"):
+        scnet.load_model(file=str(tmp_path / "renamed.pth"))
+
+
+def test_any_name_with_bare_weights(tmp_path: Path) -> None:
+    state = seeded_state_dict(torchvision.models.resnet18(num_classes=10).state_dict(), seed=6)
+    torch.save({"state_dict": state}, tmp_path / "w.pth")  # timm's container
+    loaded = scnet.load_model("resnet18", file=str(tmp_path / "w.pth"), num_classes=10)
+    assert loaded.label == "resnet18 (weights)" and _same_weights(loaded.model, state) and loaded.info.num_classes == 10
+    with pytest.raises(ValueError, match=r"w.pth does not fit ResNet: 80 missing"):
+        scnet.load_model("resnet34", file=str(tmp_path / "w.pth"), num_classes=10)
+
+
+def test_a_training_checkpoint_describes_its_own_model(tmp_path: Path) -> None:
+    info = DataInfo("toy", 4, 1, 28, (0.5,), (0.25,), ("a", "b", "c", "d"))
+    model = scnet.create_model("scnet_demo", num_classes=4, in_chans=1)
+    state = seeded_state_dict(model.state_dict(), seed=7)
+    ema = seeded_state_dict(model.state_dict(), seed=8)
+    ck = dict(model=state, model_ema=ema, config=dict(model="scnet_demo"), data_info=dataclasses.asdict(info), epoch=3)
+    torch.save(ck, tmp_path / "ck.pth")
+    loaded = scnet.load_model(file=str(tmp_path / "ck.pth"))
+    assert loaded.label == "scnet_demo (trained)" and loaded.info == info and _same_weights(loaded.model, state)
+    assert loaded.checkpoint["epoch"] == 3
+    assert _same_weights(scnet.load_model(file=str(tmp_path / "ck.pth"), use_ema=True).model, ema)
+    with pytest.raises(ValueError, match="ck.pth holds scnet_demo, not scnet50"):
+        scnet.load_model("scnet50", file=str(tmp_path / "ck.pth"))
+    del ck["model_ema"]
+    torch.save(ck, tmp_path / "no-ema.pth")
+    with pytest.raises(ValueError, match="has no EMA weights"):
+        scnet.load_model(file=str(tmp_path / "no-ema.pth"), use_ema=True)
+
+
+def test_a_name_alone_and_a_dataset_shape() -> None:
+    info = DataInfo("toy", 3, 1, 32, (0.5,), (0.25,), ("a", "b", "c"))
+    loaded = scnet.load_model("scnet_demo", data_info=info)
+    assert loaded.label == "scnet_demo (init)" and loaded.info is info
+    assert loaded.model.conv1.in_channels == 1 and loaded.model.fc.out_features == 3
+    with pytest.raises(ValueError, match="give a model name or a checkpoint"):
+        scnet.load_model()
