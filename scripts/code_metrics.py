@@ -10,6 +10,7 @@ Counts (from the syntax tree, so comments and docstrings never count as code):
   ``1 / (1 + exp(-t))``.
 
     python scripts/code_metrics.py --out docs/results/code-metrics/before.json
+    python scripts/code_metrics.py --out docs/results/code-metrics/after.json --before docs/results/code-metrics/before.json
 """
 from __future__ import annotations
 
@@ -76,11 +77,30 @@ def summary(m: dict[str, Any], max_lines: int, max_params: int) -> dict[str, Any
     )
 
 
+def comparison_markdown(before: dict[str, Any], after: dict[str, Any], files: tuple[dict[str, int], dict[str, int]]) -> str:
+    """A before/after table of the summary counts and of the largest files."""
+    def count(s: dict[str, Any], key: str) -> str:
+        return str(len(s[key]))
+
+    rows = [("lines in src/scnet", str(before["total_lines"]), str(after["total_lines"])),
+            ("longest function", before["longest_functions"][0], after["longest_functions"][0])]
+    rows += [(label, count(before, key), count(after, key)) for label, key in (
+        ("functions over 60 lines", "over_lines"), ("functions over 8 parameters (not constructors)", "over_params"),
+        ("constructors over 8 parameters", "constructors_over_params"), ("calls loading weights into a module", "weight_loads"),
+        ("places computing the gate", "gate_formulas"))]
+    lines = ["| measure | before | after |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
+             "| file | lines before | lines after |", "|---|---|---|"]
+    names = sorted(set(files[0]) | set(files[1]), key=lambda n: -max(files[0].get(n, 0), files[1].get(n, 0)))
+    lines += [f"| {n} | {files[0].get(n, '-')} | {files[1].get(n, '-')} |" for n in names]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="write the summary (and the full measures) as JSON here")
     p.add_argument("--max-lines", type=int, default=60)
     p.add_argument("--max-params", type=int, default=8)
+    p.add_argument("--before", type=Path, help="with --out: also write README.md beside it comparing with this earlier JSON")
     args = p.parse_args()
     m = measure()
     s = summary(m, args.max_lines, args.max_params)
@@ -94,6 +114,10 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(summary=s, files=m["files"]), indent=1))
+        if args.before:
+            earlier = json.loads(args.before.read_text())
+            table = comparison_markdown(earlier["summary"], s, (earlier["files"], m["files"]))
+            (args.out.parent / "comparison.md").write_text(table)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ exactly where the last completed epoch left off.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import random
@@ -273,6 +274,20 @@ class Run:
         check_finite_weights(ck["model"], f"at epoch {epoch + (1 if step else 0)}, step {step}")
         return ck
 
+    def check_step(self, epoch: int, stop: "_StopSignals", t: EpochTotals) -> None:
+        """After every step: a periodic mid-epoch checkpoint, or on a signal a checkpoint and ``TrainingStopped``."""
+        signum = stop.agreed(self.device)
+        every = self.cfg.checkpoint_every
+        periodic = bool(every) and int(t["steps"]) % every == 0 and t["steps"] < self.steps_per_epoch
+        if signum is None and not periodic:
+            return
+        ck = self.checkpoint(epoch, int(t["steps"]), reduce_totals(t, self.device))
+        if self.main_process:
+            save_checkpoint(ck, self.out / "checkpoint-last.pth")
+        if signum is not None:
+            raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {int(t['steps'])} of "
+                                          f"{self.steps_per_epoch}; checkpoint written: continue with --resume {self.out}")
+
 
 def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the final metrics (also written to metrics.json).
@@ -395,23 +410,6 @@ def _open_logs(run: Run) -> None:
             f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
 
 
-def _after_step(run: Run, epoch: int, stop: "_StopSignals") -> Callable[[EpochTotals], None]:
-    """The check after every step: a periodic mid-epoch checkpoint, or a signal (checkpoint, then stop)."""
-    def check(t: EpochTotals) -> None:
-        signum = stop.agreed(run.device)
-        every = run.cfg.checkpoint_every
-        periodic = bool(every) and int(t["steps"]) % every == 0 and t["steps"] < run.steps_per_epoch
-        if signum is None and not periodic:
-            return
-        ck = run.checkpoint(epoch, int(t["steps"]), reduce_totals(t, run.device))
-        if run.main_process:
-            save_checkpoint(ck, run.out / "checkpoint-last.pth")
-        if signum is not None:
-            raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {int(t['steps'])} of "
-                                          f"{run.steps_per_epoch}; checkpoint written: continue with --resume {run.out}")
-    return check
-
-
 def _train_epoch(run: Run, epoch: int, stop: "_StopSignals") -> None:
     """Train one epoch (or its rest, when resumed mid-way), validate, record, checkpoint; stop if signalled."""
     cfg = run.cfg
@@ -424,7 +422,8 @@ def _train_epoch(run: Run, epoch: int, stop: "_StopSignals") -> None:
     if isinstance(train_loader, DataLoader):
         train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
     lr = run.parts.optimizer.param_groups[0]["lr"]
-    train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None, _after_step(run, epoch, stop))
+    train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None,
+                            functools.partial(run.check_step, epoch, stop))
     val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
     row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
                images_per_s=train["images_per_s"], seconds=train["seconds"])
