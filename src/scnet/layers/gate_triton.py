@@ -26,11 +26,19 @@ __all__ = ["gate_product_triton"]
 
 
 @triton.jit
-def _gate_product_kernel(
-    feat_ptr, x_ptr, calib_ptr, out_ptr, fbias_ptr, kbias_ptr, P, C, H, W, PH, PW, scale_h, scale_w,
-    sf_n, sf_c, sf_h, sf_w, sx_n, sx_c, sx_h, sx_w, sk_n, sk_c, sk_h, sk_w, so_n, so_c, so_h, so_w,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
+def _gate_product_kernel(ptrs, sizes, scales, strides, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
+    # Arguments grouped in tuples, flattened by Triton in this order (each element specialised as a separate
+    # argument would be, stride 1 included): the six pointers, the sizes, the two scales, and the (n, c, h, w)
+    # strides of features, x, calib and out.
+    feat_ptr, x_ptr, calib_ptr, out_ptr, fbias_ptr, kbias_ptr = ptrs
+    P, C, H, W, PH, PW = sizes
+    scale_h, scale_w = scales
+    sf, sx, sk, so = strides
+    sf_n, sf_c, sf_h, sf_w = sf
+    sx_n, sx_c, sx_h, sx_w = sx
+    sk_n, sk_c, sk_h, sk_w = sk
+    so_n, so_c, so_h, so_w = so
     # A tile of BLOCK_P pixels x BLOCK_C channels. The pixel -> (n, h, w) divisions happen once per pixel, in
     # 32-bit, not once per element: 64-bit division is slow enough on a GPU to outweigh the memory traffic.
     # In channels_last the channel stride is 1 (Triton specialises it), so loads and stores along C vectorise.
@@ -86,10 +94,11 @@ def gate_product_triton(features: torch.Tensor, x: torch.Tensor, calib: torch.Te
     block_c = min(triton.next_power_of_2(c), 64) if channels_last else 4
     block_p = 2048 // block_c
     grid = (triton.cdiv(pixels, block_p), triton.cdiv(c, block_c))
+    ptrs = (features, x, calib, out, features if features_bias is None else features_bias, features if calib_bias is None else calib_bias)
+    strides = (features.stride(), x.stride(), calib.stride(), out.stride())
     _gate_product_kernel[grid](
-        features, x, calib, out, features if features_bias is None else features_bias, features if calib_bias is None else calib_bias,
-        pixels, c, h, w, ph, pw, _nearest_scale(ph, h), _nearest_scale(pw, w),
-        *features.stride(), *x.stride(), *calib.stride(), *out.stride(), HAS_BIAS=features_bias is not None,
-        ACC=tl.float64 if features.dtype == torch.float64 else tl.float32, BLOCK_P=block_p, BLOCK_C=block_c,
+        ptrs, (pixels, c, h, w, ph, pw), (_nearest_scale(ph, h), _nearest_scale(pw, w)), strides,
+        HAS_BIAS=features_bias is not None, ACC=tl.float64 if features.dtype == torch.float64 else tl.float32,
+        BLOCK_P=block_p, BLOCK_C=block_c,
     )
     return out
