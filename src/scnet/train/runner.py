@@ -7,13 +7,11 @@ exactly where the last completed epoch left off.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import os
 import random
 import signal
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,13 +28,14 @@ from ..files import read_checkpoint, release_metadata, write_release
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import load_weights
 from .config import ConfigError, TrainConfig
+from .records import plot_curves, tensorboard, write_log, yaml_text
+from .signals import StopSignals, TrainingStopped
 from .engine import (SCHEDULES, EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
                      reduce_totals, save_checkpoint, train_one_epoch)
 
 __all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
 SHORT_RUN_STEPS = 100  # below this many steps in all, a run is told it is too short to learn much
-LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc", "images_per_s", "seconds")
 
 
 def _seed_all(seed: int) -> None:
@@ -118,91 +117,6 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    with open(out / "log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-
-
-def _plot_curves(out: Path, history: list[dict[str, Any]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (with label smoothing)")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "s-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["val_acc"] for h in history], "s-", label="val")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; log.csv always exists
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-class TrainingStopped(Exception):
-    """A signal (SIGTERM, SIGINT) stopped the run after a checkpoint was written; ``--resume`` continues it."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class _StopSignals:
-    """While active, SIGTERM and SIGINT only ask the run to stop at the next step boundary (after a checkpoint).
-
-    A second signal of either kind ends the process the usual way. Handlers are installed only in the main
-    thread of the main interpreter (the only place Python allows) and the previous ones come back on exit.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.requested: Optional[int] = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = signum
-        for sig, previous in self._previous.items():  # a second signal is not caught
-            signal.signal(sig, previous)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-    def agreed(self, device: torch.device) -> Optional[int]:
-        """The signal any process received (all processes must stop at the same step), or None."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
-        flag = torch.tensor([float(self.requested or 0)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
-
-
 def _check_run_directory(out: Path) -> None:
     """Refuse to start a fresh run over another run's checkpoints: say what is there and how to go on."""
     last = out / "checkpoint-last.pth"
@@ -274,7 +188,7 @@ class Run:
         check_finite_weights(ck["model"], f"at epoch {epoch + (1 if step else 0)}, step {step}")
         return ck
 
-    def check_step(self, epoch: int, stop: "_StopSignals", t: EpochTotals) -> None:
+    def check_step(self, epoch: int, stop: "StopSignals", t: EpochTotals) -> None:
         """After every step: a periodic mid-epoch checkpoint, or on a signal a checkpoint and ``TrainingStopped``."""
         signum = stop.agreed(self.device)
         every = self.cfg.checkpoint_every
@@ -301,7 +215,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     _load_data(run)
     _build_training(run)
     _open_logs(run)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
             _train_epoch(run, epoch, stop)
     return _finish(run)
@@ -404,13 +318,13 @@ def _restore(run: Run) -> None:
 def _open_logs(run: Run) -> None:
     cfg, info = run.cfg, run.info
     if run.main_process:
-        (run.out / "config.yaml").write_text(_yaml(cfg.to_dict()))
-        run.writer = _tensorboard(run.out)
+        (run.out / "config.yaml").write_text(yaml_text(cfg.to_dict()))
+        run.writer = tensorboard(run.out)
     run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)} train / {len(run.val_set)} val images) for {cfg.epochs} epochs"
             f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
 
 
-def _train_epoch(run: Run, epoch: int, stop: "_StopSignals") -> None:
+def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     """Train one epoch (or its rest, when resumed mid-way), validate, record, checkpoint; stop if signalled."""
     cfg = run.cfg
     train_loader, val_loader, sampler = run.loaders
@@ -456,7 +370,7 @@ def _record_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
                                     val_acc=f"{row['val_acc']:.4f}")
             write_release(run.model.state_dict(), run.out / "weights-best.safetensors", meta)
         save_checkpoint(ck, run.out / "checkpoint-last.pth")
-        _write_log(run.out, run.history)
+        write_log(run.out, run.history)
     if run.writer is not None:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             run.writer.add_scalar(key, row[key], epoch + 1)
@@ -471,18 +385,12 @@ def _finish(run: Run) -> dict[str, Any]:
         if run.writer is not None:
             run.writer.close()
         if history:
-            _write_log(run.out, history)
-            _plot_curves(run.out, history, f"{cfg.model} on {run.info.name}")
+            write_log(run.out, history)
+            plot_curves(run.out, history, f"{cfg.model} on {run.info.name}")
         (run.out / "metrics.json").write_text(json.dumps(final, indent=2))
     if run.world > 1:
         dist.barrier()
     return final
-
-
-def _yaml(values: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(values, sort_keys=False)
 
 
 def evaluate_checkpoint(
