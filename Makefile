@@ -30,8 +30,10 @@ demo: setup data
 	$(VENV)/bin/scnet info --models 'scnet_demo*' --input-size 32
 	$(VENV)/bin/scnet compare --models scnet_demo --seeds 0 --channels-last --jobs 2 --erf-samples 200 --out runs/demo
 
+# The suite, then the wheel as a user gets it: built, checked, installed into a fresh venv and used outside the tree.
 test: setup data
 	$(PY) -m pytest -q
+	bash scripts/smoke_wheel.sh $(PY)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -51,3 +51,17 @@ def test_every_train_config_field_has_a_flag_with_help() -> None:
     assert train_only == {"help", "config", "debug"}  # nothing hand-written beside the generated flags
     args = build_parser().parse_args(["train", "--momentum", "0.5", "--amp", "--schedule", "cosine"])
     assert (args.momentum, args.amp, args.schedule, args.lr) == (0.5, True, "cosine", None)
+
+
+def test_version_is_written_once_and_printed(capsys: pytest.CaptureFixture) -> None:
+    import tomllib
+    from pathlib import Path
+
+    import scnet
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]  # read from scnet.__version__
+    assert project["name"] == "scnet-pytorch"  # "scnet" on PyPI is another project
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"scnet {scnet.__version__} (distribution scnet-pytorch)"

@@ -9,7 +9,7 @@ from .deploy import cuda_graph, deploy
 from .load import LoadedModel, load_model
 from .profile import count_macs, count_params
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",

@@ -349,7 +349,10 @@ def _add_eval_command(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
+    parser.add_argument("--version", action="version", version=f"scnet {__version__} (distribution scnet-pytorch)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info_command, _add_export_command, _add_bench_command, _add_train_command, _add_compare_command, _add_predict_command, _add_cam_command, _add_erf_command, _add_eval_command):
         add(sub)
