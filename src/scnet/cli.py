@@ -44,11 +44,18 @@ def _export(args: argparse.Namespace) -> int:
     model = loaded.model
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "hf":
+        from .export import export_hf
+
+        export_hf(loaded, out)
+        print(f"wrote {out}/config.json and model.safetensors: timm's Hub layout for {loaded.arch}; load it with "
+              f"timm.create_model('local-dir:{out}', pretrained=True) or scnet.create_model('local-dir:{out}')")
+        return 0
     if args.format == "safetensors":
         from .export import export_safetensors
 
-        export_safetensors(model, args.model, out, loaded.info)
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {args.model} with metadata")
+        export_safetensors(model, loaded.arch, out, loaded.info)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {loaded.arch} with metadata")
         return 0
     if args.format == "torchscript":
         export_torchscript(model, out)
@@ -233,10 +240,11 @@ def _add_export_command(sub: Any) -> None:
     from .models.resnet import STEM_TYPES
 
     exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime), TorchScript or safetensors weights")
-    exp.add_argument("--model", required=True, help="registered model name, e.g. scnet50")
-    exp.add_argument("--checkpoint", help="weights to export (.pth or .safetensors)")
-    exp.add_argument("--format", choices=("onnx", "torchscript", "safetensors"), default="onnx")
-    exp.add_argument("--out", required=True, help="output file")
+    exp.add_argument("--model", help="model name, e.g. scnet50 (may be left out with a training checkpoint or release)")
+    exp.add_argument("--checkpoint", help="weights to export: a training checkpoint or release, or bare weights for --model")
+    exp.add_argument("--format", choices=("onnx", "torchscript", "safetensors", "hf"), default="onnx",
+                     help="hf: a folder in timm's Hugging Face Hub layout (config.json + model.safetensors)")
+    exp.add_argument("--out", required=True, help="output file (a folder for --format hf)")
     exp.add_argument("--num-classes", type=int, help="classifier size (default: the model's 1000)")
     exp.add_argument("--in-chans", type=int, help="input channels (default 3)")
     exp.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem")

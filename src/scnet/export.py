@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .data import DataInfo
+
+if TYPE_CHECKING:
+    from .load import LoadedModel
 from .layers import CalibrationPool
 
-__all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "check_onnx"]
+__all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "export_hf", "check_onnx"]
 
 
 def _smallest_calibrated_side(meta_model: nn.Module, in_chans: int, size: int) -> int:
@@ -108,3 +111,34 @@ def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info
     meta = release_metadata(arch, info.num_classes, info.in_chans, (info.in_chans, info.image_size, info.image_size), info.mean, info.std)
     write_release(model.state_dict(), Path(path), meta)
     return meta
+
+
+def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
+    """A model (from ``scnet.load_model``) as a folder in timm's Hugging Face Hub layout: ``config.json`` and
+    ``model.safetensors``, written by timm's own ``save_for_hf``.
+
+    ``config.json`` holds the architecture, ``num_classes``, the builder's arguments (``in_chans``, a stem or norm
+    override) and a ``pretrained_cfg`` with the input size, mean/std, crop and the class names, so that
+    ``timm.create_model("local-dir:OUT", pretrained=True)`` and ``scnet.create_model("local-dir:OUT")`` rebuild the
+    same model, and after an upload to the Hub, ``hf-hub:ORG/NAME`` does too. Returns the folder.
+    """
+    import timm
+    from timm.models._hub import save_for_hf
+
+    if not loaded.arch or not timm.is_model(loaded.arch) or not hasattr(loaded.model, "pretrained_cfg"):
+        raise ValueError(f"{loaded.label} is not a model built by timm's factory (ours are), so timm could not rebuild "
+                         "it from config.json")
+    info, out = loaded.info, Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the Hub layout is a folder")
+    # Our evaluation resizes the shorter side to the model's size and crops it whole, except on ImageNet-style
+    # folders (resize to size / 0.875, centre crop): the crop timm's preprocessing must reproduce.
+    crop_pct = 0.875 if info.name in ("imagenet", "imagefolder") else 1.0
+    data_config = dict(input_size=(info.in_chans, info.image_size, info.image_size), mean=tuple(info.mean), std=tuple(info.std),
+                       crop_pct=crop_pct, interpolation="bilinear")
+    labels = list(info.classes)  # at the top (timm's place) and inside pretrained_cfg (where readers look first)
+    inner = dict(label_names=labels, num_classes=info.num_classes)  # timm drops label names of another class count
+    save_for_hf(loaded.model, str(out), model_config=dict(label_names=labels, pretrained_cfg=inner),
+                model_args=dict(loaded.model_args),
+                safe_serialization=True, data_config=data_config)
+    return out

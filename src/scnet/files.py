@@ -2,6 +2,8 @@
 
 - torch checkpoints (``.pth``): read by ``read_checkpoint`` without ever unpickling code, their zip checksums
   verified first; written atomically by ``write_atomically``.
+- timm's Hub layout (a folder, or a Hugging Face Hub repository, with ``config.json`` and ``model.safetensors``):
+  read by ``read_hub_config`` from ``local-dir:PATH`` or ``hf-hub:ORG/NAME``; written by ``export.export_hf``.
 - released weights (``.safetensors``): tensors with string metadata and a digest of the tensors, written by
   ``write_release`` with the metadata of ``release_metadata`` (the one format: training's best weights and
   ``scnet export`` write the same keys), read back by ``read_checkpoint`` as a dict like a checkpoint's.
@@ -20,8 +22,10 @@ from typing import Any, Callable, Sequence, Union
 
 import torch
 
-__all__ = ["read_checkpoint", "write_atomically", "write_release", "release_metadata", "tensors_sha256", "check_arch",
-           "is_training_checkpoint"]
+__all__ = ["HUB_PREFIXES", "read_checkpoint", "read_hub_config", "write_atomically", "write_release", "release_metadata",
+           "tensors_sha256", "check_arch", "is_training_checkpoint"]
+
+HUB_PREFIXES = ("local-dir:", "hf-hub:")  # timm's model references for its Hub layout
 
 
 def read_checkpoint(path: Union[str, Path]) -> dict:
@@ -203,3 +207,37 @@ def write_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dic
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {**metadata, "tensors_sha256": tensors_sha256(tensors)}  # checked on every read
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_hub_config(ref: str) -> tuple[dict[str, Any], Path]:
+    """``local-dir:PATH`` or ``hf-hub:ORG/NAME``: (the parsed ``config.json``, the path of its ``model.safetensors``,
+    which ``read_checkpoint`` reads once the configuration is known to be usable).
+
+    The layout is timm's (``timm.create_model(ref, pretrained=True)`` reads the same folder): ``architecture``,
+    ``num_classes``, ``model_args`` (the builder's arguments) and ``pretrained_cfg`` (input size, mean/std, label
+    names). ``hf-hub:`` downloads both files into the Hugging Face cache (it needs the network the first time).
+    """
+    source, _, where = ref.partition(":")
+    if source == "hf-hub":
+        from huggingface_hub import hf_hub_download
+
+        repo, _, revision = where.partition("@")
+        config_path = Path(hf_hub_download(repo, "config.json", revision=revision or None))
+        weights_path = Path(hf_hub_download(repo, "model.safetensors", revision=revision or None))
+    elif source == "local-dir":
+        folder = Path(where)
+        config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+        if not config_path.is_file():
+            raise ValueError(f"{ref}: {folder} has no config.json, so it is not a model folder in timm's Hub layout "
+                             "(config.json + model.safetensors, as scnet export --format hf writes)")
+        if not weights_path.is_file():
+            raise ValueError(f"{ref}: {folder} has config.json but no model.safetensors")
+    else:
+        raise ValueError(f"{ref!r} is not a Hub reference: write local-dir:PATH or hf-hub:ORG/NAME")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ref}: config.json is not valid JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise ValueError(f"{ref}: config.json names no architecture")
+    return config, weights_path

@@ -9,14 +9,14 @@ by ``scnet.files`` and weights enter a model only through ``models.weights.load_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch.nn as nn
 
 from .data import DataInfo
-from .files import is_training_checkpoint, read_checkpoint
+from .files import HUB_PREFIXES, is_training_checkpoint, read_checkpoint
 from .models import registry
 from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict, load_pretrained, load_weights, state_dict_of
 
@@ -36,6 +36,8 @@ class LoadedModel:
     label: str  # e.g. "scnet_demo (trained)", "resnet50 (weights)", "scnet50 (init)"
     source: str  # the file it was read from, "pretrained", or "init"
     checkpoint: Optional[dict[str, Any]] = None  # a training checkpoint as read, for callers that want its history
+    arch: Optional[str] = None  # the registered (or torchvision/timm) name it was built from
+    model_args: dict[str, Any] = field(default_factory=dict)  # the builder's arguments besides num_classes: rebuilds it
 
 
 def model_from_config(config: dict[str, Any], info: DataInfo) -> nn.Module:
@@ -52,7 +54,9 @@ def data_info_of(model: nn.Module) -> DataInfo:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     classes = getattr(model, "num_classes", None) or [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features  # torchvision's have no attribute
-    names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
+    names = tuple(cfg.get("label_names") or ())  # a model from timm's Hub layout names its classes
+    if len(names) != classes:
+        names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
     in_chans = int(getattr(model, "in_chans", 3))
     return DataInfo("imagenet", classes, in_chans, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
 
@@ -73,14 +77,16 @@ def _trained(path: str, state: dict[str, Any], name: Optional[str], use_ema: boo
     info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
     model = model_from_config(state["config"], info)
     load_weights(model, filter_state_dict(state[key]), path, classifier=None, name=f"{arch} on {info.name}")
-    return LoadedModel(model.eval(), info, f"{arch} (trained)", path, state)
+    args = {k: state["config"][k] for k in ("stem_type", "norm_layer") if state["config"].get(k)}
+    return LoadedModel(model.eval(), info, f"{arch} (trained)", path, state, arch, dict(args, in_chans=info.in_chans))
 
 
 def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretrained: bool = False, use_ema: bool = False,
                data_info: Optional[DataInfo] = None, **kwargs: Any) -> LoadedModel:
     """Any model reference as a model in eval mode with its description (see the module's docstring).
 
-    ``name`` alone builds that model (ours, torchvision's or timm's): with ``pretrained``, our published weights
+    ``name`` alone builds that model (ours, torchvision's or timm's; ``local-dir:PATH`` or ``hf-hub:ORG/NAME``, a
+    model in timm's Hub layout with its weights and description): with ``pretrained``, our published weights
     (hash-checked download); with ``data_info``, shaped for that dataset (channels, classes) and described by it.
     ``file`` is a training checkpoint or release (``name``, if given, must match it), an official ``.pth``
     (``name`` may be left out), or bare weights for ``name``. ``use_ema`` takes a checkpoint's EMA weights.
@@ -103,6 +109,13 @@ def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretra
     if file is not None:
         ours = name if name in registry.list_models() else None  # our files name their architecture: checked
         load_weights(model, filter_state_dict(state_dict_of(state, file, ours)), str(file))
-    label = f"{name} ({'weights' if file else 'pretrained' if pretrained else 'init'})"
+    hub = name.startswith(HUB_PREFIXES)
+    label = f"{name} ({'weights' if file or hub else 'pretrained' if pretrained else 'init'})"
     info = data_info if data_info is not None else data_info_of(model)
-    return LoadedModel(model.eval(), info, label, str(file) if file else "pretrained" if pretrained else "init")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture", name) if hub else name
+    args = {k: v for k, v in kwargs.items() if v is not None and k != "num_classes"}
+    if hub or "in_chans" not in args:
+        args["in_chans"] = info.in_chans
+    source = str(file) if file else name if hub else "pretrained" if pretrained else "init"
+    return LoadedModel(model.eval(), info, label, source, None, arch, args)

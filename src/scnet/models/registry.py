@@ -39,16 +39,48 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     """Build a registered model.
 
     Keyword arguments whose value is None are dropped, so tools can pass "use the default" without knowing
-    each model's defaults. ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
+    each model's defaults. ``name`` may also be ``local-dir:PATH`` or ``hf-hub:ORG/NAME``: a model in timm's Hub
+    layout (``scnet export --format hf``), built and loaded from its ``config.json`` and ``model.safetensors``. ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
     then loads a local ``.pth``/``.safetensors`` file over them (or over the random init).
     """
+    from ..files import HUB_PREFIXES
     from .weights import load_checkpoint, load_pretrained
 
+    if name.startswith(HUB_PREFIXES):
+        return _from_hub(name, {k: v for k, v in kwargs.items() if v is not None})
     model = get_model_builder(name)(pretrained=False, **{k: v for k, v in kwargs.items() if v is not None})
     if pretrained:
         load_pretrained(model, name)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path, arch=name)
+    return model
+
+
+def _from_hub(ref: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A model saved in timm's Hub layout (``local-dir:PATH``, ``hf-hub:ORG/NAME``): its architecture built with its
+    saved arguments (the caller's win, e.g. another ``num_classes``: the classifier then stays at its init), its
+    weights loaded, its ``pretrained_cfg`` (input size, mean/std, label names) attached."""
+    from ..files import read_checkpoint, read_hub_config
+    from .weights import filter_state_dict, load_weights
+
+    config, weights = read_hub_config(ref)
+    arch = config["architecture"]
+    if arch not in _BUILDERS:
+        close = difflib.get_close_matches(arch, _BUILDERS, n=3)
+        raise ValueError(f"{ref}: config.json names architecture {arch!r}, which is not an scnet model"
+                         + (f" (did you mean {', '.join(close)}?)" if close else "") + "; load it with timm.create_model instead")
+    saved = dict(config.get("model_args") or {})
+    if config.get("num_classes") is not None:
+        saved["num_classes"] = config["num_classes"]
+    model = get_model_builder(arch)(pretrained=False, **{**saved, **kwargs})
+    load_weights(model, filter_state_dict(read_checkpoint(weights)["model"]), ref)
+    cfg = dict(config.get("pretrained_cfg") or {})
+    if "label_names" in config:  # timm's top-level place for them
+        cfg.setdefault("label_names", config["label_names"])
+    for key in ("input_size", "min_input_size", "mean", "std"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **cfg, "source": ref.partition(":")[0], "file": ref}
     return model
 
 
@@ -58,7 +90,9 @@ def create_any_model(name: str, **kwargs: Any) -> nn.Module:
     For the tools that set an SC model beside a baseline the user names (bench, cam, erf): ours come first
     (they are registered in timm too), then torchvision's, then timm's. Weights come through ``scnet.load``.
     """
-    if name in _BUILDERS:
+    from ..files import HUB_PREFIXES
+
+    if name in _BUILDERS or name.startswith(HUB_PREFIXES):
         return create_model(name, **kwargs)
     import timm
     import torchvision
