@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .models.weights import WeightsUnavailableError
     from .train.runner import TrainingStopped  # after parsing: --help needs no torch
 
     if args.command == "info" and args.input_size < 32:
@@ -386,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:  # user mistakes (and a missing extra): one line
+    # User mistakes, a missing extra, weights that cannot be had (offline): one line.
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError, WeightsUnavailableError) as e:
         print(f"scnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

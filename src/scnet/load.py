@@ -42,8 +42,9 @@ class LoadedModel:
 
 def model_from_config(config: dict[str, Any], info: DataInfo) -> nn.Module:
     """The model a training configuration describes, shaped for its dataset (classes, channels), random weights."""
+    tuning = {k: config[k] for k, default in (("frozen_stages", -1), ("norm_eval", False)) if config.get(k, default) != default}
     return registry.create_model(config["model"], num_classes=info.num_classes, in_chans=info.in_chans,
-                                 stem_type=config.get("stem_type"), norm_layer=config.get("norm_layer"))
+                                 stem_type=config.get("stem_type"), norm_layer=config.get("norm_layer"), **tuning)
 
 
 def data_info_of(model: nn.Module) -> DataInfo:

@@ -119,6 +119,11 @@ class ResNet(nn.Module):
         act_layer: activation class, called with ``inplace=True``.
         attn_layer: channel attention after each block's last norm (a timm name such as "se"), or None.
         zero_init_last: zero the last norm of every block (not done by the official code).
+        frozen_stages: -1 trains everything; 0 freezes the stem; N also layer1..layerN (at most 4). Frozen parts
+            get no gradients and stay in eval mode through ``train()``: the convention of detection and pose
+            fine-tuning (mmdet/mmpose's ``frozen_stages``).
+        norm_eval: keep every norm in eval mode while training (running statistics frozen, as with small
+            detection batches), the affine parameters still trained unless frozen.
         block_args: extra keyword arguments for every block (e.g. ``pooling_r``, ``upsample_mode``).
         device, dtype: where and in which precision to create the parameters (``device="meta"`` allocates
             nothing), as timm's factory keyword arguments.
@@ -144,12 +149,17 @@ class ResNet(nn.Module):
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         attn_layer: Optional[str] = None,
         zero_init_last: bool = False,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
         block_args: Optional[dict[str, Any]] = None,
         device: Union[str, torch.device, None] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate)
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be an integer from -1 (nothing frozen) to 4 (stem and all 4 stages), got {frozen_stages!r}")
+        self.frozen_stages, self.norm_eval = frozen_stages, bool(norm_eval)
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
         with torch.device(device) if device is not None else contextlib.nullcontext():
             norm_layer = get_norm_layer(norm_layer)
@@ -183,6 +193,7 @@ class ResNet(nn.Module):
         if dtype is not None:
             self.to(dtype=dtype)
         self.grad_checkpointing = False
+        self._freeze()
 
     def _make_stage(self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, first_avd: bool,
                     avg_down: bool, common: dict[str, Any]) -> nn.Sequential:
@@ -233,6 +244,30 @@ class ResNet(nn.Module):
         else:
             self.conv1 = FusedConv.fold(self.conv1, self.bn1, relu=True, onednn=onednn)
         self.bn1, self.relu = nn.Identity(), nn.Identity()
+        return self
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        stem = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
+        return stem + self._stages()[:max(self.frozen_stages, 0)]
+
+    def _freeze(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    @torch.jit.ignore
+    def train(self, mode: bool = True) -> "ResNet":
+        """As ``nn.Module.train``, but frozen stages (``frozen_stages``) and, with ``norm_eval``, every norm stay in
+        eval mode, so their running statistics never move."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for m in self.modules():
+                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                        m.eval()
         return self
 
     @torch.jit.ignore

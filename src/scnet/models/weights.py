@@ -20,7 +20,7 @@ from ..files import check_arch, read_checkpoint, tensors_sha256
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights",
-    "load_pretrained", "read_checkpoint", "load_state_dict_file", "state_dict_of", "filter_state_dict", "load_checkpoint", "load_weights",
+    "load_pretrained", "pretrained_file", "adapt_input_channels", "read_checkpoint", "load_state_dict_file", "state_dict_of", "filter_state_dict", "load_checkpoint", "load_weights",
     "verify_sha256", "tensors_sha256", "check_arch", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -115,8 +115,8 @@ def download_weights(spec: PretrainedWeights, cache_dir: Union[str, Path, None] 
     return dest
 
 
-def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> nn.Module:
-    """Load the published weights of ``name`` into ``model``."""
+def pretrained_file(name: str, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> Path:
+    """The local path of ``name``'s published weights, downloaded (hash-checked) on first use."""
     spec = PRETRAINED.get(name)
     if spec is None:
         known = ", ".join(sorted(PRETRAINED))
@@ -124,7 +124,24 @@ def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, Non
             f"{name} has no published pretrained weights (models with weights: {known}); "
             f"train it, or load your own file with checkpoint_path=..."
         )
-    return load_checkpoint(model, download_weights(spec, cache_dir, progress))
+    return download_weights(spec, cache_dir, progress)
+
+
+def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> nn.Module:
+    """Load the published weights of ``name`` into ``model``."""
+    return load_checkpoint(model, pretrained_file(name, cache_dir, progress))
+
+
+def adapt_input_channels(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with its first convolution adapted to ``model``'s input channels when they differ (ImageNet weights
+    for grayscale images): timm's ``adapt_input_conv`` (summed for 1 channel, repeated and scaled for more)."""
+    from timm.models import adapt_input_conv
+
+    key = f"{(getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'conv1')}.weight"
+    own = model.state_dict().get(key)
+    if own is None or key not in state or state[key].shape[1] == own.shape[1]:
+        return state
+    return {**state, key: adapt_input_conv(own.shape[1], state[key])}
 
 
 def load_state_dict_file(path: Union[str, Path], arch: Optional[str] = None) -> dict[str, torch.Tensor]:

@@ -46,6 +46,13 @@ class TrainConfig:
     stem_type: Optional[str] = option(None, "override the model's stem ('small' or 'small_pool' for 28-32 px images)", _stem_types)
     norm_layer: Optional[str] = option(None, "override the model's norm layer", ("batchnorm", "groupnorm"))
     sync_bn: bool = option(False, "synchronise batch norm across processes (GPU)")
+    pretrained: bool = option(False, "start from the model's published ImageNet weights (a classifier of another size "
+                                     "starts fresh; another input channel count is adapted, as timm does)")
+    checkpoint: Optional[str] = option(None, "start from these weights: a training checkpoint, release, official .pth or "
+                                              "bare weights of the same model (a new head as with --pretrained)")
+    frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (1-4): no gradients, eval mode; "
+                                    "-1 trains everything (default)")
+    norm_eval: bool = option(False, "keep every norm in eval mode while training (running statistics frozen)")
     data: str = option("fashion_mnist", "fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {default})")
     data_dir: Optional[str] = option(None, "dataset folder (Fashion-MNIST defaults to the Debian package's)")
     download: bool = option(False, "download Fashion-MNIST if it is not found")
@@ -88,6 +95,9 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), low=1, integer=True)
         _number("workers", self.workers, low=0, integer=True)
+        _number("frozen_stages", self.frozen_stages, low=-1, high=4, integer=True)
+        if self.pretrained and self.checkpoint:
+            raise ConfigError("give --pretrained or --checkpoint, not both: they are two starting points")
         _number("seed", self.seed, low=0, integer=True)
         if self.lr is None:  # Goyal et al.'s rule: a smaller batch takes proportionally smaller steps
             self.lr = LR_PER_256 * self.batch_size / 256

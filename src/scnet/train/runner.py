@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..data import DataInfo, TensorImages, build_datasets
 from ..files import read_checkpoint, release_metadata, write_release
 from ..load import BareWeightsError, load_model, model_from_config
-from ..models.weights import load_weights
+from ..models.weights import adapt_input_channels, filter_state_dict, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
 from .records import plot_curves, tensorboard, write_log, yaml_text
 from .signals import StopSignals, TrainingStopped
@@ -295,6 +295,8 @@ def _build_training(run: Run) -> None:
                           cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler)
     if run.resumed is not None:
         _restore(run)
+    elif cfg.pretrained or cfg.checkpoint:
+        _start_from_weights(run)
     # Processes average gradients, so a global batch split over ranks updates like one process (same global batch).
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.world > 1 else model
     if cfg.compile:
@@ -313,6 +315,16 @@ def _restore(run: Run) -> None:
         load_weights(p.ema.module, state["model_ema"], f"{run.path} (EMA)", classifier=None, name=run.cfg.model)
     if p.scaler is not None and "scaler" in state:
         p.scaler.load_state_dict(state["scaler"])
+
+
+def _start_from_weights(run: Run) -> None:
+    """A new run from published or given weights: a classifier of another size starts at its initialisation, another
+    input channel count is adapted; a file that declares another architecture is refused."""
+    cfg = run.cfg
+    path = pretrained_file(cfg.model) if cfg.pretrained else Path(cfg.checkpoint)
+    state = filter_state_dict(state_dict_of(read_checkpoint(path), path, cfg.model))
+    load_weights(run.model, adapt_input_channels(state, run.model), str(path), name=cfg.model)
+    run.log(f"starting from the weights of {path}")
 
 
 def _open_logs(run: Run) -> None:
