@@ -3,7 +3,7 @@ from .layers import SCConv, SafeBatchNorm2d, SelfCalibration, set_finite_check
 from .models import (
     PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
 )
-from . import detection
+from . import detection, segmentation
 from .convert import ConversionReport, convert
 from .deploy import cuda_graph, deploy
 from .load import LoadedModel, load_model
@@ -13,6 +13,6 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 
 __all__ = [
     "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
-    "convert", "count_macs", "cuda_graph", "deploy", "detection", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin",
+    "convert", "count_macs", "cuda_graph", "deploy", "detection", "segmentation", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin",
     "set_finite_check",
 ]
