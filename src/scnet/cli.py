@@ -220,12 +220,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         meta = f.metadata
         flag = "--" + f.name.replace("_", "-")
         help_text = meta["help"].format(default=f.default)
-        if hints[f.name] is bool:
-            p.add_argument(flag, action="store_true", default=None, help=help_text)
+        if hints[f.name] is bool:  # --amp / --no-amp: either can override a YAML file
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = meta.get("choices")
-        kind = next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name])))
-        p.add_argument(flag, type=kind, choices=choices() if callable(choices) else choices, help=help_text)
+        types = [hints[f.name], *typing.get_args(hints[f.name])]
+        listed = next((typing.get_args(t)[0] for t in types if typing.get_origin(t) is list), None)  # list[int]: N values
+        kind = listed or next(t for t in (int, float, str) if t in types)
+        p.add_argument(flag, type=kind, nargs="+" if listed else None, choices=choices() if callable(choices) else choices, help=help_text)
 
 
 def _add_info_command(sub: Any) -> None:

@@ -63,11 +63,17 @@ class TrainConfig:
     batch_size: int = option(256, "global batch size (default {default})")
     opt: str = option("sgd", "optimiser (default {default})", ("sgd", "adamw"))
     lr: Optional[float] = option(None, f"peak learning rate (default {LR_PER_256} x batch size / 256, the linear scaling rule)")
-    momentum: float = option(0.9, "SGD momentum, Nesterov (default {default})")
-    weight_decay: float = option(5e-4, "default {default}; none on norms and biases")
+    momentum: float = option(0.9, "SGD momentum (default {default})")
+    nesterov: bool = option(True, "Nesterov momentum (default); --no-nesterov for plain momentum, as the PyTorch ImageNet example")
+    weight_decay: float = option(5e-4, "default {default}; none on norms and biases unless --decay-all")
+    decay_all: bool = option(False, "weight decay on every parameter, norms and biases too (the PyTorch ImageNet example)")
     warmup_epochs: float = option(0.75, "linear warm-up before the decay (default {default})")
-    schedule: str = option("linear", "learning-rate decay after the warm-up, to 0 at the end: linear (best for short runs) "
-                                     "or cosine (default {default})", ("linear", "cosine"))
+    schedule: str = option("linear", "learning-rate decay after the warm-up: linear or cosine to 0 at the end (linear is "
+                                     "best for short runs), or step (x lr-gamma at each of --lr-milestones) (default {default})",
+                           ("linear", "cosine", "step"))
+    lr_milestones: Optional[list[int]] = option(None, "epochs at which --schedule step multiplies the learning rate by "
+                                                       "--lr-gamma (default 30 60 90, the paper's)")
+    lr_gamma: float = option(0.1, "the step schedule's factor (default {default})")
     label_smoothing: float = option(0.1, "default {default}")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
     ema_decay: Optional[float] = option(None, "keep an EMA of the weights with this decay, e.g. 0.999")
@@ -105,12 +111,20 @@ class TrainConfig:
         _number("momentum", self.momentum, low=0, high=1, high_open=True)
         _number("weight_decay", self.weight_decay, low=0)
         _number("warmup_epochs", self.warmup_epochs, low=0)
+        _number("lr_gamma", self.lr_gamma, low=0, high=1, low_open=True)
+        if self.schedule == "step" and self.lr_milestones is None:
+            self.lr_milestones = [30, 60, 90]  # the paper's recipe
+        if self.lr_milestones is not None:
+            if not isinstance(self.lr_milestones, list) or not self.lr_milestones:
+                raise ConfigError(f"--lr-milestones must be a list of epochs, got {self.lr_milestones!r}")
+            for m in self.lr_milestones:
+                _number("lr_milestones", m, low=1, integer=True)
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
             _number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
-        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES), ("schedule", ("linear", "cosine"))):
+        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES), ("schedule", ("linear", "cosine", "step"))):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("model", "data"):
@@ -156,8 +170,13 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
+    base = values.pop("base", None)  # a file's options over those of the file it names (relative to it)
     _check_keys(values, path)
-    return values
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"base in {path} must name a YAML file, got {base!r}")
+    return {**load_yaml(str(Path(path).parent / base)), **values}
 
 
 def merge_config(yaml_values: Optional[dict[str, Any]] = None, flags: Optional[dict[str, Any]] = None) -> TrainConfig:

@@ -7,12 +7,13 @@ of data workers or processes.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from ..files import write_atomically
 
 __all__ = [
-    "SeededSamples", "EpochBatches", "TensorBatches", "EpochTotals", "warmup_cosine", "warmup_linear", "SCHEDULES", "StepParts", "train_one_epoch", "evaluate", "save_checkpoint",
+    "SeededSamples", "EpochBatches", "TensorBatches", "EpochTotals", "warmup_cosine", "warmup_linear", "warmup_step", "SCHEDULES", "lr_schedule", "StepParts", "train_one_epoch", "evaluate", "save_checkpoint",
     "check_finite_weights", "reduce_totals", "autocast",
 ]
 
@@ -136,7 +137,26 @@ def warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear}
+def warmup_step(step: int, warmup_steps: int, milestones: Sequence[int], gamma: float = 0.1) -> float:
+    """Learning-rate multiplier: linear warm-up (if any), then ``gamma`` times smaller at each milestone step.
+
+    The paper's recipe (the PyTorch ImageNet example): no warm-up, divided by 10 at epochs 30, 60 and 90.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return gamma ** sum(step >= m for m in milestones)
+
+
+SCHEDULES = ("linear", "cosine", "step")
+
+
+def lr_schedule(name: str, warmup_steps: int, total_steps: int, milestones: Sequence[int] = (), gamma: float = 0.1) -> Callable[[int], float]:
+    """The multiplier of step ``step`` for ``LambdaLR``: "linear" or "cosine" decay to 0 at ``total_steps``, or
+    "step" decay at the ``milestones`` (in steps)."""
+    if name == "step":
+        return functools.partial(warmup_step, warmup_steps=warmup_steps, milestones=tuple(milestones), gamma=gamma)
+    shape = {"cosine": warmup_cosine, "linear": warmup_linear}[name]
+    return functools.partial(shape, warmup_steps=warmup_steps, total_steps=total_steps)
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -30,8 +30,8 @@ from ..models.weights import adapt_input_channels, filter_state_dict, load_weigh
 from .config import ConfigError, TrainConfig
 from .records import plot_curves, tensorboard, write_log, yaml_text
 from .signals import StopSignals, TrainingStopped
-from .engine import (SCHEDULES, EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
-                     reduce_totals, save_checkpoint, train_one_epoch)
+from .engine import (EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
+                     reduce_totals, save_checkpoint, train_one_epoch, lr_schedule)
 
 __all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
@@ -108,13 +108,14 @@ def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int) -> tup
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases (1-D parameters), as timm and torchvision's recipes.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # No weight decay on norms and biases (1-D parameters), as timm and torchvision's recipes, unless ``decay_all``
+    # (the PyTorch ImageNet example the paper used decays every parameter).
+    decay = [p for p in model.parameters() if p.ndim > 1 or cfg.decay_all]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 and not cfg.decay_all]
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     if cfg.opt == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 def _check_run_directory(out: Path) -> None:
@@ -283,8 +284,9 @@ def _build_training(run: Run) -> None:
         run.log(f"note: {steps} optimiser steps in all, too few to learn much; a smaller --batch-size "
                 f"(the learning rate follows it) or more --epochs gives more")
     optimizer = _optimizer(cfg, model)
-    warmup, shape = int(cfg.warmup_epochs * run.steps_per_epoch), SCHEDULES[cfg.schedule]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: shape(step, warmup, steps))
+    per_epoch = run.steps_per_epoch
+    shape = lr_schedule(cfg.schedule, int(cfg.warmup_epochs * per_epoch), steps, [m * per_epoch for m in cfg.lr_milestones or ()], cfg.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ema = None
     if cfg.ema_decay:
