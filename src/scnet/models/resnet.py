@@ -82,8 +82,10 @@ def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool,
 
 
 def _check_trunk_args(stem_type: str, layers: Sequence[int], widths: Sequence[int], in_chans: int, num_classes: int,
-                      drop_rate: float) -> None:
+                      drop_rate: float, frozen_stages: int) -> None:
     """A ``ValueError`` naming the first bad constructor argument."""
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be an integer from -1 (nothing frozen) to 4 (stem and all 4 stages), got {frozen_stages!r}")
     if stem_type not in STEM_TYPES:
         raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {stem_type!r}")
     if len(layers) != 4 or any(n < 1 for n in layers):
@@ -156,9 +158,7 @@ class ResNet(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
-            raise ValueError(f"frozen_stages must be an integer from -1 (nothing frozen) to 4 (stem and all 4 stages), got {frozen_stages!r}")
+        _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate, frozen_stages)
         self.frozen_stages, self.norm_eval = frozen_stages, bool(norm_eval)
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -170,14 +170,7 @@ class ResNet(nn.Module):
             self.drop_rate = drop_rate
             self.input_owner = type(self).__name__  # for error messages; a plain str so TorchScript compiles it
 
-            self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, widths[0], norm_layer, act_layer)
-            self.bn1 = norm_layer(self.inplanes)
-            self.relu = act_layer(inplace=True)
-            self.maxpool = _make_stem_pool(stem_type)
-            stem_reduction, pool_stride = STEM_STRIDES[stem_type]
-            self.feature_info = [dict(num_chs=self.inplanes, reduction=stem_reduction, module="relu")]
-
-            reduction = stem_reduction * pool_stride
+            reduction = self._make_stem_layers(stem_type, in_chans, stem_width, widths[0], norm_layer, act_layer)
             common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer,
                           attn_layer=attn_layer, **(block_args or {}))
             for idx, (planes, blocks, (stride, dilation)) in enumerate(zip(widths, layers, _stage_strides(output_stride))):
@@ -194,6 +187,17 @@ class ResNet(nn.Module):
             self.to(dtype=dtype)
         self.grad_checkpointing = False
         self._freeze()
+
+    def _make_stem_layers(self, stem_type: str, in_chans: int, stem_width: int, out_width: int, norm_layer: NormLayer,
+                          act_layer: Callable[..., nn.Module]) -> int:
+        """conv1, bn1, relu and maxpool (official names); returns the stem's total reduction."""
+        self.conv1, self.inplanes = _make_stem(stem_type, in_chans, stem_width, out_width, norm_layer, act_layer)
+        self.bn1 = norm_layer(self.inplanes)
+        self.relu = act_layer(inplace=True)
+        self.maxpool = _make_stem_pool(stem_type)
+        conv_stride, pool_stride = STEM_STRIDES[stem_type]
+        self.feature_info = [dict(num_chs=self.inplanes, reduction=conv_stride, module="relu")]
+        return conv_stride * pool_stride
 
     def _make_stage(self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, first_avd: bool,
                     avg_down: bool, common: dict[str, Any]) -> nn.Sequential:
