@@ -244,3 +244,14 @@ def test_compare_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert main(args) == 0
     assert json.loads((out / "report.json").read_text())["models"] == report["models"]
+
+
+def test_runs_saved_before_newer_options_are_still_this_recipe(tmp_path: Path) -> None:
+    """A run saved by an earlier version lacks the options added since; at their defaults they change nothing."""
+    from scnet.train.compare import _refuse_other, _recipe
+
+    here = _recipe(TrainConfig(data="synthetic").validate().to_dict())
+    old = {k: v for k, v in here.items() if k not in ("nesterov", "decay_all", "lr_milestones", "lr_gamma", "frozen_stages")}
+    _refuse_other(tmp_path, "a run with another recipe", old, here)  # accepted
+    with pytest.raises(ValueError, match="nesterov is False there, True here"):
+        _refuse_other(tmp_path, "a run with another recipe", {**old, "nesterov": False}, here)

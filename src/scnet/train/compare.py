@@ -13,7 +13,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -33,6 +33,9 @@ RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
 DONE = "compare-run.json"  # written into a run directory once its training has finished
 DEFAULT_MAX_SEEDS = 10
 _ABSENT = object()
+# Options added after runs were saved: an old run lacks them, and ran as their defaults do.
+RECIPE_DEFAULTS_FOR_OLD_RUNS = ("pretrained", "checkpoint", "frozen_stages", "norm_eval", "nesterov", "decay_all", "lr_milestones",
+                                "lr_gamma")
 
 
 # ---- the statistics: pure functions ---------------------------------------------------------------------------
@@ -151,9 +154,14 @@ def _shown(value: Any) -> str:
     return "absent" if value is _ABSENT else repr(value)
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version, with the options added since at their defaults (which change nothing)."""
+    return {**{f.name: f.default for f in fields(TrainConfig) if f.name in RECIPE_DEFAULTS_FOR_OLD_RUNS}, **saved}
+
+
 def _refuse_other(where: Path, what: str, there: dict[str, Any], here: dict[str, Any]) -> None:
     """A one-line refusal naming the first key whose value differs, with both values."""
-    difference = _first_difference(there, here)
+    difference = _first_difference(_with_defaults(there), here)
     if difference is not None:
         key, a, b = difference
         raise ValueError(f"{where} holds {what}: {key} is {_shown(a)} there, {_shown(b)} here; nothing was changed, "
