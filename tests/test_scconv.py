@@ -262,24 +262,3 @@ def test_lean_calibration_saves_one_full_size_tensor_less() -> None:
     full, pooled = 2 * 8 * 16 * 16 * 4, 2 * 8 * 4 * 4 * 4  # float32 bytes: the gate vs the pooled K2 map it keeps
     assert saved_bytes(plain) - saved_bytes(lambda: layer(x)) == full - pooled
     torch.testing.assert_close(layer(x), plain())
-
-
-@pytest.mark.parametrize("size, pooled, block", [((16, 12), (4, 3), 4), ((5, 8), (1, 2), 4), ((4, 4), (1, 1), 4),
-                                                ((24, 24), (2, 2), 0), ((12, 12), (4, 4), 0)])  # 12 and 3: not a power of two
-def test_lean_product_broadcast_path_equals_plain_autograd(size: tuple, pooled: tuple, block: int) -> None:
-    """Maps that tile by a power-of-two block (r = 4, or a side pooled whole) take the broadcast path: no upsampled
-    map in either pass, the adjoint a sum over blocks. Same values and gradients as the formula with autograd."""
-    from scnet.layers.gate import _CalibratedProduct, _exact_block
-
-    assert _exact_block(*size, *pooled) == block
-    g = torch.Generator().manual_seed(1)
-    f, x = (torch.randn(2, 3, *size, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    c = torch.randn(2, 3, *pooled, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, d: _CalibratedProduct.apply(a, b, d, "nearest"), (f, x, c))
-    up = torch.nn.functional.interpolate(c, size=size, mode="nearest")
-    want_out = f * torch.sigmoid(x + up)
-    want = torch.autograd.grad(want_out.sum(), (f, x, c))
-    got_out = _CalibratedProduct.apply(f, x, c, "nearest")
-    torch.testing.assert_close(got_out, want_out, rtol=0, atol=0)
-    for a, b in zip(torch.autograd.grad(got_out.sum(), (f, x, c)), want):
-        torch.testing.assert_close(a, b)

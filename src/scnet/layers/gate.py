@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .fusion import running_eagerly
-
 __all__ = ["UPSAMPLE_MODES", "upsample", "calibration_gate", "calibrated_product", "triton_gate_product"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -49,16 +47,6 @@ def calibration_gate(x: torch.Tensor, calib: torch.Tensor, mode: str = "nearest"
     return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W): in place on the fresh sum; a view when t kept x's layout
 
 
-def _exact_block(h: int, w: int, ph: int, pw: int) -> int:
-    """The block side r for which nearest ``Up`` from (ph, pw) to (h, w) is exactly a broadcast over r x r blocks
-    (or over the whole side where a side pooled to one cell), else 0. Only power-of-two r qualify: PyTorch's nearest
-    index uses the float32 scale 1/r, exact for those (r = 4, the pooling rate, is one)."""
-    r = w // pw if pw > 1 else h // ph
-    if r < 1 or r & (r - 1):
-        return 0
-    return r if _tiles_exactly(h, w, ph, pw, r) else 0
-
-
 class _CalibratedProduct(torch.autograd.Function):
     """``features * calibration_gate(x, calib)`` that keeps no full-size gate for backward.
 
@@ -69,32 +57,21 @@ class _CalibratedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
-        # Where nearest Up is a broadcast over blocks (the map divides by r), neither pass materialises it. Only in
-        # eager mode: a tracer or compiler would bake the size test into its graph (or fail to reason about it).
-        eager = mode == "nearest" and running_eagerly()
-        ctx.mode, ctx.block = mode, _exact_block(*x.shape[-2:], *calib.shape[-2:]) if eager else 0
+        ctx.mode = mode
         ctx.save_for_backward(features, x, calib)
-        return features * calibration_gate(x, calib, mode, ctx.block)
+        return features * calibration_gate(x, calib, mode)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         features, x, calib = ctx.saved_tensors
-        if ctx.block:
-            gate = calibration_gate(x, calib, "nearest", ctx.block)
-        else:
-            with torch.enable_grad():
-                calib_ = calib.detach().requires_grad_(True)
-                up = upsample(calib_, list(x.shape[-2:]), ctx.mode)  # (N, C, H, W)
-            # ``up`` is already at x's size: with 1 x 1 "blocks" Up is the identity, so the gate costs one add, no copy.
-            gate = calibration_gate(x, up.detach(), "nearest", pooling_r=1)
+        with torch.enable_grad():
+            calib_ = calib.detach().requires_grad_(True)
+            up = upsample(calib_, list(x.shape[-2:]), ctx.mode)  # (N, C, H, W)
+        # ``up`` is already at x's size: with 1 x 1 "blocks" Up is the identity, so the gate costs one add, no copy.
+        gate = calibration_gate(x, up.detach(), "nearest", pooling_r=1)
         d_features = grad * gate
         d_sum = (grad * features) * (1 - gate) * gate  # d/dt sigmoid(t) = s (1 - s), in autograd's order
-        if ctx.block:  # the broadcast's adjoint: the sum over each cell's block
-            n, c, ph, pw = calib.shape
-            h, w = x.shape[-2:]
-            d_calib = d_sum.view(n, c, ph, h // ph, pw, w // pw).sum(dim=(3, 5))  # (N, C, PH, PW)
-        else:
-            (d_calib,) = torch.autograd.grad(up, calib_, d_sum)  # the upsample's adjoint: sums over each cell
+        (d_calib,) = torch.autograd.grad(up, calib_, d_sum)  # the upsample's adjoint: sums over each cell
         return d_features, d_sum, d_calib, None
 
 
