@@ -27,6 +27,8 @@ TARGETS: list[dict[str, Any]] = [
          num=("scnet50", "compiled", 8, 224), den=("resnet50", "compiled", 8, 224), min=1.05),
     dict(goal="scnet50 training step, channels_last vs official-equivalent eager (NCHW), batch 8",
          num=("scnet50", "train_cl", 8, 224), den=("scnet50", "train", 8, 224), min=1.1),
+    dict(goal="scnet50 training step vs resnet50's, both channels_last, batch 8", num=("scnet50", "train_cl", 8, 224),
+         den=("resnet50", "train_cl", 8, 224), min=1.0),
     dict(goal="scnet50 training peak memory / resnet50's (same mode, channels_last), batch 8", num=("scnet50", "train_cl", 8, 224),
          den=("resnet50", "train_cl", 8, 224), max=1.0, metric="peak_mem_mb"),
     dict(goal="deploy(scnet50) latency growth 224 -> 448 px, batch 1", num=("scnet50", "deploy", 1, 448), den=("scnet50", "deploy", 1, 224),
