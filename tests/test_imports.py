@@ -30,8 +30,11 @@ def test_import_runs_no_tensor_operation_and_sets_no_flag() -> None:
     assert result["after"] == result["before"]
 
 
-def test_onednn_probe_runs_on_first_use() -> None:
+def test_onednn_probe_runs_on_first_use_and_once(monkeypatch) -> None:
     from scnet.layers import fusion
 
-    assert isinstance(fusion.onednn_fusion_available(), bool)
-    assert fusion._ONEDNN is not None  # cached: later calls run nothing
+    calls = []
+    monkeypatch.setattr(fusion, "_ONEDNN", None)  # as after import: not probed yet
+    monkeypatch.setattr(fusion, "_probe_onednn", lambda: calls.append(1) or True)
+    assert fusion.onednn_fusion_available() is True and fusion.onednn_fusion_available() is True
+    assert calls == [1]  # probed on the first call only, then cached
