@@ -213,6 +213,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     import typing
 
     from .train import TrainConfig
+    from .train.config import choices_of
 
     p.add_argument("--config", help="YAML file of options (flags given here override it)")
     hints = typing.get_type_hints(TrainConfig)
@@ -223,11 +224,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:  # --amp / --no-amp: either can override a YAML file
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
-        choices = meta.get("choices")
         types = [hints[f.name], *typing.get_args(hints[f.name])]
         listed = next((typing.get_args(t)[0] for t in types if typing.get_origin(t) is list), None)  # list[int]: N values
         kind = listed or next(t for t in (int, float, str) if t in types)
-        p.add_argument(flag, type=kind, nargs="+" if listed else None, choices=choices() if callable(choices) else choices, help=help_text)
+        p.add_argument(flag, type=kind, nargs="+" if listed else None, choices=choices_of(f.name), help=help_text)
 
 
 def _add_info_command(sub: Any) -> None:

@@ -46,6 +46,11 @@ class DataInfo:
     classes: tuple[str, ...]
     skipped_images: int = 0  # unreadable image files left out (ImageFolder with bad_images="skip")
 
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's inputs, as timm's ``pretrained_cfg`` writes it."""
+        return self.in_chans, self.image_size, self.image_size
+
 
 @dataclass(frozen=True)
 class BatchAugment:

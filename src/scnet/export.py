@@ -108,7 +108,7 @@ def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info
         from .load import data_info_of
 
         info = data_info_of(model)
-    meta = release_metadata(arch, info.num_classes, info.in_chans, (info.in_chans, info.image_size, info.image_size), info.mean, info.std)
+    meta = release_metadata(arch, info)
     write_release(model.state_dict(), Path(path), meta)
     return meta
 
@@ -134,7 +134,7 @@ def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
     # Our evaluation resizes the shorter side to the model's size and crops it whole, except on ImageNet-style
     # folders (resize to size / 0.875, centre crop): the crop timm's preprocessing must reproduce.
     crop_pct = 0.875 if info.name in ("imagenet", "imagefolder") else 1.0
-    data_config = dict(input_size=(info.in_chans, info.image_size, info.image_size), mean=tuple(info.mean), std=tuple(info.std),
+    data_config = dict(input_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std),
                        crop_pct=crop_pct, interpolation="bilinear")
     labels = list(info.classes)  # at the top (timm's place) and inside pretrained_cfg (where readers look first)
     inner = dict(label_names=labels, num_classes=info.num_classes)  # timm drops label names of another class count

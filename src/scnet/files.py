@@ -18,9 +18,12 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import torch
+
+if TYPE_CHECKING:
+    from .data import DataInfo
 
 __all__ = ["HUB_PREFIXES", "read_checkpoint", "read_hub_config", "write_atomically", "write_release", "release_metadata",
            "tensors_sha256", "check_arch", "is_training_checkpoint"]
@@ -157,17 +160,18 @@ def is_training_checkpoint(obj: dict[str, Any]) -> bool:
     return isinstance(obj.get("config"), dict) and isinstance(obj.get("data_info"), dict) and isinstance(obj.get("model"), dict)
 
 
-def release_metadata(arch: str, num_classes: int, in_chans: int, input_size: Sequence[int], mean: Sequence[float],
-                     std: Sequence[float], **extra: Any) -> dict[str, str]:
+def release_metadata(arch: str, info: "DataInfo", **extra: Any) -> dict[str, str]:
     """The metadata of a released ``.safetensors`` file: what a user needs to rebuild the model and feed it.
 
-    ``input_size`` is (C, H, W), as timm's ``pretrained_cfg``; ``extra`` (a training run's config, data_info, epoch,
-    val_acc) is stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
+    From ``info`` (the model's inputs and classes): the class count, input channels, ``input_size`` as (C, H, W)
+    like timm's ``pretrained_cfg``, mean and std. ``extra`` (a training run's config, data_info, epoch, val_acc) is
+    stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
     """
     from . import __version__
 
-    meta = dict(format="scnet", arch=arch, num_classes=str(num_classes), in_chans=str(in_chans),
-                input_size=json.dumps(list(input_size)), mean=json.dumps(list(mean)), std=json.dumps(list(std)), scnet_version=__version__)
+    meta = dict(format="scnet", arch=arch, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
+                input_size=json.dumps(list(info.input_size)), mean=json.dumps(list(info.mean)), std=json.dumps(list(info.std)),
+                scnet_version=__version__)
     for key, value in extra.items():
         meta[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
     return meta

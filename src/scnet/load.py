@@ -18,7 +18,7 @@ import torch.nn as nn
 from .data import DataInfo
 from .files import HUB_PREFIXES, is_training_checkpoint, read_checkpoint
 from .models import registry
-from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict, load_pretrained, load_weights, state_dict_of
+from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, load_pretrained, load_weights, state_dict_of
 
 __all__ = ["BareWeightsError", "LoadedModel", "load_model", "model_from_config", "data_info_of"]
 
@@ -77,7 +77,7 @@ def _trained(path: str, state: dict[str, Any], name: Optional[str], use_ema: boo
         raise ValueError(f"{path} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
     info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
     model = model_from_config(state["config"], info)
-    load_weights(model, filter_state_dict(state[key]), path, classifier=None, name=f"{arch} on {info.name}")
+    load_weights(model, state[key], path, classifier=None, name=f"{arch} on {info.name}")
     args = {k: state["config"][k] for k in ("stem_type", "norm_layer") if state["config"].get(k)}
     return LoadedModel(model.eval(), info, f"{arch} (trained)", path, state, arch, dict(args, in_chans=info.in_chans))
 
@@ -109,7 +109,7 @@ def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretra
         load_pretrained(model, name)
     if file is not None:
         ours = name if name in registry.list_models() else None  # our files name their architecture: checked
-        load_weights(model, filter_state_dict(state_dict_of(state, file, ours)), str(file))
+        load_weights(model, state_dict_of(state, file, ours), str(file))
     hub = name.startswith(HUB_PREFIXES)
     label = f"{name} ({'weights' if file or hub else 'pretrained' if pretrained else 'init'})"
     info = data_info if data_info is not None else data_info_of(model)

@@ -40,7 +40,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
 
     Keyword arguments whose value is None are dropped, so tools can pass "use the default" without knowing
     each model's defaults. ``name`` may also be ``local-dir:PATH`` or ``hf-hub:ORG/NAME``: a model in timm's Hub
-    layout (``scnet export --format hf``), built and loaded from its ``config.json`` and ``model.safetensors``. ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
+    layout (``scnet export --format hf``), built and loaded from its ``config.json`` and ``model.safetensors``.
+    ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
     then loads a local ``.pth``/``.safetensors`` file over them (or over the random init).
     """
     from ..files import HUB_PREFIXES
@@ -61,7 +62,7 @@ def _from_hub(ref: str, kwargs: dict[str, Any]) -> nn.Module:
     saved arguments (the caller's win, e.g. another ``num_classes``: the classifier then stays at its init), its
     weights loaded, its ``pretrained_cfg`` (input size, mean/std, label names) attached."""
     from ..files import read_checkpoint, read_hub_config
-    from .weights import filter_state_dict, load_weights
+    from .weights import load_weights
 
     config, weights = read_hub_config(ref)
     arch = config["architecture"]
@@ -73,7 +74,7 @@ def _from_hub(ref: str, kwargs: dict[str, Any]) -> nn.Module:
     if config.get("num_classes") is not None:
         saved["num_classes"] = config["num_classes"]
     model = get_model_builder(arch)(pretrained=False, **{**saved, **kwargs})
-    load_weights(model, filter_state_dict(read_checkpoint(weights)["model"]), ref)
+    load_weights(model, read_checkpoint(weights)["model"], ref)
     cfg = dict(config.get("pretrained_cfg") or {})
     if "label_names" in config:  # timm's top-level place for them
         cfg.setdefault("label_names", config["label_names"])

@@ -182,18 +182,20 @@ def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = Tru
                     arch: Optional[str] = None) -> nn.Module:
     """Load a weight file into ``model`` (``load_weights``). With ``arch`` (the model's registered name), a file
     declaring another architecture is refused up front."""
-    return load_weights(model, filter_state_dict(load_state_dict_file(path, arch)), str(path), strict, classifier)
+    return load_weights(model, load_state_dict_file(path, arch), str(path), strict, classifier)
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True,
                  classifier: Optional[str] = "fc", name: Optional[str] = None) -> nn.Module:
-    """The one place weights enter a model: every name and shape is checked first, then they are loaded.
+    """The one place weights enter a model: names from other writers remapped (``filter_state_dict``), every name and
+    shape checked, then loaded.
 
     A classifier (``classifier`` is its module name) of another size than the model's, e.g. ImageNet weights into
     a 10-class model, is left at its initialisation, so pretrained backbones can be fine-tuned; every other
     difference is a ``ValueError`` naming ``source`` and the model (``name``, else its class). ``classifier=None``
     keeps no such allowance (a resumed run).
     """
+    state = filter_state_dict(state)
     own = model.state_dict()
     dropped = set()
     if classifier is not None:

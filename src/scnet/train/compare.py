@@ -33,9 +33,6 @@ RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
 DONE = "compare-run.json"  # written into a run directory once its training has finished
 DEFAULT_MAX_SEEDS = 10
 _ABSENT = object()
-# Options added after runs were saved: an old run lacks them, and ran as their defaults do.
-RECIPE_DEFAULTS_FOR_OLD_RUNS = ("pretrained", "checkpoint", "frozen_stages", "norm_eval", "nesterov", "decay_all", "lr_milestones",
-                                "lr_gamma")
 
 
 # ---- the statistics: pure functions ---------------------------------------------------------------------------
@@ -156,7 +153,7 @@ def _shown(value: Any) -> str:
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A config saved by an earlier version, with the options added since at their defaults (which change nothing)."""
-    return {**{f.name: f.default for f in fields(TrainConfig) if f.name in RECIPE_DEFAULTS_FOR_OLD_RUNS}, **saved}
+    return {**{f.name: f.default for f in fields(TrainConfig) if f.name not in RUN_KEYS}, **saved}
 
 
 def _refuse_other(where: Path, what: str, there: dict[str, Any], here: dict[str, Any]) -> None:

@@ -24,10 +24,22 @@ def _stem_types() -> tuple[str, ...]:
     return STEM_TYPES
 
 
+def _schedules() -> tuple[str, ...]:
+    from .engine import SCHEDULES
+
+    return SCHEDULES
+
+
 def _bad_image_policies() -> tuple[str, ...]:
     from ..data import BAD_IMAGE_POLICIES
 
     return BAD_IMAGE_POLICIES
+
+
+def choices_of(name: str) -> Optional[tuple[str, ...]]:
+    """The allowed values of ``TrainConfig`` field ``name`` (its flag's choices), or None when any value goes."""
+    choices = next(f for f in fields(TrainConfig) if f.name == name).metadata.get("choices")
+    return choices() if callable(choices) else choices
 
 
 def option(default: Any, help: str, choices: Union[tuple[str, ...], Callable[[], tuple[str, ...]], None] = None) -> Any:
@@ -70,7 +82,7 @@ class TrainConfig:
     warmup_epochs: float = option(0.75, "linear warm-up before the decay (default {default})")
     schedule: str = option("linear", "learning-rate decay after the warm-up: linear or cosine to 0 at the end (linear is "
                                      "best for short runs), or step (x lr-gamma at each of --lr-milestones) (default {default})",
-                           ("linear", "cosine", "step"))
+                           _schedules)
     lr_milestones: Optional[list[int]] = option(None, "epochs at which --schedule step multiplies the learning rate by "
                                                        "--lr-gamma (default 30 60 90, the paper's)")
     lr_gamma: float = option(0.1, "the step schedule's factor (default {default})")
@@ -91,8 +103,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
-        from ..data import BAD_IMAGE_POLICIES
-
         if self.epochs is None and not self.resume:
             self.epochs = DEFAULT_EPOCHS
         for name in ("batch_size", "image_size"):
@@ -124,7 +134,8 @@ class TrainConfig:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
             _number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
-        for name, choices in (("opt", ("sgd", "adamw")), ("bad_images", BAD_IMAGE_POLICIES), ("schedule", ("linear", "cosine", "step"))):
+        for name in ("opt", "bad_images", "schedule"):  # the choices of their flags, from the fields' metadata
+            choices = choices_of(name)
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("model", "data"):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..data import DataInfo, TensorImages, build_datasets
 from ..files import read_checkpoint, release_metadata, write_release
 from ..load import BareWeightsError, load_model, model_from_config
-from ..models.weights import adapt_input_channels, filter_state_dict, load_weights, pretrained_file, state_dict_of
+from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
 from .records import plot_curves, tensorboard, write_log, yaml_text
 from .signals import StopSignals, TrainingStopped
@@ -324,7 +324,7 @@ def _start_from_weights(run: Run) -> None:
     input channel count is adapted; a file that declares another architecture is refused."""
     cfg = run.cfg
     path = pretrained_file(cfg.model) if cfg.pretrained else Path(cfg.checkpoint)
-    state = filter_state_dict(state_dict_of(read_checkpoint(path), path, cfg.model))
+    state = state_dict_of(read_checkpoint(path), path, cfg.model)
     load_weights(run.model, adapt_input_channels(state, run.model), str(path), name=cfg.model)
     run.log(f"starting from the weights of {path}")
 
@@ -378,9 +378,7 @@ def _record_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
         # previous one and redoes this epoch, best checkpoint and release included.
         if is_best:
             save_checkpoint(ck, run.out / "checkpoint-best.pth")
-            info = run.info
-            meta = release_metadata(run.cfg.model, info.num_classes, info.in_chans, (info.in_chans, info.image_size, info.image_size),
-                                    info.mean, info.std, config=run.cfg.to_dict(), data_info=asdict(info), epoch=epoch + 1,
+            meta = release_metadata(run.cfg.model, run.info, config=run.cfg.to_dict(), data_info=asdict(run.info), epoch=epoch + 1,
                                     val_acc=f"{row['val_acc']:.4f}")
             write_release(run.model.state_dict(), run.out / "weights-best.safetensors", meta)
         save_checkpoint(ck, run.out / "checkpoint-last.pth")
