@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["UPSAMPLE_MODES", "upsample", "calibration_gate", "calibrated_product", "triton_gate_product"]
+__all__ = ["UPSAMPLE_MODES", "upsample", "upsample_adjoint", "calibration_gate", "calibrated_product", "lean_calibrated_conv", "triton_gate_product"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -47,6 +47,27 @@ def calibration_gate(x: torch.Tensor, calib: torch.Tensor, mode: str = "nearest"
     return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W): in place on the fresh sum; a view when t kept x's layout
 
 
+def upsample_adjoint(grad: torch.Tensor, calib_shape: list[int], mode: str) -> torch.Tensor:
+    """The adjoint of ``upsample``: for nearest, each pooled cell's sum over its block. ATen's own backward of Up."""
+    size = list(grad.shape[-2:])
+    if mode == "nearest":
+        return torch.ops.aten.upsample_nearest2d_backward(grad, size, calib_shape, None, None)  # (N, C, h, w)
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, size, calib_shape, False, None, None)  # (N, C, h, w)
+
+
+def _product_grads(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor, calib_shape: list[int],
+                   mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``features * sigmoid(x + Up(calib))`` for features, x and calib, from the recomputed gate."""
+    d_features = grad * gate
+    d_sum = (grad * features).mul_(1 - gate).mul_(gate)  # d/dt sigmoid(t) = s (1 - s), in autograd's order
+    return d_features, d_sum, upsample_adjoint(d_sum, calib_shape, mode)
+
+
+def _gate_for_backward(x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
+    # Up is materialised once here: with 1 x 1 "blocks" the gate of an x-sized map costs one add, no copy.
+    return calibration_gate(x, upsample(calib, list(x.shape[-2:]), mode), "nearest", pooling_r=1)
+
+
 class _CalibratedProduct(torch.autograd.Function):
     """``features * calibration_gate(x, calib)`` that keeps no full-size gate for backward.
 
@@ -64,15 +85,59 @@ class _CalibratedProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         features, x, calib = ctx.saved_tensors
-        with torch.enable_grad():
-            calib_ = calib.detach().requires_grad_(True)
-            up = upsample(calib_, list(x.shape[-2:]), ctx.mode)  # (N, C, H, W)
-        # ``up`` is already at x's size: with 1 x 1 "blocks" Up is the identity, so the gate costs one add, no copy.
-        gate = calibration_gate(x, up.detach(), "nearest", pooling_r=1)
-        d_features = grad * gate
-        d_sum = (grad * features) * (1 - gate) * gate  # d/dt sigmoid(t) = s (1 - s), in autograd's order
-        (d_calib,) = torch.autograd.grad(up, calib_, d_sum)  # the upsample's adjoint: sums over each cell
-        return d_features, d_sum, d_calib, None
+        gate = _gate_for_backward(x, calib, ctx.mode)
+        return *_product_grads(grad, features, gate, list(calib.shape), ctx.mode), None
+
+
+class _LeanCalibratedConv(torch.autograd.Function):
+    """``conv(norm(k3_out) * calibration_gate(x, calib))`` in training: K3's batch norm, the gate and K4's conv.
+
+    Plain autograd keeps three full-size tensors of each SC layer for backward that its neighbours do not: K3's
+    normalised output, the product (K4's input) and, without the lean product, the gate. Here only K3's raw
+    output is kept (in place of the norm's own copy), with ``x`` and the small ``calib`` that the neighbours keep
+    anyway and the batch statistics; the normalised features, the gate and the product are recomputed in
+    backward, element-wise. The norm's and the convolution's gradients are ATen's own backward kernels.
+    """
+
+    @staticmethod
+    def forward(ctx, k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm_weight: torch.Tensor,
+                norm_bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, conv_weight: torch.Tensor,
+                spec: tuple) -> torch.Tensor:
+        mode, momentum, eps, stride, padding, dilation, groups = spec
+        # Updates the running statistics in place, as F.batch_norm does; mean and invstd are the batch's.
+        features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, running_mean, running_var, True, momentum, eps)
+        ctx.spec = spec
+        ctx.save_for_backward(k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd)
+        return F.conv2d(features * calibration_gate(x, calib, mode), conv_weight, None, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd = ctx.saved_tensors
+        mode, _, eps, stride, padding, dilation, groups = ctx.spec
+        scale = norm_weight * invstd  # (C,)
+        shape = (1, -1, 1, 1)
+        features = torch.addcmul((norm_bias - mean * scale).view(shape), k3_out, scale.view(shape))  # (N, C, H, W)
+        gate = _gate_for_backward(x, calib, mode)
+        d_product, d_conv_weight, _ = torch.ops.aten.convolution_backward(
+            grad, features * gate, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
+            [True, ctx.needs_input_grad[7], False],
+        )
+        d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode)
+        d_k3, d_norm_weight, d_norm_bias = torch.ops.aten.native_batch_norm_backward(
+            d_features, k3_out, norm_weight, None, None, mean, invstd, True, eps,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]],
+        )
+        return d_k3, d_x, d_calib, d_norm_weight, d_norm_bias, None, None, d_conv_weight, None
+
+
+def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm: torch.nn.BatchNorm2d,
+                         conv: torch.nn.Conv2d, mode: str) -> torch.Tensor:
+    """``conv(norm(k3_out) * sigmoid(x + Up(calib)))`` for a training-mode batch norm (see ``_LeanCalibratedConv``).
+
+    The caller has checked the norm with ``stackable_norms`` and counts its batch; ``conv`` has no bias.
+    """
+    spec = (mode, norm.momentum, norm.eps, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, norm.running_mean, norm.running_var, conv.weight, spec)
 
 
 @register_notrace_function  # FX tracing keeps it as one call

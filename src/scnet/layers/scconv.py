@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .fusion import FusedConv
-from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, triton_gate_product
-from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
+from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, lean_calibrated_conv, triton_gate_product
+from .norm import NormLayer, SafeBatchNorm2d, count_batch, get_norm_layer, stackable_norms
 from .validate import check_image_batch
 
 __all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "FusedSelfCalibration", "FusedSCConv", "conv3x3_norm", "UPSAMPLE_MODES"]
@@ -111,9 +112,36 @@ class SelfCalibration(nn.Module):
         self.k3 = conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer)
         self.k4 = conv3x3_norm(in_channels, out_channels, stride, dilation, groups, norm_layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def calibrated(self, x: torch.Tensor) -> torch.Tensor:
+        """``K3(x) * sigmoid(x + Up(K2(AvgPool_r(x))))``, the input of K4 (the SC bottleneck runs K4 itself in training)."""
         calib = self.k2(x)  # (N, C, max(1, H//r), max(1, W//r))
-        return self.k4(calibrated_product(self.k3(x), x, calib, self.upsample_mode))  # (N, C_out, H/s, W/s)
+        return calibrated_product(self.k3(x), x, calib, self.upsample_mode)  # (N, C, H, W)
+
+    def calibrated_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """K4's convolution of ``calibrated(x)``, before K4's norm; in training, memory-lean (``lean_calibrated_conv``)."""
+        if self.training and self._trains_lean(x):
+            return self._lean_conv(x)
+        return self.k4[0](self.calibrated(x))  # (N, C_out, H/s, W/s)
+
+    @torch.jit.unused
+    def _lean_conv(self, x: torch.Tensor) -> torch.Tensor:
+        k3_conv, k3_norm = self.k3[0], self.k3[1]
+        count_batch(k3_norm)
+        return lean_calibrated_conv(k3_conv(x), x, self.k2(x), k3_norm, self.k4[0], self.upsample_mode)  # (N, C_out, H/s, W/s)
+
+    @torch.jit.unused
+    def _trains_lean(self, x: torch.Tensor) -> bool:
+        """The lean path needs a plain training batch norm after K3 that sees more than one value per channel."""
+        if torch.jit.is_scripting() or is_fx_symbolic_tracing():
+            return False
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            return False  # under autocast the plain ops choose each one's precision
+        k4_conv = self.k4[0]
+        return (stackable_norms(self.k3[1]) and k4_conv.bias is None and k4_conv.padding_mode == "zeros"
+                and x.shape[0] * x.shape[-2] * x.shape[-1] > 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.k4[1](self.calibrated_conv(x))  # (N, C_out, H/s, W/s)
 
     def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> "FusedSelfCalibration":
         """The eval-mode form: norms folded, the gate product inside K3's call (see ``FusedSelfCalibration``)."""

@@ -13,9 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_attn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..layers import NormLayer, SafeBatchNorm2d, SelfCalibration, conv3x3_norm
 from ..layers.fusion import FusedConv, fold_conv_norm, require_relu
+from ..layers.norm import stackable_norms, stacked_batch_norm
 from ..layers.scconv import FusedSelfCalibration
 
 __all__ = ["SCBottleneck", "Bottleneck", "FusedSCBottleneck", "FusedBottleneck"]
@@ -45,6 +47,11 @@ class _BottleneckBase(nn.Module):
     def _merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = self.se(self.bn3(self.conv3(out)))
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.training:
+            # In place, as torchvision's blocks: no fresh full-size tensor per block. Eval keeps the out-of-place
+            # sum, which the ONNX exporter needs.
+            out += shortcut
+            return self.act(out)
         return self.act(out + shortcut)
 
     def zero_init_last(self) -> None:
@@ -92,11 +99,35 @@ class SCBottleneck(_BottleneckBase):
         self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self._trains_stacked():
+            return self._forward_stacked(x)
         a = self.act(self.bn1_a(self.conv1_a(x)))  # (N, w/2, H, W)
         b = self.act(self.bn1_b(self.conv1_b(x)))  # (N, w/2, H, W)
         out = self.act(torch.cat([self.k1(a), self.scconv(b)], dim=1))  # (N, w, H/s, W/s) unless avd
         out = self.avd_layer(out)  # (N, w, H/s, W/s)
         return self._merge(out, x)
+
+    @torch.jit.unused
+    def _trains_stacked(self) -> bool:
+        if torch.jit.is_scripting() or is_fx_symbolic_tracing():  # FX cannot trace through the norms' Python
+            return False
+        return stackable_norms(self.bn1_a, self.bn1_b) and stackable_norms(self.k1[1], self.scconv.k4[1])
+
+    @torch.jit.unused
+    def _forward_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward with the same numbers in fewer, wider calls (gradients equal plain autograd's).
+
+        conv1_a and conv1_b run as one 1x1 over their stacked weights with one norm; K1's and K4's norms run as
+        one norm over the concatenation of their convolutions' outputs. On a CPU, channels_last, this trains
+        SCNet-50 about 7 % faster: half-width norms cost more per value, and the concatenation's backward would
+        hand K1's and K4's norms channel-slice gradients, which batch norm's backward reads slowly.
+        """
+        weight = torch.cat([self.conv1_a.weight, self.conv1_b.weight])  # (w, in, 1, 1)
+        ab = self.act(stacked_batch_norm(F.conv2d(x, weight), [self.bn1_a, self.bn1_b]))  # (N, w, H, W)
+        a, b = ab.split(ab.shape[1] // 2, dim=1)  # (N, w/2, H, W) each
+        out = torch.cat([self.k1[0](a), self.scconv.calibrated_conv(b)], dim=1)  # (N, w, H/s, W/s)
+        out = self.act(stacked_batch_norm(out, [self.k1[1], self.scconv.k4[1]]))
+        return self._merge(self.avd_layer(out), x)  # avd: (N, w, H/s, W/s)
 
     def deploy_form(self, onednn: bool = True) -> "FusedSCBottleneck":
         """The eval-mode form: one merged 1x1, K1 and the fused calibration, conv3 with the sum and ReLU fused."""

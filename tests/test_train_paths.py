@@ -1,0 +1,203 @@
+"""The fast training paths (stacked norms, the lean calibration) against plain autograd.
+
+In training the SC bottleneck runs conv1_a/conv1_b as one convolution with one norm, K1's and K4's norms as one,
+and K3's norm, the gate and K4's convolution as one autograd function that recomputes what it does not keep.
+Here the block is re-stated with plain PyTorch ops, one norm per layer as the official code has them, and the
+outputs, every gradient and the running statistics must agree.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import scnet
+from scnet.layers import SelfCalibration
+from scnet.layers.gate import lean_calibrated_conv
+from scnet.layers.norm import stackable_norms, stacked_batch_norm
+from scnet.models import SCBottleneck
+
+
+# ---- an independent re-statement of the SC bottleneck in training mode --------------------------------------
+def _bn(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
+    if norm.training:
+        norm.num_batches_tracked.add_(1)
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.training, norm.momentum, norm.eps)
+
+
+def _conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def reference_block(blk: SCBottleneck, x: torch.Tensor) -> torch.Tensor:
+    """The official bottleneck's training forward, op by op (``blk`` is a copy: its norms' statistics move)."""
+    a = F.relu(_bn(_conv(x, blk.conv1_a), blk.bn1_a))
+    b = F.relu(_bn(_conv(x, blk.conv1_b), blk.bn1_b))
+    plain = _bn(_conv(a, blk.k1[0]), blk.k1[1])
+    sc = blk.scconv
+    r = sc.k2[0].pooling_r
+    kh, kw = min(r, b.shape[2]), min(r, b.shape[3])
+    calib = _bn(_conv(F.avg_pool2d(b, (kh, kw), (kh, kw)), sc.k2[1]), sc.k2[2])
+    gate = torch.sigmoid(b + F.interpolate(calib, size=b.shape[-2:], mode="nearest"))
+    calibrated = _bn(_conv(_bn(_conv(b, sc.k3[0]), sc.k3[1]) * gate, sc.k4[0]), sc.k4[1])
+    out = blk.avd_layer(F.relu(torch.cat([plain, calibrated], 1)))
+    out = blk.se(_bn(_conv(out, blk.conv3), blk.bn3))
+    return F.relu(out + (x if blk.downsample is None else blk.downsample(x)))
+
+
+def _block(inplanes: int, planes: int, stride: int = 1, **kw) -> SCBottleneck:
+    down = None
+    if stride != 1 or inplanes != planes * 4:
+        down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+    torch.manual_seed(0)
+    blk = SCBottleneck(inplanes, planes, stride, down, **kw).double().train()
+    for m in blk.modules():  # norms away from the identity, so that a wrong statistic shows
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+            nn.init.uniform_(m.running_var, 0.5, 2.0)
+    return blk
+
+
+BLOCKS = [
+    dict(inplanes=32, planes=8),
+    dict(inplanes=32, planes=16, stride=2),
+    dict(inplanes=32, planes=16, stride=2, avd=True),
+    dict(inplanes=64, planes=16, cardinality=2, base_width=8),
+    dict(inplanes=32, planes=8, attn_layer="se"),
+    dict(inplanes=32, planes=8, dilation=2, pooling_r=2),
+]
+
+
+@pytest.mark.parametrize("kwargs", BLOCKS)
+@pytest.mark.parametrize("shape, channels_last", [((3, 13, 15), False), ((2, 16, 16), True), ((2, 3, 2), False)])
+def test_block_training_step_equals_plain_autograd(kwargs: dict, shape: tuple, channels_last: bool) -> None:
+    blk = _block(**kwargs)
+    ref = copy.deepcopy(blk)
+    n, h, w = shape
+    x = torch.randn(n, kwargs["inplanes"], h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    assert blk._trains_stacked() and blk.scconv._trains_lean(x[:, :1])
+    out, want = blk(x), reference_block(ref, x)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *blk.parameters()], g)
+    exp = torch.autograd.grad(want, [x, *ref.parameters()], g)
+    for name, a, b in zip(["x", *dict(blk.named_parameters())], got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"gradient of {name}: {m}")
+    for (name, a), b in zip(blk.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"buffer {name}: {m}")
+
+
+@pytest.mark.parametrize("kwargs", [BLOCKS[0], BLOCKS[1]])
+def test_block_gradcheck_in_float64(kwargs: dict) -> None:
+    blk = _block(**{**kwargs, "inplanes": 16, "planes": kwargs["planes"] // 2})
+    names = [k for k, _ in blk.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in blk.parameters()]
+    x = torch.randn(2, 16, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+
+    def f(x: torch.Tensor, *ps: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(blk, dict(zip(names, ps)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("stride, dilation, groups, mode", [(1, 1, 1, "nearest"), (2, 2, 2, "nearest"), (1, 1, 1, "bilinear")])
+def test_lean_calibrated_conv_gradcheck(stride: int, dilation: int, groups: int, mode: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    norm = nn.BatchNorm2d(4).double().train()
+    conv = nn.Conv2d(4, 6, 3, stride, dilation, dilation, groups, bias=False).double()
+
+    def f(k3_out, x, calib, weight, bias, conv_weight):
+        # The function reads the modules' attributes: hand it the inputs in their place, for gradcheck to perturb.
+        return lean_calibrated_conv(k3_out, x, calib, _Norm(norm, weight, bias), _Conv(conv, conv_weight), mode)
+
+    inputs = (torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g), torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g),
+              torch.randn(2, 4, 1, 2, dtype=torch.float64, generator=g), torch.rand(4, dtype=torch.float64, generator=g) + 0.5,
+              torch.randn(4, dtype=torch.float64, generator=g), torch.randn(6, 4 // groups, 3, 3, dtype=torch.float64, generator=g))
+    assert torch.autograd.gradcheck(f, tuple(t.requires_grad_(True) for t in inputs))
+
+
+class _Norm:
+    """A batch norm's attributes with the weight and bias replaced (what ``lean_calibrated_conv`` reads)."""
+
+    def __init__(self, norm: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.momentum, self.eps, self.weight, self.bias = norm.momentum, norm.eps, weight, bias
+        self.running_mean, self.running_var = norm.running_mean, norm.running_var
+
+
+class _Conv:
+    def __init__(self, conv: nn.Conv2d, weight: torch.Tensor) -> None:
+        self.stride, self.padding, self.dilation, self.groups, self.weight = conv.stride, conv.padding, conv.dilation, conv.groups, weight
+
+
+def _sgd_steps(fast: bool, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, lr: float, steps: int = 3) -> nn.Module:
+    with monkeypatch.context() as mp:
+        if not fast:
+            mp.setattr(SCBottleneck, "_trains_stacked", lambda self: False)
+            mp.setattr(SelfCalibration, "_trains_lean", lambda self, x: False)
+        torch.manual_seed(0)
+        model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1).to(dtype).train()
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        g = torch.Generator().manual_seed(4)
+        for _ in range(steps):
+            x, y = torch.randn(8, 1, 28, 28, generator=g, dtype=dtype), torch.randint(0, 10, (8,), generator=g)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model
+
+
+# Three steps on random labels amplify rounding: at lr 0.1 a 1e-6 change of the input moves float32 weights by
+# about 0.02 on the plain path alone. So float64 at lr 0.1, and float32 at lr 0.01, where that change is 1e-6.
+@pytest.mark.parametrize("dtype, lr, tol", [(torch.float64, 0.1, 1e-10), (torch.float32, 0.01, 1e-5)])
+def test_sgd_steps_match_the_plain_paths(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, lr: float, tol: float) -> None:
+    fast, plain = _sgd_steps(True, monkeypatch, dtype, lr), _sgd_steps(False, monkeypatch, dtype, lr)
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_stacked_batch_norm_equals_separate_norms() -> None:
+    torch.manual_seed(0)
+    norms = [nn.BatchNorm2d(c).train() for c in (3, 5, 2)]
+    for n in norms:
+        nn.init.uniform_(n.weight, 0.5, 1.5)
+        nn.init.uniform_(n.bias, -1, 1)
+    copies = copy.deepcopy(norms)
+    x = torch.randn(4, 10, 6, 7, requires_grad=True)
+    got = stacked_batch_norm(x, norms)
+    want = torch.cat([n(part) for n, part in zip(copies, x.split([3, 5, 2], 1))], 1)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(norms, copies):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert a.num_batches_tracked == b.num_batches_tracked == 1
+
+
+def test_only_plain_training_batch_norms_are_stacked() -> None:
+    bn = nn.BatchNorm2d(4)
+    assert stackable_norms(bn, nn.BatchNorm2d(8))
+    assert not stackable_norms(bn, nn.BatchNorm2d(4, momentum=None))  # cumulative average: its own count
+    assert not stackable_norms(bn, nn.BatchNorm2d(4, eps=1e-3))
+    assert not stackable_norms(bn, nn.BatchNorm2d(4).eval())  # frozen by norm_eval
+    assert not stackable_norms(bn, nn.SyncBatchNorm(4))
+    assert not stackable_norms(nn.GroupNorm(2, 4))
+
+
+def test_frozen_norms_take_the_plain_path() -> None:
+    blk = _block(32, 8)
+    blk.k1[1].eval()  # as norm_eval leaves it
+    blk.scconv.k3[1].eval()
+    assert not blk._trains_stacked()
+    ref = copy.deepcopy(blk)
+    x = torch.randn(2, 32, 9, 9, dtype=torch.float64)
+    assert not blk.scconv._trains_lean(x)
+    torch.testing.assert_close(blk(x), reference_block(ref, x), rtol=1e-10, atol=1e-10)
+    for (name, a), b in zip(blk.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"buffer {name}: {m}")
+    assert blk.k1[1].num_batches_tracked == 0 and blk.bn1_a.num_batches_tracked == 1
