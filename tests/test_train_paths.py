@@ -107,18 +107,20 @@ def test_block_gradcheck_in_float64(kwargs: dict) -> None:
     assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
 
 
+# (size, pooled, r): Up materialised (7 x 9 does not tile by 4 x 4 cells), or a broadcast over exact blocks.
+@pytest.mark.parametrize("size, pooled, r", [((7, 9), (1, 2), 0), ((8, 12), (2, 3), 4)])
 @pytest.mark.parametrize("stride, dilation, groups, mode", [(1, 1, 1, "nearest"), (2, 2, 2, "nearest"), (1, 1, 1, "bilinear")])
-def test_lean_calibrated_conv_gradcheck(stride: int, dilation: int, groups: int, mode: str) -> None:
+def test_lean_calibrated_conv_gradcheck(stride: int, dilation: int, groups: int, mode: str, size: tuple, pooled: tuple, r: int) -> None:
     g = torch.Generator().manual_seed(3)
     norm = nn.BatchNorm2d(4).double().train()
     conv = nn.Conv2d(4, 6, 3, stride, dilation, dilation, groups, bias=False).double()
 
     def f(k3_out, x, calib, weight, bias, conv_weight):
         # The function reads the modules' attributes: hand it the inputs in their place, for gradcheck to perturb.
-        return lean_calibrated_conv(k3_out, x, calib, _Norm(norm, weight, bias), _Conv(conv, conv_weight), mode)
+        return lean_calibrated_conv(k3_out, x, calib, _Norm(norm, weight, bias), _Conv(conv, conv_weight), mode, r)
 
-    inputs = (torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g), torch.randn(2, 4, 7, 9, dtype=torch.float64, generator=g),
-              torch.randn(2, 4, 1, 2, dtype=torch.float64, generator=g), torch.rand(4, dtype=torch.float64, generator=g) + 0.5,
+    inputs = (torch.randn(2, 4, *size, dtype=torch.float64, generator=g), torch.randn(2, 4, *size, dtype=torch.float64, generator=g),
+              torch.randn(2, 4, *pooled, dtype=torch.float64, generator=g), torch.rand(4, dtype=torch.float64, generator=g) + 0.5,
               torch.randn(4, dtype=torch.float64, generator=g), torch.randn(6, 4 // groups, 3, 3, dtype=torch.float64, generator=g))
     assert torch.autograd.gradcheck(f, tuple(t.requires_grad_(True) for t in inputs))
 

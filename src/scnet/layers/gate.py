@@ -55,15 +55,25 @@ def upsample_adjoint(grad: torch.Tensor, calib_shape: list[int], mode: str) -> t
     return torch.ops.aten.upsample_bilinear2d_backward(grad, size, calib_shape, False, None, None)  # (N, C, h, w)
 
 
-def _product_grads(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor, calib_shape: list[int],
-                   mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``features * sigmoid(x + Up(calib))`` for features, x and calib, from the recomputed gate."""
+def _product_grads(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tensor, calib_shape: list[int], mode: str,
+                   owned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``features * sigmoid(x + Up(calib))`` for features, x and calib, from the recomputed gate.
+
+    ``owned``: ``features`` and ``gate`` are this backward's own recomputations, so their buffers are reused
+    (two full-size allocations fewer; on a CPU each fresh large tensor costs page faults).
+    """
+    if not owned:
+        d_features = grad * gate
+        d_sum = (grad * features).mul_(1 - gate).mul_(gate)  # d/dt sigmoid(t) = s (1 - s), in autograd's order
+        return d_features, d_sum, upsample_adjoint(d_sum, calib_shape, mode)
     d_features = grad * gate
-    d_sum = (grad * features).mul_(1 - gate).mul_(gate)  # d/dt sigmoid(t) = s (1 - s), in autograd's order
+    d_sum = features.mul_(grad).mul_(gate.addcmul_(gate, gate, value=-1))  # grad * features * (s - s^2)
     return d_features, d_sum, upsample_adjoint(d_sum, calib_shape, mode)
 
 
-def _gate_for_backward(x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
+def _gate_for_backward(x: torch.Tensor, calib: torch.Tensor, mode: str, pooling_r: int = 0) -> torch.Tensor:
+    if pooling_r:
+        return calibration_gate(x, calib, mode, pooling_r)  # Up as a broadcast where it tiles exactly
     # Up is materialised once here: with 1 x 1 "blocks" the gate of an x-sized map costs one add, no copy.
     return calibration_gate(x, upsample(calib, list(x.shape[-2:]), mode), "nearest", pooling_r=1)
 
@@ -103,26 +113,27 @@ class _LeanCalibratedConv(torch.autograd.Function):
     def forward(ctx, k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm_weight: torch.Tensor,
                 norm_bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, conv_weight: torch.Tensor,
                 spec: tuple) -> torch.Tensor:
-        mode, momentum, eps, stride, padding, dilation, groups = spec
+        mode, pooling_r, momentum, eps, stride, padding, dilation, groups = spec
         # Updates the running statistics in place, as F.batch_norm does; mean and invstd are the batch's.
         features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, running_mean, running_var, True, momentum, eps)
         ctx.spec = spec
         ctx.save_for_backward(k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd)
-        return F.conv2d(features * calibration_gate(x, calib, mode), conv_weight, None, stride, padding, dilation, groups)
+        product = features.mul_(calibration_gate(x, calib, mode, pooling_r))  # in place: the features are not kept
+        return F.conv2d(product, conv_weight, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd = ctx.saved_tensors
-        mode, _, eps, stride, padding, dilation, groups = ctx.spec
+        mode, pooling_r, _, eps, stride, padding, dilation, groups = ctx.spec
         scale = norm_weight * invstd  # (C,)
         shape = (1, -1, 1, 1)
         features = torch.addcmul((norm_bias - mean * scale).view(shape), k3_out, scale.view(shape))  # (N, C, H, W)
-        gate = _gate_for_backward(x, calib, mode)
+        gate = _gate_for_backward(x, calib, mode, pooling_r)
         d_product, d_conv_weight, _ = torch.ops.aten.convolution_backward(
             grad, features * gate, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
             [True, ctx.needs_input_grad[7], False],
         )
-        d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode)
+        d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode, owned=True)
         d_k3, d_norm_weight, d_norm_bias = torch.ops.aten.native_batch_norm_backward(
             d_features, k3_out, norm_weight, None, None, mean, invstd, True, eps,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]],
@@ -131,12 +142,13 @@ class _LeanCalibratedConv(torch.autograd.Function):
 
 
 def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm: torch.nn.BatchNorm2d,
-                         conv: torch.nn.Conv2d, mode: str) -> torch.Tensor:
+                         conv: torch.nn.Conv2d, mode: str, pooling_r: int = 0) -> torch.Tensor:
     """``conv(norm(k3_out) * sigmoid(x + Up(calib)))`` for a training-mode batch norm (see ``_LeanCalibratedConv``).
 
-    The caller has checked the norm with ``stackable_norms`` and counts its batch; ``conv`` has no bias.
+    The caller has checked the norm with ``stackable_norms`` and counts its batch; ``conv`` has no bias. With
+    ``pooling_r`` (eager mode only: the test is on sizes) Up is a broadcast where it tiles exactly.
     """
-    spec = (mode, norm.momentum, norm.eps, conv.stride, conv.padding, conv.dilation, conv.groups)
+    spec = (mode, pooling_r, norm.momentum, norm.eps, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, norm.running_mean, norm.running_var, conv.weight, spec)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .fusion import FusedConv
+from .fusion import FusedConv, running_eagerly
 from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, lean_calibrated_conv, triton_gate_product
 from .norm import NormLayer, SafeBatchNorm2d, count_batch, get_norm_layer, stackable_norms
 from .validate import check_image_batch
@@ -127,7 +127,8 @@ class SelfCalibration(nn.Module):
     def _lean_conv(self, x: torch.Tensor) -> torch.Tensor:
         k3_conv, k3_norm = self.k3[0], self.k3[1]
         count_batch(k3_norm)
-        return lean_calibrated_conv(k3_conv(x), x, self.k2(x), k3_norm, self.k4[0], self.upsample_mode)  # (N, C_out, H/s, W/s)
+        r = self.k2[0].pooling_r if running_eagerly() else 0
+        return lean_calibrated_conv(k3_conv(x), x, self.k2(x), k3_norm, self.k4[0], self.upsample_mode, r)  # (N, C_out, H/s, W/s)
 
     @torch.jit.unused
     def _trains_lean(self, x: torch.Tensor) -> bool:
@@ -245,8 +246,6 @@ class FusedSelfCalibration(nn.Module):
 
     @torch.jit.unused
     def _eager_r(self) -> int:
-        from .fusion import running_eagerly
-
         return self.pooling_r if running_eagerly() else 0
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
