@@ -8,6 +8,10 @@ compiled code for the specialisations the launcher produces: channels_last (chan
 stride 1), with and without the biases, for float32 and bfloat16.
 
     python scripts/gate_kernel_ptx.py --old-rev 7c15c88 --out docs/results/bench-cpu-ablation-layers/gate-ptx.json
+
+Without ``--old-rev`` it compiles today's kernels (the forward one with each optional term, and the backward one)
+for sm_90 and counts their vector loads: the check that the training kernels, verified on CPU by Triton's
+interpreter, also compile for the GPU.
 """
 from __future__ import annotations
 
@@ -54,23 +58,52 @@ def _flat_ptx(kernel, dtype: str, block_c: int, bias: bool) -> list[str]:
 
 
 def _tuple_ptx(kernel, dtype: str, block_c: int, bias: bool) -> list[str]:
-    """The tuple-argument kernel (ptrs, sizes, scales, strides, then the constants), the same specialisation
-    given to each tuple element."""
-    unit = 1 if block_c != 4 else 3  # the position of the stride that is 1 in each (n, c, h, w) stride tuple
-    strides = tuple(tuple("constexpr" if j == unit else "i32" for j in range(4)) for _ in range(4))
-    sig = dict(ptrs=(f"*{dtype}",) * 6, sizes=("i32",) * 6, scales=("fp32", "fp32"), strides=strides,
-               HAS_BIAS="constexpr", ACC="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr")
-    constants = {(4,): bias, (5,): tl.float32, (6,): 2048 // block_c, (7,): block_c, **{(3, t, unit): 1 for t in range(4)}}
-    aligned = {**{(0, i): [["tt.divisibility", 16]] for i in range(6)}, **{(1, i): [["tt.divisibility", 16]] for i in range(6)},
-               **{(3, t, j): [["tt.divisibility", 16]] for t in range(4) for j in range(4) if j != unit}}
+    """The tuple-argument kernel with the biases on or off (no features scale: the inference form's calls)."""
+    return _compile(kernel, 7, 4, dtype, block_c, dict(F_SCALE=False, F_BIAS=bias, K_BIAS=bias))
+
+
+def _compile(kernel, n_ptrs: int, n_strided: int, dtype: str, block_c: int, flags: dict) -> list[str]:
+    """Today's kernels: the tuple arguments (ptrs, sizes, scales, strides of ``n_strided`` tensors), then the flags and
+    the constants, specialised as the launcher's arguments are for channels divisible by 16."""
+    unit = 1 if block_c != 4 else 3
+    strides = tuple(tuple("constexpr" if j == unit else "i32" for j in range(4)) for _ in range(n_strided))
+    names = [*flags, "ACC", "BLOCK_P", "BLOCK_C"]
+    sig = dict(ptrs=(f"*{dtype}",) * n_ptrs, sizes=("i32",) * 6, scales=("fp32", "fp32"), strides=strides, **{n: "constexpr" for n in names})
+    values = [*flags.values(), tl.float32, 2048 // block_c, block_c]
+    constants = {**{(4 + i,): v for i, v in enumerate(values)}, **{(3, t, unit): 1 for t in range(n_strided)}}
+    aligned = {**{(0, i): [["tt.divisibility", 16]] for i in range(n_ptrs)}, **{(1, i): [["tt.divisibility", 16]] for i in range(6)},
+               **{(3, t, j): [["tt.divisibility", 16]] for t in range(n_strided) for j in range(4) if j != unit}}
     return _code(triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constants, attrs=aligned), target=TARGET).asm["ptx"])
+
+
+def compile_current(path: Path) -> list[dict]:
+    """Compile today's forward kernel (each optional term) and the backward kernel for sm_90; count vector loads."""
+    spec = importlib.util.spec_from_file_location("gate_now", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cases = [("forward", module._gate_product_kernel, 7, 4, dict(F_SCALE=fs, F_BIAS=b, K_BIAS=b)) for fs, b in ((False, False), (False, True), (True, True))]
+    cases += [("backward", module._gate_product_backward_kernel, 8, 6, dict(F_SCALE=fs, F_BIAS=fs)) for fs in (False, True)]
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        for block_c, layout in ((64, "channels_last, 64 channels"), (4, "NCHW")):
+            for name, kernel, n_ptrs, n_strided, flags in cases:
+                code = _compile(kernel, n_ptrs, n_strided, dtype, block_c, flags)
+                vector = sum("ld.global.v" in line for line in code)
+                rows.append(dict(kernel=name, dtype=dtype, layout=layout, **flags, lines=len(code), vector_loads=vector))
+                print(f"{name:8s} {dtype} {layout:28s} {flags}: {len(code)} PTX lines, {vector} vector loads")
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--old-rev", required=True, help="the git revision whose kernel takes 34 scalar arguments")
+    p.add_argument("--old-rev", help="the git revision whose kernel takes 34 scalar arguments (else: compile today's kernels)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if not args.old_rev:
+        rows = compile_current(Path(KERNEL))
+        if args.out:
+            args.out.write_text(json.dumps(dict(triton=triton.__version__, target="sm_90", rows=rows), indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         old_path = Path(tmp) / "gate_triton_old.py"
         old_path.write_text(subprocess.run(["git", "show", f"{args.old_rev}:{KERNEL}"], capture_output=True, text=True, check=True).stdout)

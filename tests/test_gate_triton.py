@@ -1,6 +1,7 @@
 """The Triton gate kernel, run on CPU by Triton's interpreter: the same kernel source a GPU compiles."""
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -98,17 +99,58 @@ def test_kernel_rounds_once_in_low_precision(kernel, dtype: torch.dtype) -> None
     assert ((out.double() - ref).abs() <= ref.abs() * eps + 1e-6).all()
 
 
-def test_biases_are_added_to_features_and_calib(kernel) -> None:
+@pytest.mark.parametrize("terms", [("fb", "kb"), ("fb",), ("kb",), ("fs", "fb"), ("fs",)])
+def test_each_optional_term_is_applied(kernel, terms: tuple) -> None:
+    """The fused inference form passes both biases; the training path a norm's scale and shift on the features."""
     gen = torch.Generator().manual_seed(5)
     features, x = (torch.randn(2, 6, 13, 17, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
                    for _ in range(2))
     calib = torch.randn(2, 6, 3, 4, generator=gen, dtype=torch.float64)
-    fb, kb = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
-    out = kernel(features, x, calib, fb, kb)
-    torch.testing.assert_close(out, _reference(features + fb.view(1, -1, 1, 1), x, calib + kb.view(1, -1, 1, 1)),
-                               rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="both biases"):
-        kernel(features, x, calib, fb, None)
+    vec = {t: torch.randn(6, generator=gen, dtype=torch.float64) for t in terms}
+    out = kernel(features, x, calib, features_bias=vec.get("fb"), calib_bias=vec.get("kb"), features_scale=vec.get("fs"))
+    col = lambda t: vec[t].view(1, -1, 1, 1) if t in vec else 0.0  # noqa: E731
+    scaled = features * vec["fs"].view(1, -1, 1, 1) if "fs" in vec else features
+    torch.testing.assert_close(out, _reference(scaled + col("fb"), x, calib + col("kb")), rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def backward_kernel(kernel):
+    return sys.modules["scnet.layers.gate_triton"].gate_product_backward_triton
+
+
+def _reference_backward(grad, features, x, calib):
+    # The gradients of the formula, by plain autograd in float64.
+    f, xx, k = (t.detach().double().requires_grad_(True) for t in (features, x, calib))
+    _reference(f, xx, k).backward(grad.double())
+    return f.grad, xx.grad, k.grad
+
+
+@pytest.mark.parametrize("shape,pooled", SHAPES)
+def test_backward_kernel_equals_autograd_of_the_formula(kernel, backward_kernel, shape: tuple, pooled: tuple) -> None:
+    gen = torch.Generator().manual_seed(11 + sum(shape))
+    calib = torch.randn(shape[0], shape[1], *pooled, generator=gen, dtype=torch.float64)
+    grads, feats, xs = (_layouts(shape, gen) for _ in range(3))
+    for layout, grad in grads.items():
+        features = feats["nchw" if layout == "channels_last" else layout]  # mixed strides too
+        x = xs[layout]
+        d_features, d_sum = backward_kernel(grad, features, x, calib)
+        want_f, want_x, want_k = _reference_backward(grad, features, x, calib)
+        torch.testing.assert_close(d_features, want_f, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(d_sum, want_x, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gate.upsample_adjoint(d_sum, list(calib.shape), "nearest"), want_k, rtol=1e-12, atol=1e-12)
+        assert d_sum.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+def test_backward_kernel_applies_the_features_affine_map(backward_kernel) -> None:
+    gen = torch.Generator().manual_seed(13)
+    grad, raw, x = (torch.randn(2, 6, 12, 8, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+                    for _ in range(3))
+    calib = torch.randn(2, 6, 3, 2, generator=gen, dtype=torch.float64)
+    scale, shift = torch.rand(6, generator=gen, dtype=torch.float64) + 0.5, torch.randn(6, generator=gen, dtype=torch.float64)
+    d_features, d_sum = backward_kernel(grad, raw, x, calib, scale, shift)
+    want_f, want_x, _ = _reference_backward(grad, raw * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), x, calib)
+    torch.testing.assert_close(d_features, want_f, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d_sum, want_x, rtol=1e-12, atol=1e-12)
 
 
 def _counting(fn, calls: dict, key: str):
@@ -181,3 +223,58 @@ def test_a_refused_cudnn_call_falls_back_with_one_warning(kernel, monkeypatch: p
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
     assert fusion._CUDNN_FUSED["ok"] is False
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- the training path: the lean product (any norm) and the lean K3-norm + gate + K4 function (batch norm) ----
+@pytest.mark.parametrize("norm, forward_calls", [("batchnorm", 2), ("groupnorm", 1)])
+def test_training_gate_takes_the_kernels_and_equals_the_eager_path(kernel, backward_kernel, monkeypatch: pytest.MonkeyPatch,
+                                                                   norm: str, forward_calls: int) -> None:
+    """With the kernels interpreted on CPU as they would run on a GPU: the same output, gradients and statistics.
+
+    Batch norm takes the lean K3-norm + gate + K4 function (the forward kernel runs again in backward, reading
+    K3's raw output through the norm's scale and shift); group norm the lean product."""
+    from scnet.layers import SelfCalibration
+
+    torch.manual_seed(0)
+    layer = SelfCalibration(6, 8, stride=2, norm_layer=norm).double().train()
+    eager = copy.deepcopy(layer)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 6, 13, 17, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    want = eager(x)
+    g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    want_grads = torch.autograd.grad(want, [x, *eager.parameters()], g)
+    calls: dict = {}
+    monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setitem(gate._TRITON, "fn", _counting(kernel, calls, "forward"))
+    monkeypatch.setitem(gate._TRITON, "backward", _counting(backward_kernel, calls, "backward"))
+    out = layer(x)
+    grads = torch.autograd.grad(out, [x, *layer.parameters()], g)
+    assert calls == {"forward": forward_calls, "backward": 1}
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(layer.buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_lean_calibrated_conv_gradcheck_through_the_kernels(kernel, backward_kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setitem(gate._TRITON, "fn", kernel)
+    monkeypatch.setitem(gate._TRITON, "backward", backward_kernel)
+    norm = torch.nn.BatchNorm2d(4).double().train()
+    conv = torch.nn.Conv2d(4, 4, 3, 2, 1, bias=False).double()
+
+    class Norm:  # the attributes lean_calibrated_conv reads, the affine parameters as gradcheck's inputs
+        def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+            self.momentum, self.eps, self.running_mean, self.running_var = norm.momentum, norm.eps, norm.running_mean, norm.running_var
+            self.weight, self.bias = weight, bias
+
+    def f(k3_out, x, calib, weight, bias):
+        return gate.lean_calibrated_conv(k3_out, x, calib, Norm(weight, bias), conv, "nearest")
+
+    gen = torch.Generator().manual_seed(12)
+    inputs = (torch.randn(2, 4, 7, 6, generator=gen, dtype=torch.float64), torch.randn(2, 4, 7, 6, generator=gen, dtype=torch.float64),
+              torch.randn(2, 4, 1, 1, generator=gen, dtype=torch.float64), torch.rand(4, generator=gen, dtype=torch.float64) + 0.5,
+              torch.randn(4, generator=gen, dtype=torch.float64))
+    assert torch.autograd.gradcheck(f, tuple(t.requires_grad_(True) for t in inputs))

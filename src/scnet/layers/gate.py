@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["UPSAMPLE_MODES", "upsample", "upsample_adjoint", "calibration_gate", "calibrated_product", "lean_calibrated_conv", "triton_gate_product"]
+__all__ = ["UPSAMPLE_MODES", "upsample", "upsample_adjoint", "calibration_gate", "calibrated_product", "lean_calibrated_conv", "triton_gate_product", "triton_gate_backward"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -88,13 +88,18 @@ class _CalibratedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
-        ctx.mode = mode
+        ctx.mode, ctx.triton = mode, _triton_trains(x, mode)
         ctx.save_for_backward(features, x, calib)
+        if ctx.triton:
+            return triton_gate_product()(features, x, calib)
         return features * calibration_gate(x, calib, mode)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         features, x, calib = ctx.saved_tensors
+        if ctx.triton:
+            d_features, d_sum = triton_gate_backward()(grad, features, x, calib)
+            return d_features, d_sum, upsample_adjoint(d_sum, list(calib.shape), ctx.mode), None
         gate = _gate_for_backward(x, calib, ctx.mode)
         return *_product_grads(grad, features, gate, list(calib.shape), ctx.mode), None
 
@@ -116,24 +121,38 @@ class _LeanCalibratedConv(torch.autograd.Function):
         mode, pooling_r, momentum, eps, stride, padding, dilation, groups = spec
         # Updates the running statistics in place, as F.batch_norm does; mean and invstd are the batch's.
         features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, running_mean, running_var, True, momentum, eps)
-        ctx.spec = spec
+        ctx.spec, ctx.triton = spec, _triton_trains(x, mode)
         ctx.save_for_backward(k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd)
-        product = features.mul_(calibration_gate(x, calib, mode, pooling_r))  # in place: the features are not kept
+        if ctx.triton:  # one pass instead of the gate's three or four
+            product = triton_gate_product()(features, x, calib)
+        else:
+            product = features.mul_(calibration_gate(x, calib, mode, pooling_r))  # in place: the features are not kept
         return F.conv2d(product, conv_weight, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd = ctx.saved_tensors
         mode, pooling_r, _, eps, stride, padding, dilation, groups = ctx.spec
-        scale = norm_weight * invstd  # (C,)
-        shape = (1, -1, 1, 1)
-        features = torch.addcmul((norm_bias - mean * scale).view(shape), k3_out, scale.view(shape))  # (N, C, H, W)
-        gate = _gate_for_backward(x, calib, mode, pooling_r)
-        d_product, d_conv_weight, _ = torch.ops.aten.convolution_backward(
-            grad, features * gate, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
-            [True, ctx.needs_input_grad[7], False],
-        )
-        d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode, owned=True)
+        scale = norm_weight * invstd  # (C,): the norm as k3_out * scale + shift
+        shift = norm_bias - mean * scale
+
+        def conv_backward(product: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            d_product, d_weight, _ = torch.ops.aten.convolution_backward(
+                grad, product, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [True, ctx.needs_input_grad[7], False],
+            )
+            return d_product, d_weight
+
+        if ctx.triton:  # the features never materialised: the kernels apply the norm's scale and shift as they read
+            d_product, d_conv_weight = conv_backward(triton_gate_product()(k3_out, x, calib, features_bias=shift, features_scale=scale))
+            d_features, d_x = triton_gate_backward()(d_product, k3_out, x, calib, scale, shift)
+            d_calib = upsample_adjoint(d_x, list(calib.shape), mode)
+        else:
+            shape = (1, -1, 1, 1)
+            features = torch.addcmul(shift.view(shape), k3_out, scale.view(shape))  # (N, C, H, W)
+            gate = _gate_for_backward(x, calib, mode, pooling_r)
+            d_product, d_conv_weight = conv_backward(features * gate)
+            d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode, owned=True)
         d_k3, d_norm_weight, d_norm_bias = torch.ops.aten.native_batch_norm_backward(
             d_features, k3_out, norm_weight, None, None, mean, invstd, True, eps,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]],
@@ -169,12 +188,30 @@ def _lean_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, 
 _TRITON: dict = {}
 
 
-def triton_gate_product() -> Optional[Callable[..., torch.Tensor]]:
-    """The Triton kernel ``gate_product_triton``, or None where Triton cannot be imported: imported on first use."""
+def _load_triton() -> None:
     if "fn" not in _TRITON:
         try:
-            from .gate_triton import gate_product_triton
+            from .gate_triton import gate_product_backward_triton, gate_product_triton
         except Exception:  # no Triton, or a Triton that cannot initialise: the portable ops are used
-            gate_product_triton = None
-        _TRITON["fn"] = gate_product_triton
+            gate_product_triton = gate_product_backward_triton = None
+        _TRITON["fn"], _TRITON["backward"] = gate_product_triton, gate_product_backward_triton
+
+
+def triton_gate_product() -> Optional[Callable[..., torch.Tensor]]:
+    """The Triton kernel ``gate_product_triton``, or None where Triton cannot be imported: imported on first use."""
+    _load_triton()
     return _TRITON["fn"]
+
+
+def triton_gate_backward() -> Optional[Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+    """The Triton kernel ``gate_product_backward_triton``, or None: imported on first use, with the forward one."""
+    _load_triton()
+    return _TRITON.get("backward")
+
+
+def _triton_trains(x: torch.Tensor, mode: str) -> bool:
+    """Whether a training gate runs as the Triton kernels: on a GPU, nearest Up, eagerly (compilers fuse it themselves)."""
+    from . import fusion  # read at call time: the tests widen GPU_DEVICES to run the kernels interpreted on CPU
+
+    return (mode == "nearest" and x.device.type in fusion.GPU_DEVICES and fusion.running_eagerly()
+            and triton_gate_product() is not None and triton_gate_backward() is not None)
