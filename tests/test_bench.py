@@ -40,7 +40,23 @@ def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         assert r["gflops"] == pytest.approx(2 * factor * r["macs_per_image"] * r["batch"] / (r["latency_ms"] / 1e3) / 1e9)
     md = (out / "bench.md").read_text()
     assert "| scnet_demo | deploy | 3 | 48 |" in md and "deploy = inference + channels_last + deploy(backend=auto)" in md
+    assert "## Beside resnet18" in md and "| scnet_demo | train_cl | 2 | 32 |" in md.split("## All rows")[0]
     assert (out / "bench.png").stat().st_size > 10_000
+
+
+def test_models_are_reported_beside_the_baseline() -> None:
+    from scnet.bench.report import _side_by_side
+
+    def row(model, mode, ips, roof, mem, error=None):
+        return dict(model=model, mode=mode, batch=8, size=224, images_per_s=ips, roof_fraction=roof, peak_mem_mb=mem, error=error)
+
+    rows = [row("resnet50", "train_cl", 12.0, 1.26, 1000.0), row("scnet50", "train_cl", 10.8, 1.09, 1100.0),
+            row("scnet50", "deploy", 50.0, 1.7, None),  # no baseline row in this mode: not paired
+            row("resnet50", "eager_cl", 50.0, 1.7, None), row("scnet50", "eager_cl", 1.0, 0.1, None, error="boom")]
+    lines = _side_by_side(rows, "resnet50")
+    body = [line for line in lines if line.startswith("| scnet50")]
+    assert body == ["| scnet50 | train_cl | 8 | 224 | 10.80 / 12.00 | 0.90x | 109% / 126% | 1100 / 1000 | 1.10x |"]
+    assert _side_by_side(rows, "resnet18") == []
 
 
 def test_targets_are_rated_from_the_rows() -> None:

@@ -109,3 +109,38 @@ def test_cuda_graph_replays_the_deployed_model() -> None:
     torch.testing.assert_close(run(x2), want2)  # a new input is copied in: not the recorded one's result
     with pytest.raises(ValueError, match="recorded for"):
         run(x1[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_compiled_backward_kernel_equals_autograd_of_the_formula(dtype: torch.dtype) -> None:
+    from scnet.layers.gate_triton import gate_product_backward_triton
+
+    for (shape, pooled) in [*SHAPES, ((8, 64, 56, 56), (14, 14))]:
+        gen = torch.Generator().manual_seed(3 + sum(shape))
+        calib = torch.randn(shape[0], shape[1], *pooled, generator=gen, dtype=torch.float64)
+        grad, f, x = (torch.randn(shape, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last) for _ in range(3))
+        leaves = [t.clone().requires_grad_(True) for t in (f, x, calib)]
+        _reference(*leaves).backward(grad)
+        d_f, d_sum = gate_product_backward_triton(*(t.to(CUDA, dtype) for t in (grad, f, x, calib)))
+        for got, want in ((d_f, leaves[0].grad), (d_sum, leaves[1].grad)):
+            tol = 1e-12 if dtype == torch.float64 else 4 * torch.finfo(dtype).eps
+            torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "groupnorm"])
+def test_training_step_on_gpu_takes_the_kernels_and_matches(norm: str, exact_convolutions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SelfCalibration training step on the GPU with the Triton kernels equals the same step with plain ops."""
+    from scnet.layers import SelfCalibration
+
+    torch.manual_seed(0)
+    layer = SelfCalibration(32, 32, norm_layer=norm).to(CUDA).train()
+    x = torch.randn(4, 32, 28, 28, device=CUDA).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    results = []
+    for devices in (("cuda",), ()):  # the kernels, then the eager ops (no device counts as a GPU)
+        monkeypatch.setattr(fusion, "GPU_DEVICES", devices)
+        out = layer(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])))
+    (out, grads), (want, want_grads) = results
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

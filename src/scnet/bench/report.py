@@ -43,6 +43,25 @@ def _md_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _side_by_side(rows: list[dict[str, Any]], baseline: str) -> list[str]:
+    """Each model beside the baseline measured in the same mode, batch and size: throughput, roof and memory."""
+    ok = [r for r in rows if not r.get("error")]
+    base = {(r["mode"], r["batch"], r["size"]): r for r in ok if r["model"] == baseline}
+    pairs = [(r, base[(r["mode"], r["batch"], r["size"])]) for r in ok if r["model"] != baseline and (r["mode"], r["batch"], r["size"]) in base]
+    if not pairs:
+        return []
+    lines = [f"## Beside {baseline}", "", f"| model | mode | batch | size | img/s (model / {baseline}) | ratio | of roof | "
+             f"peak mem MB | memory ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for r, b in pairs:
+        mem, mem_ratio = "n/a", "-"
+        if r.get("peak_mem_mb") is not None and b.get("peak_mem_mb"):
+            mem, mem_ratio = f"{r['peak_mem_mb']:.0f} / {b['peak_mem_mb']:.0f}", f"{r['peak_mem_mb'] / b['peak_mem_mb']:.2f}x"
+        lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['size']} | {r['images_per_s']:.2f} / {b['images_per_s']:.2f} | "
+                     f"{r['images_per_s'] / b['images_per_s']:.2f}x | {100 * r.get('roof_fraction', 0):.0f}% / "
+                     f"{100 * b.get('roof_fraction', 0):.0f}% | {mem} | {mem_ratio} |")
+    return lines + [""]
+
+
 def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md: Sequence[str] = ()) -> None:
     """bench.json, bench.md and bench.png (img/s against batch size and against resolution) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +74,8 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
               "spread = (max - min) / median. " + _memory_note(report["device"]) + " Modes: " + "; ".join(
                   f"{m} = {describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
-              "", *extra_md, *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
+              "", *extra_md, *_side_by_side(report["results"], report["baseline"]), "## All rows", "",
+              *_md_table(report["results"]), "", "![scaling](bench.png)", ""]
     (out / "bench.md").write_text("\n".join(lines))
     _plot(report, out / "bench.png")
 
