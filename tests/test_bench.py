@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scnet.bench import BenchCase, grid, run_bench, write_report
 from scnet.cli import main
@@ -42,6 +43,24 @@ def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "| scnet_demo | deploy | 3 | 48 |" in md and "deploy = inference + channels_last + deploy(backend=auto)" in md
     assert "## Beside resnet18" in md and "| scnet_demo | train_cl | 2 | 32 |" in md.split("## All rows")[0]
     assert (out / "bench.png").stat().st_size > 10_000
+
+
+def test_each_timed_call_follows_settling_calls_of_the_same_case() -> None:
+    from scnet.bench.timing import _time_rounds
+
+    log: list = []
+    cases = [BenchCase("a", "eager", 1, 32), BenchCase("b", "eager", 1, 32)]
+    calls = {id(c): ((lambda x, y, name=c.model: log.append(name)), None, None) for c in cases}
+
+    class Bar:
+        def update(self, n: int = 1) -> None:
+            pass
+
+    _time_rounds(cases, calls, repeats=2, dev=torch.device("cpu"), bar=Bar(), settle=2)
+    assert log == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # settle + 1 timed, round-robin
+    assert [len(c.times) for c in cases] == [2, 2]
+    with pytest.raises(ValueError, match="settle must be >= 0, got -1"):
+        run_bench(cases, settle=-1)
 
 
 def test_models_are_reported_beside_the_baseline() -> None:

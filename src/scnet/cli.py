@@ -96,7 +96,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{r['model']:>16} {r['mode']:>14} b{r['batch']:<3} {r['size']}px  {r['total_us_per_call'] / 1e3:8.2f} ms: {top}")
         print(f"report: {out / 'breakdown.md'}")
         return 0
-    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory)
+    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory,
+                       settle=args.settle)
     write_report(report, out, command=_command_line())
     for row in report["results"]:
         status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"
@@ -271,6 +272,8 @@ def _add_bench_command(sub: Any) -> None:
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
     bench.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
+    bench.add_argument("--settle", type=int, default=2,
+                       help="untimed calls of a case before each of its timed calls, so that it is timed warm (default 2)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     bench.add_argument("--breakdown", action="store_true",

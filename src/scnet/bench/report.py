@@ -71,7 +71,8 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
-              f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows); "
+              f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows, each timed call "
+              f"after {report.get('settle', 0)} untimed calls of the same case); "
               "spread = (max - min) / median. " + _memory_note(report["device"]) + " Modes: " + "; ".join(
                   f"{m} = {describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
               "", *extra_md, *_side_by_side(report["results"], report["baseline"]), "## All rows", "",

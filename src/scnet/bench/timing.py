@@ -92,12 +92,17 @@ def _warm_up(cases: Sequence[BenchCase], calls: dict[int, Call], warmup: int, de
             bar.update(warmup - done)
 
 
-def _time_rounds(cases: Sequence[BenchCase], calls: dict[int, Call], repeats: int, dev: torch.device, bar: Any) -> None:
-    """``repeats`` rounds of one timed call per case, in the same order each round."""
+def _time_rounds(cases: Sequence[BenchCase], calls: dict[int, Call], repeats: int, dev: torch.device, bar: Any,
+                 settle: int = 0) -> None:
+    """``repeats`` rounds of one timed call per case, in the same order each round, each after ``settle`` untimed
+    calls of the same case: the steady state of a loop that runs one model (its weights in cache, the memory
+    allocator holding the blocks its last call freed), not the first call after another model's."""
     for _ in range(repeats):
         for case in cases:
             if not case.error:
                 run, x, y = calls[id(case)]
+                for _ in range(settle):
+                    run(x, y)
                 sync(dev)
                 start = time.perf_counter()
                 run(x, y)
@@ -107,8 +112,9 @@ def _time_rounds(cases: Sequence[BenchCase], calls: dict[int, Call], repeats: in
 
 
 def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, device: str = "cpu", dtype: str = "fp32",
-              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True) -> dict[str, Any]:
-    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times.
+              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True, settle: int = 2) -> dict[str, Any]:
+    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times, each
+    timed call after ``settle`` untimed ones of the same case.
 
     With ``memory``, each case's peak memory is measured too: on GPU from the allocator's statistics, on CPU
     in a fresh process per case (not for compiled modes, whose compilation would dominate that process).
@@ -119,12 +125,14 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
         raise ValueError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
     if repeats < 1 or warmup < 1:
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
+    if settle < 0:
+        raise ValueError(f"settle must be >= 0, got {settle}")
     dev, torch_dtype = bench_device(device), DTYPES[dtype]
     with torch_settings(dev, freezing=any(MODES[c.mode]["compile"] and not MODES[c.mode]["train"] for c in cases)):
         calls = _build(cases, dev, torch_dtype)
         with tqdm(total=len(cases) * (warmup + repeats), desc="bench", disable=not show_progress or None, dynamic_ncols=True) as bar:
             _warm_up(cases, calls, warmup, dev, bar)
-            _time_rounds(cases, calls, repeats, dev, bar)
+            _time_rounds(cases, calls, repeats, dev, bar, settle)
     if memory and dev.type == "cpu":
         for case in tqdm(cases, desc="peak memory", disable=not show_progress or None, dynamic_ncols=True):
             if not case.error and not MODES[case.mode]["compile"]:
@@ -132,6 +140,6 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
     roof = matmul_roof(dev, torch_dtype if torch_dtype != torch.float16 or dev.type == "cuda" else torch.float32)
     return dict(
         machine=describe_machine(dev), torch=torch.__version__, device=device, dtype=dtype,
-        repeats=repeats, warmup=warmup, baseline=baseline, matmul_roof_gflops=roof, memory=memory,
+        repeats=repeats, warmup=warmup, settle=settle, baseline=baseline, matmul_roof_gflops=roof, memory=memory,
         results=[c.summary(roof) for c in cases],
     )
