@@ -27,7 +27,8 @@ def _memory_note(device: str) -> str:
         return ("Peak memory: the CUDA allocator's peak during the last warm-up call, above what was allocated before it "
                 "(cuDNN's workspace included).")
     return ("Peak memory: the resident-memory high-water mark (reset just before) of the warm-up calls in a fresh "
-            "process, above the memory after building the model and inputs.")
+            "process, above the memory after building the model and inputs; blocks of 64 KiB or more are mapped directly "
+            "there, so that the figure follows the live tensors rather than what the allocator keeps.")
 
 
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
