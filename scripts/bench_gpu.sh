@@ -30,7 +30,8 @@ BENCH=("$PY" -m scnet bench --device "${DEVICE:-cuda}")
 step checks 120 $PY -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
 step bf16 200 "${BENCH[@]}" --dtype bf16 --models scnet50 scnet50_plain --modes eager eager_cl deploy_portable deploy graph deploy_graph \
     --batch-sizes 1 32 128 --repeats 10 --warmup 3 --out "$WORK/bf16"
-step train 150 "${BENCH[@]}" --dtype bf16 --models scnet50 scnet50_plain --modes train train_cl --batch-sizes 32 128 \
+# Training under bf16 autocast: the lean product with the Triton forward and backward kernels, eager and compiled.
+step train 300 "${BENCH[@]}" --dtype bf16 --models scnet50 scnet50_plain --modes train_cl train_compiled --batch-sizes 128 \
     --repeats 10 --warmup 3 --out "$WORK/train"
 step breakdown 60 "${BENCH[@]}" --breakdown --dtype bf16 --models scnet50 --modes eager_cl deploy_portable deploy --batch-sizes 128 \
     --repeats 3 --warmup 2 --out "$WORK/breakdown"

@@ -1,8 +1,10 @@
-"""The calibration gate ``sigmoid(x + Up(calib))``: its one definition, the lean training product, the fast kernel.
+"""The calibration gate ``sigmoid(x + Up(calib))``: its one definition, the lean training forms, the fast kernels.
 
-Every form of SC-Conv computes its gate here: the eager layer (``SelfCalibration``), its training-time product
-that keeps no full-size gate for backward, the fused inference form (``FusedSelfCalibration``), and the Triton
-kernel (``gate_triton.py``, imported on first use so that CPU-only installs never need Triton), which the tests
+Every form of SC-Conv computes its gate here: the eager layer (``SelfCalibration``); its two training-time forms,
+the product that keeps no full-size gate for backward (any norm) and, after a plain batch norm, K3's norm + the
+gate + K4's convolution as one function that keeps only K3's raw output; the fused inference form
+(``FusedSelfCalibration``); and the Triton kernels (``gate_triton.py``, imported on first use so that CPU-only
+installs never need Triton: the product, and its backward for the training forms on a GPU), which the tests
 hold to ``calibration_gate``.
 """
 # No ``from __future__ import annotations``: TorchScript reads these annotations as real types.
@@ -12,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["UPSAMPLE_MODES", "upsample", "upsample_adjoint", "calibration_gate", "calibrated_product", "lean_calibrated_conv", "triton_gate_product", "triton_gate_backward"]
+__all__ = [
+    "UPSAMPLE_MODES", "upsample", "upsample_adjoint", "calibration_gate", "calibrated_product", "lean_calibrated_conv",
+    "triton_gate_product", "triton_gate_backward",
+]
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -62,12 +67,11 @@ def _product_grads(grad: torch.Tensor, features: torch.Tensor, gate: torch.Tenso
     ``owned``: ``features`` and ``gate`` are this backward's own recomputations, so their buffers are reused
     (two full-size allocations fewer; on a CPU each fresh large tensor costs page faults).
     """
-    if not owned:
-        d_features = grad * gate
-        d_sum = (grad * features).mul_(1 - gate).mul_(gate)  # d/dt sigmoid(t) = s (1 - s), in autograd's order
-        return d_features, d_sum, upsample_adjoint(d_sum, calib_shape, mode)
     d_features = grad * gate
-    d_sum = features.mul_(grad).mul_(gate.addcmul_(gate, gate, value=-1))  # grad * features * (s - s^2)
+    if owned:
+        d_sum = features.mul_(grad).mul_(gate.addcmul_(gate, gate, value=-1))  # grad * features * (s - s^2)
+    else:
+        d_sum = (grad * features).mul_(1 - gate).mul_(gate)  # d/dt sigmoid(t) = s (1 - s), in autograd's order
     return d_features, d_sum, upsample_adjoint(d_sum, calib_shape, mode)
 
 

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-__all__ = ["SafeBatchNorm2d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm", "count_batch"]
+__all__ = ["SafeBatchNorm2d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm",
+           "count_batch"]
 
 NormLayer = Callable[[int], nn.Module]
 

@@ -137,8 +137,8 @@ class SelfCalibration(nn.Module):
             return False
         if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
             return False  # under autocast the plain ops choose each one's precision
-        k4_conv = self.k4[0]
-        return (stackable_norms(self.k3[1]) and k4_conv.bias is None and k4_conv.padding_mode == "zeros"
+        k4_conv = self.k4[0]  # its weight and geometry are read directly
+        return (stackable_norms(self.k3[1]) and type(k4_conv) is nn.Conv2d and k4_conv.bias is None and k4_conv.padding_mode == "zeros"
                 and x.shape[0] * x.shape[-2] * x.shape[-1] > 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
