@@ -120,9 +120,9 @@ class _LeanCalibratedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm_weight: torch.Tensor,
-                norm_bias: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, conv_weight: torch.Tensor,
-                spec: tuple) -> torch.Tensor:
-        mode, pooling_r, momentum, eps, stride, padding, dilation, groups = spec
+                norm_bias: torch.Tensor, conv_weight: torch.Tensor, spec: tuple) -> torch.Tensor:
+        # spec: what takes no gradient: the running statistics (updated in place), the gate's and the conv's settings.
+        (running_mean, running_var), mode, pooling_r, momentum, eps, stride, padding, dilation, groups = spec
         # Updates the running statistics in place, as F.batch_norm does; mean and invstd are the batch's.
         features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, running_mean, running_var, True, momentum, eps)
         ctx.spec, ctx.triton = spec, _triton_trains(x, mode)
@@ -136,14 +136,14 @@ class _LeanCalibratedConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd = ctx.saved_tensors
-        mode, pooling_r, _, eps, stride, padding, dilation, groups = ctx.spec
+        _, mode, pooling_r, _, eps, stride, padding, dilation, groups = ctx.spec
         scale = norm_weight * invstd  # (C,): the norm as k3_out * scale + shift
         shift = norm_bias - mean * scale
 
         def conv_backward(product: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             d_product, d_weight, _ = torch.ops.aten.convolution_backward(
                 grad, product, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
-                [True, ctx.needs_input_grad[7], False],
+                [True, ctx.needs_input_grad[5], False],
             )
             return d_product, d_weight
 
@@ -161,7 +161,7 @@ class _LeanCalibratedConv(torch.autograd.Function):
             d_features, k3_out, norm_weight, None, None, mean, invstd, True, eps,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]],
         )
-        return d_k3, d_x, d_calib, d_norm_weight, d_norm_bias, None, None, d_conv_weight, None
+        return d_k3, d_x, d_calib, d_norm_weight, d_norm_bias, d_conv_weight, None
 
 
 def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm: torch.nn.BatchNorm2d,
@@ -171,8 +171,9 @@ def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Ten
     The caller has checked the norm with ``stackable_norms`` and counts its batch; ``conv`` has no bias. With
     ``pooling_r`` (eager mode only: the test is on sizes) Up is a broadcast where it tiles exactly.
     """
-    spec = (mode, pooling_r, norm.momentum, norm.eps, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, norm.running_mean, norm.running_var, conv.weight, spec)
+    spec = ((norm.running_mean, norm.running_var), mode, pooling_r, norm.momentum, norm.eps, conv.stride, conv.padding,
+            conv.dilation, conv.groups)
+    return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, conv.weight, spec)
 
 
 @register_notrace_function  # FX tracing keeps it as one call
