@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scnet.bench import BenchCase, run_bench, write_report
+from scnet.bench import BenchCase, Rounds, run_bench, write_report
 
 # The fast-path goals, each as (description, numerator case, denominator case, how the ratio is read, bound).
 # A case is (model, mode, batch, size); the ratio is throughput(numerator) / throughput(denominator) unless noted.
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--out", type=Path, default=Path("runs/bench-targets"))
     args = p.parse_args(argv)
-    report = run_bench(target_cases(), args.repeats, args.warmup, args.device, args.dtype, memory=not args.no_memory,
-                       settle=args.settle)
+    report = run_bench(target_cases(), Rounds(args.repeats, args.warmup, args.settle), args.device, args.dtype,
+                       memory=not args.no_memory)
     report["targets"] = evaluate_targets(report)
     command = "python scripts/bench_targets.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     write_report(report, args.out, command=command, extra_md=targets_markdown(report["targets"]))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnet.bench import BenchCase, grid, run_bench, write_report
+from scnet.bench import BenchCase, Rounds, grid, run_bench, write_report
 from scnet.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -23,7 +23,7 @@ def test_grid_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
         grid(["scnet50"], ["eager"], [0], [224])
     with pytest.raises(ValueError, match="repeats and warmup"):
-        run_bench(cases, repeats=0)
+        run_bench(cases, Rounds(repeats=0))
 
 
 def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -60,7 +60,7 @@ def test_each_timed_call_follows_settling_calls_of_the_same_case() -> None:
     assert log == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # settle + 1 timed, round-robin
     assert [len(c.times) for c in cases] == [2, 2]
     with pytest.raises(ValueError, match="settle must be >= 0, got -1"):
-        run_bench(cases, settle=-1)
+        run_bench(cases, Rounds(settle=-1))
 
 
 def test_models_are_reported_beside_the_baseline() -> None:
@@ -117,7 +117,7 @@ def test_graph_modes_need_a_gpu() -> None:
     with pytest.raises(ValueError, match="needs a CUDA tensor"):
         scnet.cuda_graph(torch.nn.Identity(), torch.zeros(1))
     cases = grid(["scnet_demo"], ["graph", "deploy_graph"], [1], [32], baseline=None)
-    rows = run_bench(cases, repeats=1, warmup=1, show_progress=False, memory=False)["results"]
+    rows = run_bench(cases, Rounds(repeats=1, warmup=1), show_progress=False, memory=False)["results"]
     assert [r["mode"] for r in rows] == ["graph", "deploy_graph"]
     assert all("needs a CUDA tensor" in r["error"] and "images_per_s" not in r for r in rows)  # reported, not timed
 

@@ -80,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import grid, kernel_breakdown, run_bench, write_breakdown, write_report
+    from .bench import Rounds, grid, kernel_breakdown, run_bench, write_breakdown, write_report
 
     if args.threads:
         import torch
@@ -96,8 +96,8 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{r['model']:>16} {r['mode']:>14} b{r['batch']:<3} {r['size']}px  {r['total_us_per_call'] / 1e3:8.2f} ms: {top}")
         print(f"report: {out / 'breakdown.md'}")
         return 0
-    report = run_bench(cases, args.repeats, args.warmup, args.device, args.dtype, args.baseline, memory=not args.no_memory,
-                       settle=args.settle)
+    report = run_bench(cases, Rounds(args.repeats, args.warmup, args.settle), args.device, args.dtype, args.baseline,
+                       memory=not args.no_memory)
     write_report(report, out, command=_command_line())
     for row in report["results"]:
         status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"

@@ -8,7 +8,7 @@ from .cases import DTYPES, MODES, BenchCase, grid, torch_settings
 from .memory import cpu_peak_memory
 from .profiling import kernel_breakdown, kernel_category, write_breakdown
 from .report import write_report
-from .timing import matmul_roof, run_bench
+from .timing import Rounds, matmul_roof, run_bench
 
-__all__ = ["BenchCase", "DTYPES", "MODES", "cpu_peak_memory", "grid", "kernel_breakdown", "kernel_category", "matmul_roof", "run_bench",
+__all__ = ["BenchCase", "Rounds", "DTYPES", "MODES", "cpu_peak_memory", "grid", "kernel_breakdown", "kernel_category", "matmul_roof", "run_bench",
            "torch_settings", "write_breakdown", "write_report"]

@@ -8,7 +8,7 @@ the machine's measured matrix-multiply rate (the "roof"), which says how much sp
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from ..profile import count_macs, describe_machine
 from .cases import DTYPES, MODES, BenchCase, input_dtype, make_inputs, prepare, torch_settings
 from .memory import cpu_peak_memory, cuda_peak_memory
 
-__all__ = ["matmul_roof", "run_bench", "bench_device", "sync"]
+__all__ = ["Rounds", "matmul_roof", "run_bench", "bench_device", "sync"]
 
 Call = tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.Tensor, torch.Tensor]
 
@@ -111,10 +111,18 @@ def _time_rounds(cases: Sequence[BenchCase], calls: dict[int, Call], repeats: in
             bar.update()
 
 
-def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, device: str = "cpu", dtype: str = "fp32",
-              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True, settle: int = 2) -> dict[str, Any]:
-    """Build each (model, mode) once, warm every case up, then time all cases round-robin ``repeats`` times, each
-    timed call after ``settle`` untimed ones of the same case.
+class Rounds(NamedTuple):
+    """How every case is timed: ``warmup`` untimed calls first, then ``repeats`` round-robin rounds, each timed call
+    after ``settle`` untimed calls of the same case."""
+
+    repeats: int = 5
+    warmup: int = 2
+    settle: int = 2
+
+
+def run_bench(cases: Sequence[BenchCase], rounds: Rounds = Rounds(), device: str = "cpu", dtype: str = "fp32",
+              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True) -> dict[str, Any]:
+    """Build each (model, mode) once, warm every case up, then time all cases round-robin (see ``Rounds``).
 
     With ``memory``, each case's peak memory is measured too: on GPU from the allocator's statistics, on CPU
     in a fresh process per case (not for compiled modes, whose compilation would dominate that process).
@@ -123,6 +131,7 @@ def run_bench(cases: Sequence[BenchCase], repeats: int = 5, warmup: int = 2, dev
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {tuple(DTYPES)}")
+    repeats, warmup, settle = rounds
     if repeats < 1 or warmup < 1:
         raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
     if settle < 0:
