@@ -59,18 +59,18 @@ def _flat_ptx(kernel, dtype: str, block_c: int, bias: bool) -> list[str]:
 
 def _tuple_ptx(kernel, dtype: str, block_c: int, bias: bool) -> list[str]:
     """The tuple-argument kernel with the biases on or off (no features scale: the inference form's calls)."""
-    return _compile(kernel, 7, 4, dtype, block_c, dict(F_SCALE=False, F_BIAS=bias, K_BIAS=bias))
+    return _compile(kernel, 7, 4, dtype, block_c, (False, bias, bias))
 
 
-def _compile(kernel, n_ptrs: int, n_strided: int, dtype: str, block_c: int, flags: dict) -> list[str]:
-    """Today's kernels: the tuple arguments (ptrs, sizes, scales, strides of ``n_strided`` tensors), then the flags and
-    the constants, specialised as the launcher's arguments are for channels divisible by 16."""
+def _compile(kernel, n_ptrs: int, n_strided: int, dtype: str, block_c: int, terms: tuple) -> list[str]:
+    """Today's kernels: the tuple arguments (ptrs, sizes, scales, strides of ``n_strided`` tensors), then the constant
+    TERMS tuple and the other constants, specialised as the launcher's arguments are for channels divisible by 16."""
     unit = 1 if block_c != 4 else 3
     strides = tuple(tuple("constexpr" if j == unit else "i32" for j in range(4)) for _ in range(n_strided))
-    names = [*flags, "ACC", "BLOCK_P", "BLOCK_C"]
-    sig = dict(ptrs=(f"*{dtype}",) * n_ptrs, sizes=("i32",) * 6, scales=("fp32", "fp32"), strides=strides, **{n: "constexpr" for n in names})
-    values = [*flags.values(), tl.float32, 2048 // block_c, block_c]
-    constants = {**{(4 + i,): v for i, v in enumerate(values)}, **{(3, t, unit): 1 for t in range(n_strided)}}
+    sig = dict(ptrs=(f"*{dtype}",) * n_ptrs, sizes=("i32",) * 6, scales=("fp32", "fp32"), strides=strides,
+               TERMS=("constexpr",) * 3, ACC="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr")
+    constants = {**{(4, i): t for i, t in enumerate(terms)}, (5,): tl.float32, (6,): 2048 // block_c, (7,): block_c,
+                 **{(3, t, unit): 1 for t in range(n_strided)}}
     aligned = {**{(0, i): [["tt.divisibility", 16]] for i in range(n_ptrs)}, **{(1, i): [["tt.divisibility", 16]] for i in range(6)},
                **{(3, t, j): [["tt.divisibility", 16]] for t in range(n_strided) for j in range(4) if j != unit}}
     return _code(triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constants, attrs=aligned), target=TARGET).asm["ptx"])
@@ -81,16 +81,18 @@ def compile_current(path: Path) -> list[dict]:
     spec = importlib.util.spec_from_file_location("gate_now", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cases = [("forward", module._gate_product_kernel, 7, 4, dict(F_SCALE=fs, F_BIAS=b, K_BIAS=b)) for fs, b in ((False, False), (False, True), (True, True))]
-    cases += [("backward", module._gate_product_backward_kernel, 8, 6, dict(F_SCALE=fs, F_BIAS=fs)) for fs in (False, True)]
+    names = ("features_scale", "features_bias", "calib_bias")
+    cases = [("forward", module._gate_product_kernel, 7, 4, t) for t in ((False, False, False), (False, True, True), (True, True, False))]
+    cases += [("backward", module._gate_product_backward_kernel, 8, 6, t) for t in ((False, False, False), (True, True, False))]
     rows = []
     for dtype in ("fp32", "bf16"):
         for block_c, layout in ((64, "channels_last, 64 channels"), (4, "NCHW")):
-            for name, kernel, n_ptrs, n_strided, flags in cases:
-                code = _compile(kernel, n_ptrs, n_strided, dtype, block_c, flags)
+            for name, kernel, n_ptrs, n_strided, terms in cases:
+                code = _compile(kernel, n_ptrs, n_strided, dtype, block_c, terms)
                 vector = sum("ld.global.v" in line for line in code)
-                rows.append(dict(kernel=name, dtype=dtype, layout=layout, **flags, lines=len(code), vector_loads=vector))
-                print(f"{name:8s} {dtype} {layout:28s} {flags}: {len(code)} PTX lines, {vector} vector loads")
+                used = [n for n, on in zip(names, terms) if on] or ["none"]
+                rows.append(dict(kernel=name, dtype=dtype, layout=layout, terms=used, lines=len(code), vector_loads=vector))
+                print(f"{name:8s} {dtype} {layout:28s} {'+'.join(used):40s}: {len(code)} PTX lines, {vector} vector loads")
     return rows
 
 

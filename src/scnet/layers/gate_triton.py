@@ -27,9 +27,9 @@ __all__ = ["gate_product_triton", "gate_product_backward_triton"]
 
 
 @triton.jit
-def _tile(sizes, scales, strides_nhw, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The tile of BLOCK_P pixels x BLOCK_C channels this program handles: its mask, channels and the offsets of the
-    pooled cell each pixel reads; ``strides_nhw`` the (n, c, h, w) strides of every full-size tensor, in order."""
+def _tile(sizes, scales, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of BLOCK_P pixels x BLOCK_C channels this program handles: its mask, its channels, each pixel's
+    (n, h, w) and the pooled cell (ph, pw) it reads."""
     P, C, H, W, PH, PW = sizes
     scale_h, scale_w = scales
     # The pixel -> (n, h, w) divisions happen once per pixel, in 32-bit, not once per element: 64-bit division is
@@ -54,49 +54,55 @@ def _offsets(n, h, w, c, strides):
 
 
 @triton.jit
-def _load_terms(feat_ptr, x_ptr, calib_ptr, fscale_ptr, fbias_ptr, kbias_ptr, sf, sx, sk, tile, C,
-                F_SCALE: tl.constexpr, F_BIAS: tl.constexpr, K_BIAS: tl.constexpr, ACC: tl.constexpr):
-    """features (times its per-channel scale, plus its bias), x and Up(calib) (plus its bias), in ACC."""
+def _load_terms(ptrs, vectors, strides, tile, C, TERMS: tl.constexpr, ACC: tl.constexpr):
+    """features (times its per-channel scale, plus its bias), x and Up(calib) (plus its bias), in ACC.
+
+    ptrs: features, x, calib; vectors: the features' scale and bias and calib's bias; strides: of the three;
+    TERMS: which of the three vectors apply (constants, so an unused term costs nothing)."""
+    feat_ptr, x_ptr, calib_ptr = ptrs
+    fscale_ptr, fbias_ptr, kbias_ptr = vectors
+    sf, sx, sk = strides
     mask, c, n, h, w, ph, pw = tile
     f = tl.load(feat_ptr + _offsets(n, h, w, c, sf), mask=mask).to(ACC)
     xv = tl.load(x_ptr + _offsets(n, h, w, c, sx), mask=mask).to(ACC)
     kv = tl.load(calib_ptr + _offsets(n, ph, pw, c, sk), mask=mask).to(ACC)
-    if F_SCALE:  # a training norm's affine map, (k3_out - mean) * invstd * weight + bias = k3_out * scale + shift
+    if TERMS[0]:  # a training norm's affine map, (k3_out - mean) * invstd * weight + bias = k3_out * scale + shift
         f *= tl.load(fscale_ptr + c, mask=c < C).to(ACC)[None, :]
-    if F_BIAS:  # the per-channel biases of the convolutions that made features and calib
+    if TERMS[1]:  # the per-channel biases of the convolutions that made features and calib
         f += tl.load(fbias_ptr + c, mask=c < C).to(ACC)[None, :]
-    if K_BIAS:
+    if TERMS[2]:
         kv += tl.load(kbias_ptr + c, mask=c < C).to(ACC)[None, :]
     return f, xv, kv
 
 
 @triton.jit
-def _gate_product_kernel(ptrs, sizes, scales, strides, F_SCALE: tl.constexpr, F_BIAS: tl.constexpr, K_BIAS: tl.constexpr,
-                         ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gate_product_kernel(ptrs, sizes, scales, strides, TERMS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_C: tl.constexpr):
     # Arguments grouped in tuples, flattened by Triton in this order (each element specialised as a separate
     # argument would be, stride 1 included): the seven pointers, the sizes, the two scales, and the (n, c, h, w)
-    # strides of features, x, calib and out.
+    # strides of features, x, calib and out; TERMS (features' scale, features' bias, calib's bias) are constants.
     feat_ptr, x_ptr, calib_ptr, out_ptr, fscale_ptr, fbias_ptr, kbias_ptr = ptrs
     sf, sx, sk, so = strides
-    tile = _tile(sizes, scales, strides, BLOCK_P, BLOCK_C)
+    tile = _tile(sizes, scales, BLOCK_P, BLOCK_C)
     mask, c, n, h, w, ph, pw = tile
-    f, xv, kv = _load_terms(feat_ptr, x_ptr, calib_ptr, fscale_ptr, fbias_ptr, kbias_ptr, sf, sx, sk, tile, sizes[1],
-                            F_SCALE, F_BIAS, K_BIAS, ACC)
+    f, xv, kv = _load_terms((feat_ptr, x_ptr, calib_ptr), (fscale_ptr, fbias_ptr, kbias_ptr), (sf, sx, sk), tile, sizes[1],
+                            TERMS, ACC)
     out = f / (1.0 + tl.exp(-(xv + kv)))  # f * sigmoid(x + Up(calib)); ACC: float64 for float64, else float32
     tl.store(out_ptr + _offsets(n, h, w, c, so), out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gate_product_backward_kernel(ptrs, sizes, scales, strides, F_SCALE: tl.constexpr, F_BIAS: tl.constexpr,
-                                  ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _gate_product_backward_kernel(ptrs, sizes, scales, strides, TERMS: tl.constexpr, ACC: tl.constexpr,
+                                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     # ptrs: grad, features, x, calib, d_features (out), d_sum (out), the features' scale and bias; strides of the
-    # first six. d_sum = grad * f * s * (1 - s) is the gradient of x and, summed over each cell, of calib.
+    # first six; TERMS as the forward kernel's (calib's bias never applies). d_sum = grad * f * s * (1 - s) is the
+    # gradient of x and, summed over each cell, of calib.
     g_ptr, feat_ptr, x_ptr, calib_ptr, df_ptr, ds_ptr, fscale_ptr, fbias_ptr = ptrs
     sg, sf, sx, sk, sdf, sds = strides
-    tile = _tile(sizes, scales, strides, BLOCK_P, BLOCK_C)
+    tile = _tile(sizes, scales, BLOCK_P, BLOCK_C)
     mask, c, n, h, w, ph, pw = tile
-    f, xv, kv = _load_terms(feat_ptr, x_ptr, calib_ptr, fscale_ptr, fbias_ptr, fbias_ptr, sf, sx, sk, tile, sizes[1],
-                            F_SCALE, F_BIAS, False, ACC)
+    f, xv, kv = _load_terms((feat_ptr, x_ptr, calib_ptr), (fscale_ptr, fbias_ptr, fbias_ptr), (sf, sx, sk), tile, sizes[1],
+                            TERMS, ACC)
     g = tl.load(g_ptr + _offsets(n, h, w, c, sg), mask=mask).to(ACC)
     s = 1.0 / (1.0 + tl.exp(-(xv + kv)))
     tl.store(df_ptr + _offsets(n, h, w, c, sdf), (g * s).to(df_ptr.dtype.element_ty), mask=mask)
@@ -143,8 +149,8 @@ def gate_product_triton(features: torch.Tensor, x: torch.Tensor, calib: torch.Te
     if out.numel() == 0:
         return out
     ptrs = (features, x, calib, out, *(features if t is None else t for t in (features_scale, features_bias, calib_bias)))
-    _launch(_gate_product_kernel, features, x, calib, ptrs, (features, x, calib, out), F_SCALE=features_scale is not None,
-            F_BIAS=features_bias is not None, K_BIAS=calib_bias is not None)
+    terms = (features_scale is not None, features_bias is not None, calib_bias is not None)
+    _launch(_gate_product_kernel, features, x, calib, ptrs, (features, x, calib, out), TERMS=terms)
     return out
 
 
@@ -162,6 +168,6 @@ def gate_product_backward_triton(grad: torch.Tensor, features: torch.Tensor, x: 
     if grad.numel() == 0:
         return d_features, d_sum
     ptrs = (grad, features, x, calib, d_features, d_sum, *(features if t is None else t for t in (features_scale, features_bias)))
-    _launch(_gate_product_backward_kernel, grad, x, calib, ptrs, (grad, features, x, calib, d_features, d_sum),
-            F_SCALE=features_scale is not None, F_BIAS=features_bias is not None)
+    terms = (features_scale is not None, features_bias is not None, False)
+    _launch(_gate_product_backward_kernel, grad, x, calib, ptrs, (grad, features, x, calib, d_features, d_sum), TERMS=terms)
     return d_features, d_sum
