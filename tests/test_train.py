@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 import scnet
 
@@ -14,6 +15,7 @@ from scnet.cli import main
 from scnet.data import FASHION_MNIST_SYSTEM_DIR, build_datasets
 from scnet.models.weights import read_checkpoint
 from scnet.train import evaluate_checkpoint, fit, merge_config
+from scnet.train.config import ConfigError
 
 TINY = dict(model="scnet_demo", data="synthetic", batch_size=32, lr=0.05, epochs=3)
 
@@ -128,12 +130,13 @@ def test_cli_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
-def _one_and_two_processes(tmp_path: Path, args: list[str], entry: list[str]) -> tuple[dict, dict, str]:
+def _one_and_two_processes(tmp_path: Path, args: list[str], entry: list[str], two_extra: tuple[str, ...] = ()) -> tuple[dict, dict, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, *entry, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *entry, *args, "--out", str(tmp_path / "two")],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *entry, *args, *two_extra,
+         "--out", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -170,6 +173,70 @@ def test_two_process_ddp_equals_one_process_across_epochs(tmp_path: Path, data: 
         torch.testing.assert_close(two["model"][key], value, rtol=1e-10, atol=1e-12, msg=key)
     for key, value in one["optimizer"]["state"].items():
         torch.testing.assert_close(two["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"], rtol=1e-10, atol=1e-12)
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-10, atol=1e-12, msg=key)
+    for key, value in a["optimizer"]["state"].items():
+        torch.testing.assert_close(b["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_accumulated_micro_batches_update_like_the_whole_batch(tmp_path: Path) -> None:
+    # One process, float64: the batch of 32 as 4 micro-batches of 8 (one update) against the whole batch at once.
+    driver = str(Path(__file__).with_name("train_float64.py"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, k in (("whole", "1"), ("accumulated", "4")):
+        done = subprocess.run([sys.executable, driver, *DDP_ARGS, "--epochs", "2", "--accum-steps", k, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    whole, accumulated = (read_checkpoint(tmp_path / n / "checkpoint-last.pth") for n in ("whole", "accumulated"))
+    assert accumulated["config"]["accum_steps"] == 4
+    _assert_same_weights(whole, accumulated)
+    for a, b in zip(whole["history"], accumulated["history"]):
+        assert a["val_acc"] == b["val_acc"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_accumulation_under_ddp_equals_one_process(tmp_path: Path) -> None:
+    # Two processes, each splitting its half batch into 2 micro-batches (no_sync on the first), against one process.
+    driver = str(Path(__file__).with_name("train_float64.py"))
+    one, two, _ = _one_and_two_processes(tmp_path, [*DDP_ARGS, "--epochs", "2"], [driver], two_extra=("--accum-steps", "2"))
+    assert two["config"]["accum_steps"] == 2
+    _assert_same_weights(one, two)
+
+
+def test_only_the_last_micro_batch_all_reduces() -> None:
+    from contextlib import contextmanager
+
+    from scnet.train.engine import EpochTotals, StepParts, train_one_epoch
+
+    class Wrapped(nn.Module):  # what DDP offers the loop: the model, and no_sync for steps that must not all-reduce
+        def __init__(self) -> None:
+            super().__init__()
+            self.module, self.unsynced, self.calls = nn.Linear(4, 3), 0, []
+
+        @contextmanager
+        def no_sync(self):
+            self.unsynced += 1
+            yield
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls.append(x.shape[0])
+            return self.module(x)
+
+    model = Wrapped()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    parts = StepParts(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), nn.CrossEntropyLoss(), torch.device("cpu"),
+                      accum_steps=3)
+    batches = [(torch.randn(7, 4), torch.randint(0, 3, (7,))), (torch.randn(2, 4), torch.randint(0, 3, (2,)))]
+    totals = EpochTotals()
+    train_one_epoch(parts, batches, 0, show_progress=False, totals=totals)
+    assert model.calls == [3, 3, 1, 1, 1]  # 7 as 3 + 3 + 1; a batch of 2 as two micro-batches
+    assert model.unsynced == 2 + 1 and totals["steps"] == 2 and totals["seen"] == 9
+    with pytest.raises(ConfigError, match="--accum-steps must be a positive integer, got 0"):
+        merge_config(flags={**TINY, "accum_steps": 0})
 
 
 def test_predict_images_of_every_mode(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

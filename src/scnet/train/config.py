@@ -73,6 +73,9 @@ class TrainConfig:
                              _bad_image_policies)
     epochs: Optional[int] = option(None, f"default {DEFAULT_EPOCHS}; with --resume, the run's own")
     batch_size: int = option(256, "global batch size (default {default})")
+    accum_steps: int = option(1, "split each process's share of a batch into this many micro-batches, one backward "
+                                 "each and one update: the same update in 1/N of the activation memory (batch norm "
+                                 "then sees micro-batch statistics) (default {default})")
     opt: str = option("sgd", "optimiser (default {default})", ("sgd", "adamw"))
     lr: Optional[float] = option(None, f"peak learning rate (default {LR_PER_256} x batch size / 256, the linear scaling rule)")
     momentum: float = option(0.9, "SGD momentum (default {default})")
@@ -105,7 +108,7 @@ class TrainConfig:
         """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
         if self.epochs is None and not self.resume:
             self.epochs = DEFAULT_EPOCHS
-        for name in ("batch_size", "image_size"):
+        for name in ("batch_size", "image_size", "accum_steps"):
             _number(name, getattr(self, name), low=1, integer=True)
         for name in ("epochs", "checkpoint_every", "limit_train", "limit_val"):
             if getattr(self, name) is not None:

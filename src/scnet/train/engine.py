@@ -198,6 +198,7 @@ class StepParts:
     clip_grad: Optional[float] = None
     ema: Any = None
     scaler: Optional[torch.amp.GradScaler] = None
+    accum_steps: int = 1
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,13 +206,40 @@ def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
     return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), labels
 
 
-def _optimiser_step(p: StepParts, loss: torch.Tensor) -> None:
-    """Backward, clipping, the update (through the fp16 grad scaler if there is one), the schedule and the EMA."""
+def _micro_batches(p: StepParts, images: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """This process's batch as ``accum_steps`` micro-batches (fewer when it is shorter), each with whether its
+    backward is the last one: under DDP only that one all-reduces, the others run inside ``no_sync``."""
+    size = math.ceil(labels.shape[0] / p.accum_steps)
+    parts = list(zip(images.split(size), labels.split(size)))
+    for i, (x, y) in enumerate(parts):
+        yield x, y, i == len(parts) - 1
+
+
+def _forward_backward(p: StepParts, images: torch.Tensor, labels: torch.Tensor, totals: EpochTotals) -> Optional[torch.Tensor]:
+    """The gradient of the batch's mean loss, summed over its micro-batches, each loss weighted by its share of the
+    batch; the loss and accuracy sums go into ``totals``. Returns the first non-finite loss (nothing counted), or None."""
+    loss_sum, correct = 0.0, 0
+    for x, y, last in _micro_batches(p, images, labels):
+        with p.model.no_sync() if not last and hasattr(p.model, "no_sync") else nullcontext():
+            with autocast(p.device, p.amp):
+                logits = p.model(x)
+                loss = p.criterion(logits, y)
+            if not bool(torch.isfinite(loss)):
+                return loss
+            weighted = loss * (y.shape[0] / labels.shape[0])
+            (p.scaler.scale(weighted) if p.scaler is not None else weighted).backward()
+        loss_sum += loss.item() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum().item()
+    totals["loss_sum"] += loss_sum
+    totals["correct"] += correct
+    totals["seen"] += labels.shape[0]
+    return None
+
+
+def _optimiser_step(p: StepParts) -> None:
+    """Clipping, the update (through the fp16 grad scaler if there is one), the schedule and the EMA."""
     if p.scaler is not None:
-        p.scaler.scale(loss).backward()
         p.scaler.unscale_(p.optimizer)
-    else:
-        loss.backward()
     if p.clip_grad:
         nn.utils.clip_grad_norm_(p.model.parameters(), p.clip_grad)
     if p.scaler is not None:
@@ -252,21 +280,16 @@ def train_one_epoch(parts: StepParts, loader, epoch: int, show_progress: bool = 
                initial=int(totals["steps"]), total=int(totals["steps"]) + len(loader))
     for images, labels in bar:
         images, labels = _to_device(images, labels, parts.device, parts.channels_last)
-        with autocast(parts.device, parts.amp):
-            logits = parts.model(images)
-            loss = parts.criterion(logits, labels)
         parts.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
-        skips = 0 if finite else skips + 1
-        if finite:
-            _optimiser_step(parts, loss)
-            totals["loss_sum"] += loss.item() * labels.shape[0]
-            totals["correct"] += (logits.argmax(1) == labels).sum().item()
-            totals["seen"] += labels.shape[0]
+        bad_loss = _forward_backward(parts, images, labels, totals)
+        skips = 0 if bad_loss is None else skips + 1
+        if bad_loss is None:
+            _optimiser_step(parts)
             totals["seconds"] = seconds_before + time.perf_counter() - start
             bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}", img_s=f"{totals['seen'] / max(totals['seconds'], 1e-9):.0f}")
         else:
-            _skip_step(parts, loss, totals, epoch, skips)
+            parts.optimizer.zero_grad(set_to_none=True)  # what earlier micro-batches accumulated
+            _skip_step(parts, bad_loss, totals, epoch, skips)
         totals["steps"] += 1
         if after_step is not None:
             after_step(totals)

@@ -294,7 +294,7 @@ def _build_training(run: Run) -> None:
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     run.parts = StepParts(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device,
-                          cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler)
+                          cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps)
     if run.resumed is not None:
         _restore(run)
     elif cfg.pretrained or cfg.checkpoint:
