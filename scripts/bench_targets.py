@@ -73,15 +73,13 @@ def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
-    p.add_argument("--settle", type=int, default=2, help="untimed calls of a case before each timed one (default 2)")
+    Rounds.add_options(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--out", type=Path, default=Path("runs/bench-targets"))
     args = p.parse_args(argv)
-    report = run_bench(target_cases(), Rounds(args.repeats, args.warmup, args.settle), args.device, args.dtype,
+    report = run_bench(target_cases(), Rounds.from_options(args), args.device, args.dtype,
                        memory=not args.no_memory)
     report["targets"] = evaluate_targets(report)
     command = "python scripts/bench_targets.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -262,16 +262,13 @@ def test_lean_calibrated_conv_gradcheck_through_the_kernels(kernel, backward_ker
     monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
     monkeypatch.setitem(gate._TRITON, "fn", kernel)
     monkeypatch.setitem(gate._TRITON, "backward", backward_kernel)
+    from test_train_paths import _Norm
+
     norm = torch.nn.BatchNorm2d(4).double().train()
     conv = torch.nn.Conv2d(4, 4, 3, 2, 1, bias=False).double()
 
-    class Norm:  # the attributes lean_calibrated_conv reads, the affine parameters as gradcheck's inputs
-        def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-            self.momentum, self.eps, self.running_mean, self.running_var = norm.momentum, norm.eps, norm.running_mean, norm.running_var
-            self.weight, self.bias = weight, bias
-
     def f(k3_out, x, calib, weight, bias):
-        return gate.lean_calibrated_conv(k3_out, x, calib, Norm(weight, bias), conv, "nearest")
+        return gate.lean_calibrated_conv(k3_out, x, calib, _Norm(norm, weight, bias), conv, "nearest")
 
     gen = torch.Generator().manual_seed(12)
     inputs = (torch.randn(2, 4, 7, 6, generator=gen, dtype=torch.float64), torch.randn(2, 4, 7, 6, generator=gen, dtype=torch.float64),

@@ -96,7 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"{r['model']:>16} {r['mode']:>14} b{r['batch']:<3} {r['size']}px  {r['total_us_per_call'] / 1e3:8.2f} ms: {top}")
         print(f"report: {out / 'breakdown.md'}")
         return 0
-    report = run_bench(cases, Rounds(args.repeats, args.warmup, args.settle), args.device, args.dtype, args.baseline,
+    report = run_bench(cases, Rounds.from_options(args), args.device, args.dtype, args.baseline,
                        memory=not args.no_memory)
     write_report(report, out, command=_command_line())
     for row in report["results"]:
@@ -259,7 +259,7 @@ def _add_export_command(sub: Any) -> None:
 
 
 def _add_bench_command(sub: Any) -> None:
-    from .bench import DTYPES, MODES
+    from .bench import DTYPES, MODES, Rounds
 
     bench = sub.add_parser("bench", help="throughput, latency and peak memory side by side with torchvision's resnet50")
     bench.add_argument("--models", nargs="+", default=["scnet50"], help="models to measure (default scnet50)")
@@ -270,10 +270,7 @@ def _add_bench_command(sub: Any) -> None:
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
-    bench.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
-    bench.add_argument("--settle", type=int, default=2,
-                       help="untimed calls of a case before each of its timed calls, so that it is timed warm (default 2)")
+    Rounds.add_options(bench)
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     bench.add_argument("--breakdown", action="store_true",

@@ -7,6 +7,7 @@ the machine's measured matrix-multiply rate (the "roof"), which says how much sp
 """
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -93,7 +94,7 @@ def _warm_up(cases: Sequence[BenchCase], calls: dict[int, Call], warmup: int, de
 
 
 def _time_rounds(cases: Sequence[BenchCase], calls: dict[int, Call], repeats: int, dev: torch.device, bar: Any,
-                 settle: int = 0) -> None:
+                 settle: int) -> None:
     """``repeats`` rounds of one timed call per case, in the same order each round, each after ``settle`` untimed
     calls of the same case: the steady state of a loop that runs one model (its weights in cache, the memory
     allocator holding the blocks its last call freed), not the first call after another model's."""
@@ -118,6 +119,19 @@ class Rounds(NamedTuple):
     repeats: int = 5
     warmup: int = 2
     settle: int = 2
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        """``--repeats``, ``--warmup``, ``--settle`` with these defaults: for ``scnet bench`` and the targets script."""
+        d = cls()
+        parser.add_argument("--repeats", type=int, default=d.repeats, help=f"timed rounds (default {d.repeats})")
+        parser.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed calls per case first (default {d.warmup})")
+        parser.add_argument("--settle", type=int, default=d.settle, help="untimed calls of a case before each of its timed "
+                            f"calls, so that it is timed warm (default {d.settle})")
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace) -> "Rounds":
+        return cls(args.repeats, args.warmup, args.settle)
 
 
 def run_bench(cases: Sequence[BenchCase], rounds: Rounds = Rounds(), device: str = "cpu", dtype: str = "fp32",
