@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .models.weights import WeightsUnavailableError
+    from .train.peers import PeerFailed, one_line, process_rank
     from .train.runner import TrainingStopped  # after parsing: --help needs no torch
 
     if args.command == "info" and args.input_size < 32:
@@ -387,21 +388,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.debug:
         return args.func(args)
+    rank = process_rank()
+    who = "" if rank is None else f"rank {rank}: "  # in a multi-process run every line says which process it is
     try:
         return args.func(args)
+    except PeerFailed as e:  # another process of the run failed; the message names it and its cause
+        print(f"scnet {args.command}: error: {e}", file=sys.stderr)
+        return 1
     # User mistakes, a missing extra, weights that cannot be had (offline): one line.
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError, WeightsUnavailableError) as e:
-        print(f"scnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"scnet {args.command}: error: {who}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk or a vanished folder while writing: the message says what was kept
-        print(f"scnet {args.command}: error: {e.strerror or e}", file=sys.stderr)
+        print(f"scnet {args.command}: error: {who}{e.strerror or e}", file=sys.stderr)
         return 1
     except TrainingStopped as e:  # SIGTERM/SIGINT: a checkpoint was written, the message says how to go on
-        print(f"scnet {args.command}: {e}", file=sys.stderr)
+        print(f"scnet {args.command}: {who}{e}", file=sys.stderr)
         return 128 + e.signum
+    except Exception as e:  # a bug, or an error of the machine: its traceback, then (with many processes) one line
+        if rank is None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"scnet {args.command}: error: {who}{one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ class TrainConfig:
     out: Optional[str] = option(None, "run directory (default runs/<model>-<data>-seed<seed>)")
     resume: Optional[str] = option(None, "run directory or checkpoint to continue from")
     checkpoint_every: Optional[int] = option(None, "also checkpoint every N steps inside an epoch (a crash loses at most N)")
+    dist_timeout: float = option(600.0, "multi-process runs: seconds one collective waits for the other processes; a "
+                                        "process that stops answering ends the run after this long (default {default:g})")
 
     def validate(self) -> "TrainConfig":
         """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
@@ -114,6 +116,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), low=1, integer=True)
         _number("workers", self.workers, low=0, integer=True)
+        _number("dist_timeout", self.dist_timeout, low=0, low_open=True)
         _number("frozen_stages", self.frozen_stages, low=-1, high=4, integer=True)
         if self.pretrained and self.checkpoint:
             raise ConfigError("give --pretrained or --checkpoint, not both: they are two starting points")

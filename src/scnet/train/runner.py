@@ -12,7 +12,8 @@ import json
 import os
 import random
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -29,11 +30,12 @@ from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
 from .records import plot_curves, tensorboard, write_log, yaml_text
+from .peers import PeerFailed, shared_failures
 from .signals import StopSignals, TrainingStopped
 from .engine import (EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
                      reduce_totals, save_checkpoint, train_one_epoch, lr_schedule)
 
-__all__ = ["TrainingStopped", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
+__all__ = ["TrainingStopped", "PeerFailed", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
 
 SHORT_RUN_STEPS = 100  # below this many steps in all, a run is told it is too short to learn much
 
@@ -49,8 +51,11 @@ def build_model_for(cfg: TrainConfig, info: DataInfo) -> nn.Module:
     return model_from_config(cfg.to_dict(), info)
 
 
-def _init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
+def _init_distributed(timeout_s: float) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1.
+
+    ``timeout_s`` bounds every collective: a process that stops answering ends the run after that long at most.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,8 +66,49 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=timeout_s)
+        store = _restart_store(timeout)
+        ranks = dict(rank=int(os.environ["RANK"]), world_size=world) if store is not None else {}
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, store=store, **ranks)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def _restart_store(timeout: timedelta) -> Optional[dist.Store]:
+    """Under torchrun, the agent's store with the keys of each restart kept apart (None elsewhere: the default).
+
+    torchrun's agent serves one store for every restart of a job, and the processes of a restarted group would
+    read the addresses their predecessors left there and fail to connect ("Connection refused"). A key prefix
+    per restart count isolates them. (torchrun counts a restart on every node when a process fails; where a node
+    restarts only because another one re-joined, its count can lag: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+    gives every restart a fresh store instead.)
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"scnet/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", shared)
+
+
+def _job_id() -> Optional[str]:
+    """torchrun's id of this job (its --rdzv-id; a fresh one per --standalone launch), kept across its restarts."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+# Settings a restart may differ in without being another run: where to resume, and the launch's own settings.
+_LAUNCH_KEYS = ("resume", "dist_timeout")
+
+
+def _restart_checkpoint(cfg: TrainConfig) -> Optional[Path]:
+    """Under ``torchrun --max-restarts``, a restarted worker group's checkpoint to continue: the last complete one
+    this job wrote. None on a first attempt, before a first checkpoint, or when the directory holds another job's
+    run (the restart is then a fresh start, which refuses to overwrite it)."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    last = (resolve_resume(cfg.resume).parent if cfg.resume else Path(cfg.out)) / "checkpoint-last.pth"
+    if not last.is_file():
+        return None
+    state = read_checkpoint(last)
+    same = cfg.resume or all(state["config"].get(k) == v for k, v in cfg.to_dict().items() if k not in _LAUNCH_KEYS)
+    return last if state.get("job") == _job_id() and same else None
 
 
 def resolve_resume(resume: str) -> Path:
@@ -179,7 +225,7 @@ class Run:
         p = self.parts
         ck = dict(model=self.model.state_dict(), optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(), epoch=epoch,
                   step=step, history=self.history, best_acc=self.best_acc, config=self.cfg.to_dict(), arch=self.cfg.model,
-                  data_info=asdict(self.info))
+                  data_info=asdict(self.info), job=_job_id())
         if step:
             ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state())
         if p.ema is not None:
@@ -212,36 +258,41 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     SIGINT writes one at the current step and raises ``TrainingStopped``. Resuming from any of them gives the
     weights an uninterrupted run would have had.
     """
-    run = _start(cfg, show_progress, log)
-    _load_data(run)
-    _build_training(run)
-    _open_logs(run)
-    with StopSignals() as stop:
-        for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
-            _train_epoch(run, epoch, stop)
-    return _finish(run)
+    rank, world, device = _init_distributed(cfg.dist_timeout)
+    with shared_failures(rank, world, cfg.dist_timeout):  # one process's failure ends the run on every process
+        run = _start(cfg, rank, world, device, show_progress, log)
+        _load_data(run)
+        _build_training(run)
+        _open_logs(run)
+        with StopSignals() as stop:
+            for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
+                _train_epoch(run, epoch, stop)
+        return _finish(run)
 
 
 def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfig, Optional[dict[str, Any]], Optional[Path]]:
     """The configuration to run and the checkpoint it continues: the run's own configuration wins; only the epoch
     count and checkpoint interval may change (no --epochs: the run's own planned count)."""
+    restart = _restart_checkpoint(cfg)
+    if restart is not None:
+        log(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: continuing this job's last checkpoint")
+        cfg = replace(cfg, resume=str(restart))
     if not cfg.resume:
         return cfg, None, None
     path = resolve_resume(cfg.resume)
     state = read_checkpoint(path)
     saved = state["config"]
-    cfg = TrainConfig(**{**saved, "resume": cfg.resume, "epochs": cfg.epochs or saved["epochs"],
+    cfg = TrainConfig(**{**saved, "resume": cfg.resume, "epochs": cfg.epochs or saved["epochs"], "dist_timeout": cfg.dist_timeout,
                          "checkpoint_every": cfg.checkpoint_every or saved.get("checkpoint_every")}).validate()
     log(f"resuming {path} at epoch {state['epoch'] + 1}, step {int(state.get('step', 0))}")
     return cfg, state, path
 
 
-def _start(cfg: TrainConfig, show_progress: bool, log: Callable[..., None]) -> Run:
-    """Resume state, processes, and the output directory checked before any work."""
-    cfg, state, path = _resume_from(cfg, log)
-    rank, world, device = _init_distributed()
+def _start(cfg: TrainConfig, rank: int, world: int, device: torch.device, show_progress: bool, log: Callable[..., None]) -> Run:
+    """Resume state and the output directory checked before any work."""
     if rank != 0:
         show_progress, log = False, (lambda *a, **k: None)
+    cfg, state, path = _resume_from(cfg, log)
     run = Run(cfg, rank, world, device, log, show_progress, state, path)
     if state is not None:
         run.start_epoch, run.start_step, run.history, run.best_acc = state["epoch"], int(state.get("step", 0)), state["history"], state["best_acc"]
