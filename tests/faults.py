@@ -320,14 +320,19 @@ def _idx(path: Path, dims: tuple[int, ...], payload: bytes) -> None:
     path.write_bytes(gzip.compress(header + payload))
 
 
-def truncated_idx(tmp: Path) -> Record:
-    """Fashion-MNIST files whose training images stop after 1,000 of 60,000."""
-    folder = tmp / "fashion-truncated"
+def truncated_fashion_mnist(folder: Path) -> Path:
+    """Fashion-MNIST files in ``folder`` whose training images stop after 1,000 of 60,000."""
     folder.mkdir(parents=True, exist_ok=True)
     _idx(folder / "train-images-idx3-ubyte.gz", (60000, 28, 28), bytes(1000 * 28 * 28))
     _idx(folder / "train-labels-idx1-ubyte.gz", (60000,), bytes(60000))
     _idx(folder / "t10k-images-idx3-ubyte.gz", (10000, 28, 28), bytes(10000 * 28 * 28))
     _idx(folder / "t10k-labels-idx1-ubyte.gz", (10000,), bytes(10000))
+    return folder
+
+
+def truncated_idx(tmp: Path) -> Record:
+    """Fashion-MNIST files whose training images stop after 1,000 of 60,000."""
+    folder = truncated_fashion_mnist(tmp / "fashion-truncated")
     code, message = cli(["train", "--data", "fashion_mnist", "--data-dir", str(folder), "--out", str(tmp / "never")])
     return Record(fault="truncated Fashion-MNIST training images (IDX header says 60,000, file holds 1,000)",
                   reaction=f"refused before training, naming the file (exit {code}); no run directory made: {not (tmp / 'never').exists()}",

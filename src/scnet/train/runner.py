@@ -400,7 +400,7 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     sampler.set_epoch(epoch, skip)
     if isinstance(train_loader, DataLoader):
         train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
-    lr = run.parts.optimizer.param_groups[0]["lr"]
+    lr = _epoch_start_lr(run, epoch)
     train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None,
                             functools.partial(run.check_step, epoch, stop))
     val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
@@ -416,6 +416,13 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     if signum is not None and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stopping point
         raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} after epoch {epoch + 1}; "
                                       f"checkpoint written: continue with --resume {run.out}")
+
+
+def _epoch_start_lr(run: Run, epoch: int) -> float:
+    """The learning rate of the epoch's first step, which log.csv records: the schedule's value there, not the
+    optimiser's current one (a run resumed mid-epoch is past it)."""
+    schedule = run.parts.scheduler  # LambdaLR: base rate x the shape at the step
+    return schedule.base_lrs[0] * schedule.lr_lambdas[0](epoch * run.steps_per_epoch)
 
 
 def _record_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
