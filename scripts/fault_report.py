@@ -1,8 +1,8 @@
-"""Run every fault scenario of tests/faults.py and write the table of docs/results/faults/README.md.
+"""Run every fault scenario of tests/faults.py and tests/dist_runs.py and write the tables of docs/results/faults/README.md.
 
-    python scripts/fault_report.py docs/results/faults        (from the repository root, about two minutes)
+    python scripts/fault_report.py docs/results/faults        (from the repository root, as root, about three minutes)
 
-The same scenarios are asserted by tests/test_faults.py; this writes down what each one did.
+The same scenarios are asserted by tests/test_faults.py and tests/test_distributed.py; this writes down what each did.
 """
 from __future__ import annotations
 
@@ -16,11 +16,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import dist_runs  # noqa: E402
 import faults  # noqa: E402
+from scnet.data import FASHION_MNIST_SYSTEM_DIR  # noqa: E402
 
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _rank_table(records: list) -> list[str]:
+    """The multi-process faults: how long until every process had exited, their exit codes, what each one said."""
+    lines = [
+        "## One process of a multi-process run fails",
+        "",
+        f"Two processes (gloo, one thread each) train the demo SCNet on {dist_runs.STEPS_PER_EPOCH} steps an epoch, 2 "
+        "epochs; the fault hits rank 1 (`tests/inject_rank.py`). \"By hand\" starts the processes with torchrun's "
+        "variables and no launcher, so nothing tears the group down: each process must end by itself (as on "
+        "another node). Seconds run from the fault to the exit of the last process (of torchrun, for torchrun); they "
+        "include a census of up to 5 s when the failed process left no note (it was killed). The collective "
+        "timeout (`--dist-timeout`, default 600 s) bounds the case where a process stops answering but does not exit.",
+        "",
+        "| fault | launched | seconds to exit | exit codes | messages (rank 0's first) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        seconds = "" if r.seconds is None else f"{r.seconds:.1f}"
+        lines.append(f"| {_cell(r.fault)} | {_cell(r.launcher)} | {seconds} | {r.exit_codes} | {_cell(' / '.join(r.messages))} |")
+    lines += ["", "A process whose own error ended the run exits as it would alone (2 for bad input or a non-finite loss, 1 "
+              "otherwise, after its traceback); the others exit 1. The hung process's row is the timeout (10 s), the census (5 s) "
+              "and torchrun's grace of 30 s before it SIGKILLs the sleeper, which defers SIGTERM to a step boundary it "
+              "never reaches. The last row is the elastic restart: torchrun started "
+              "the group again and the run continued its last checkpoint by itself (exit 0), to the weights of an "
+              "uninterrupted run (`tests/test_distributed.py`).", ""]
+    return lines
 
 
 def main(out: Path) -> None:
@@ -50,6 +79,7 @@ def main(out: Path) -> None:
             *faults.bad_flags(tmp),
             *faults.bad_model_inputs(),
         ]
+        rank_records = dist_runs.rank_faults(tmp, faults.truncated_fashion_mnist(tmp / "fashion-rank1"), FASHION_MNIST_SYSTEM_DIR)
     minutes = (time.perf_counter() - started) / 60
     recovered = [r for r in records if r.weights_equal is not None]
     lines = [
@@ -79,12 +109,14 @@ def main(out: Path) -> None:
         lines.append(f"| {_cell(r.fault)} | {_cell(r.reaction)} | {code} | {_cell(r.message)} | {lost} | {same} |")
     lines += ["", "Exit codes: 2 for bad input and refused files, 1 for a failed write, 128 + n for signal n "
               "(-9: killed by SIGKILL, no handler can run). Messages are the single line the CLI printed.", ""]
+    lines += _rank_table(rank_records)
     out.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines)
     for tmp_prefix in (tmp_name,):  # temporary paths mean nothing to a reader
         text = text.replace(tmp_prefix, "TMP")
     (out / "README.md").write_text(text)
     (out / "faults.json").write_text(json.dumps([asdict(r) for r in records], indent=2, default=str).replace(tmp_name, "TMP"))
+    (out / "rank-faults.json").write_text(json.dumps([asdict(r) for r in rank_records], indent=2).replace(tmp_name, "TMP"))
     print(f"{len(records)} scenarios -> {out / 'README.md'}")
 
 

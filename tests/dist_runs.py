@@ -188,3 +188,51 @@ class TwoHosts:
             results.append(subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read()))
             out.close(), err.close()
         return results
+
+
+# ---- the faults report ---------------------------------------------------------------------------------------
+@dataclass
+class RankFault:
+    """One fault of a multi-process run, as the faults report lists it."""
+
+    fault: str
+    launcher: str
+    seconds: Optional[float]  # from the fault to the exit of the last process (or of torchrun)
+    exit_codes: str
+    messages: list[str]  # the one-line messages the processes printed, rank 0's first
+
+
+def _scnet_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("scnet train:")]
+
+
+def _by_hand_fault(tmp: Path, name: str, fault: tuple[str, int, str], extra: list[str]) -> RankFault:
+    folder = tmp / name.replace(" ", "-")
+    folder.mkdir(parents=True)
+    ranks = by_hand(folder, [*ARGS, *extra, "--epochs", "2", "--dist-timeout", "300", "--out", str(folder / "run")], fault)
+    codes = ", ".join(f"rank {r}: {c}" for r, c in enumerate(ranks.codes))
+    seconds = max(ranks.seconds) if all(s is not None for s in ranks.seconds) else None
+    return RankFault(name, "by hand (2 processes)", seconds, codes, [line for line in ranks.last_lines() if line.startswith("scnet")])
+
+
+def _torchrun_fault(tmp: Path, name: str, fault: tuple[str, int, str], launch: list[str], extra: list[str]) -> RankFault:
+    out = tmp / name.replace(" ", "-")
+    done = torchrun([*ARGS, *extra, "--epochs", "2", "--out", str(out)], ["--standalone", "--nproc_per_node", "2", *launch], fault)
+    ended, start = time.time(), _fault_time(done.stderr)
+    return RankFault(name, f"torchrun {' '.join(launch)}".strip(), None if start is None else round(ended - start, 1),
+                     f"torchrun: {done.returncode}", _scnet_lines(done.stderr))
+
+
+def rank_faults(tmp: Path, fashion_truncated: Path, fashion_dir: Path) -> list[RankFault]:
+    """Every multi-process fault of the report, each in its own folder under ``tmp``."""
+    fashion = ["--data", "fashion_mnist", "--data-dir", str(fashion_dir)]
+    return [
+        _by_hand_fault(tmp, "unreadable training data on rank 1 only", ("data", 1, str(fashion_truncated)), fashion),
+        _by_hand_fault(tmp, "RuntimeError raised on rank 1 after step 3", ("raise", 1, "3"), []),
+        _by_hand_fault(tmp, "NaN loss on rank 1 only at step 3", ("nan", 1, "3"), []),
+        _by_hand_fault(tmp, "rank 1 SIGKILLed after step 3", ("kill", 1, "3"), []),
+        _torchrun_fault(tmp, "rank 1 SIGKILLed after step 3, no restarts left", ("kill", 1, "3"), [], []),
+        _torchrun_fault(tmp, "rank 1 hangs after step 3 (--dist-timeout 10)", ("hang", 1, "3"), [], ["--dist-timeout", "10"]),
+        _torchrun_fault(tmp, "rank 1 SIGKILLed after step 3, checkpoints every 2 steps, restarts left", ("kill", 1, "3"),
+                        ["--max-restarts", "1"], ["--checkpoint-every", "2"]),
+    ]
