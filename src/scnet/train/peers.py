@@ -22,12 +22,14 @@ from typing import Iterator, Optional
 
 import torch.distributed as dist
 
+from .signals import TrainingStopped
+
 __all__ = ["PeerFailed", "shared_failures", "one_line", "process_rank"]
 
 GRACE_S = 5.0  # how long a process whose collective broke waits for the others to say they are alive
 _FAILED, _ALIVE = "scnet/failed/", "scnet/alive/"
 # Exceptions that end a run without being a failure of this process (every process stops at the same step).
-_NOT_FAILURES = ("TrainingStopped", "KeyboardInterrupt")
+_NOT_FAILURES = (TrainingStopped, KeyboardInterrupt)
 
 
 class PeerFailed(RuntimeError):
@@ -37,7 +39,7 @@ class PeerFailed(RuntimeError):
 def one_line(error: BaseException) -> str:
     """An error as one line: its message, after its type unless it is a user error whose message says it all."""
     text = " ".join(str(error).split()) or repr(error)
-    plain = isinstance(error, (ValueError, FileNotFoundError, FloatingPointError, OSError))
+    plain = isinstance(error, (ValueError, FloatingPointError, OSError))
     return (text if plain else f"{type(error).__name__}: {text}")[:400]
 
 
@@ -112,7 +114,7 @@ def shared_failures(rank: int, world: int, timeout_s: float) -> Iterator[None]:
     try:
         yield
     except BaseException as error:
-        if world == 1 or type(error).__name__ in _NOT_FAILURES or not dist.is_initialized():
+        if world == 1 or isinstance(error, _NOT_FAILURES) or not dist.is_initialized():
             raise
         try:
             with _signals_ignored():
