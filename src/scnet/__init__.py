@@ -1,5 +1,5 @@
 """scnet: self-calibrated convolutions (Liu et al., CVPR 2020) and the SCNet family."""
-from .layers import SCConv, SafeBatchNorm2d, SelfCalibration, set_finite_check
+from .layers import SCConv, SCConv1d, SCConv3d, SafeBatchNorm2d, SelfCalibration, set_finite_check
 from .models import (
     PRETRAINED, ResNet, WeightsUnavailableError, create_model, list_models, load_checkpoint, plain_twin,
 )
@@ -12,7 +12,7 @@ from .profile import count_macs, count_params
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
-    "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
+    "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SCConv1d", "SCConv3d", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
     "convert", "count_macs", "cuda_graph", "deploy", "detection", "segmentation", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin",
     "set_finite_check",
 ]

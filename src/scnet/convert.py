@@ -2,7 +2,8 @@
 
 The paper's promise is that SC-Conv improves a backbone "with no need to change network architectures";
 ``convert`` makes that one call for models users already have (torchvision/timm ResNet, ResNeXt,
-Wide-ResNet by default; any ``nn.Conv2d`` a predicate selects).
+Wide-ResNet by default; any ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` a predicate selects, as ``SCConv1d``/``SCConv``/
+``SCConv3d``).
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import torch
 import torch.nn as nn
 
 from .layers import SCConv
+from .layers.scconv import SC_LAYERS
 from .layers.norm import NormLayer, SafeBatchNorm2d
 from .profile import count_macs
 
 __all__ = ["convert", "ConversionReport", "default_targets"]
 
-Predicate = Callable[[str, nn.Conv2d], bool]
+Predicate = Callable[[str, nn.Module], bool]
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # dims 1, 2, 3: what SCConv(dims=...) replaces
 
 
 @dataclass
@@ -67,23 +70,23 @@ def default_targets(model: nn.Module) -> set[str]:
     return targets
 
 
-def _ineligible(conv: nn.Conv2d) -> Optional[str]:
-    """Why ``conv`` cannot become an SCConv, or None."""
-    if conv.kernel_size != (3, 3):
-        return f"kernel {conv.kernel_size[0]}x{conv.kernel_size[1]}, SC-Conv replaces 3x3 convolutions"
+def _ineligible(conv: nn.Module) -> Optional[str]:
+    """Why ``conv`` cannot become an SCConv (of its dimension), or None."""
+    if conv.kernel_size != (3,) * len(conv.kernel_size):
+        return f"kernel {'x'.join(map(str, conv.kernel_size))}, SC-Conv replaces convolutions of kernel 3"
     if conv.groups > 1 and conv.groups == conv.in_channels:
         return "depthwise convolution (no cross-channel filters to split)"
     if conv.in_channels % 2 or conv.out_channels % 2:
         return f"odd channel count ({conv.in_channels}->{conv.out_channels}); SC-Conv splits channels in halves"
     if (conv.in_channels // 2) % conv.groups or (conv.out_channels // 2) % conv.groups:
         return f"groups={conv.groups} does not divide the half widths {conv.in_channels // 2}/{conv.out_channels // 2}"
-    if conv.padding_mode != "zeros" or conv.padding != conv.dilation or conv.stride[0] != conv.stride[1] or conv.dilation[0] != conv.dilation[1]:
+    if conv.padding_mode != "zeros" or conv.padding != conv.dilation or len(set(conv.stride)) > 1 or len(set(conv.dilation)) > 1:
         return f"padding {conv.padding} ({conv.padding_mode}), stride {conv.stride}, dilation {conv.dilation}: only 'same'-style zero padding with square stride/dilation is supported"
     return None
 
 
 def _conv_params(model: nn.Module) -> int:
-    return sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
+    return sum(p.numel() for m in model.modules() if isinstance(m, _CONVS) for p in m.parameters(recurse=False))
 
 
 def convert(
@@ -97,17 +100,19 @@ def convert(
     """Replace eligible 3x3 convolutions of ``model`` (in place) by ``SCConv`` with the same widths and geometry.
 
     Args:
-        predicate: ``(name, conv) -> bool`` choosing ``nn.Conv2d`` layers. Without it, the 3x3s of torchvision's
-            and timm's BasicBlock/Bottleneck are converted and any that cannot be are listed as skipped; with it,
-            a chosen layer that cannot be converted is an error.
-        input_size: (C, H, W) for the multiply-add count in the report, or None to skip counting.
+        predicate: ``(name, conv) -> bool`` choosing ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` layers (each becomes
+            the SC layer of its dimension). Without it, the 3x3s of torchvision's and timm's BasicBlock/Bottleneck
+            are converted and any that cannot be are listed as skipped; with it, a chosen layer that cannot be
+            converted is an error.
+        input_size: (C, H, W) for the multiply-add count in the report ((C, L) or (C, D, H, W) for 1-D/3-D
+            models), or None to skip counting.
         pooling_r, norm_layer, upsample_mode: passed to every ``SCConv``.
 
     The new layers start from SCConv's own initialisation (the 3x3 weights cannot carry over), so a converted
     pretrained model needs fine-tuning. Raises ``ValueError`` when nothing is eligible.
     """
     inside_sc = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, SCConv) for c, _ in m.named_modules() if c}
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in inside_sc}
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, _CONVS) and n not in inside_sc}
     chosen = [n for n, m in convs.items() if predicate(n, m)] if predicate else sorted(default_targets(model) & set(convs))
     report = ConversionReport(conv_params_before=_conv_params(model))
     reasons = {n: _ineligible(convs[n]) for n in chosen}
@@ -123,7 +128,7 @@ def convert(
         report.macs_before = count_macs(model, input_size)
     for name in eligible:
         conv = convs[name]
-        sc = SCConv(
+        sc = SC_LAYERS[len(conv.kernel_size)](
             conv.in_channels, conv.out_channels, stride=conv.stride[0], dilation=conv.dilation[0], groups=conv.groups,
             pooling_r=pooling_r, norm_layer=norm_layer, upsample_mode=upsample_mode,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)

@@ -90,6 +90,17 @@ def _check_deployable(model: nn.Module, backend: str) -> None:
                          "which training mode keeps updating; call model.eval() first")
 
 
+def _memory_format(model: nn.Module, channels_last: bool) -> torch.memory_format:
+    """channels_last for 2-D weights, its 3-D form for a model whose convolutions are all 3-D (one ``Module.to``
+    applies one format to every 4-D and 5-D tensor), else as is."""
+    ranks = {p.dim() for p in model.parameters()} & {4, 5}
+    if not channels_last or not ranks:
+        return torch.contiguous_format
+    if ranks == {4}:
+        return torch.channels_last
+    return torch.channels_last_3d if ranks == {5} else torch.preserve_format  # 2-D and 3-D: no one format fits
+
+
 def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto", strict: bool = False) -> nn.Module:
     """A fused copy of an eval-mode ``model`` for inference: same outputs (up to float rounding), faster.
 
@@ -120,7 +131,7 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
         fused_model = _fuse("", fused_model, onednn, report, strict)
     # Convolutions follow their weight's layout, so from the first convolution on every activation is in the
     # chosen layout too, without converting the input.
-    fused_model = fused_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fused_model = fused_model.to(memory_format=_memory_format(fused_model, channels_last))
     fused_model.deploy_report = report
     return fused_model
 

@@ -46,7 +46,7 @@ def fold_conv_norm(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[torch.Te
     gamma = norm.weight.detach().double() if getattr(norm, "weight", None) is not None else torch.ones_like(bias)
     beta = norm.bias.detach().double() if getattr(norm, "bias", None) is not None else torch.zeros_like(bias)
     scale = gamma / torch.sqrt(var.double() + norm.eps)
-    folded_w = weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in/g, k, k)
+    folded_w = weight * scale.view(-1, *[1] * (weight.dim() - 1))  # (C_out, C_in/g, k, ...): any number of dimensions
     folded_b = (bias - mean.double()) * scale + beta
     return folded_w.to(conv.weight.dtype), folded_b.to(conv.weight.dtype)
 

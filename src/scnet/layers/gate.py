@@ -23,10 +23,12 @@ UPSAMPLE_MODES = ("nearest", "bilinear")
 
 
 def upsample(calib: torch.Tensor, size: list[int], mode: str) -> torch.Tensor:
-    """``Up``: the pooled calibration back at the input's exact H x W (nearest, as the official code; or bilinear)."""
+    """``Up``: the pooled calibration back at the input's exact size (nearest, as the official code; or
+    "bilinear", which in 1-D and 3-D is the linear and trilinear interpolation)."""
     if mode == "nearest":
-        return F.interpolate(calib, size=size, mode="nearest")  # (N, C, H, W)
-    return F.interpolate(calib, size=size, mode="bilinear", align_corners=False)  # (N, C, H, W)
+        return F.interpolate(calib, size=size, mode="nearest")  # (N, C, *size)
+    linear = "bilinear" if calib.dim() == 4 else ("linear" if calib.dim() == 3 else "trilinear")
+    return F.interpolate(calib, size=size, mode=linear, align_corners=False)  # (N, C, *size)
 
 
 def _tiles_exactly(h: int, w: int, ph: int, pw: int, r: int) -> bool:
@@ -42,6 +44,8 @@ def calibration_gate(x: torch.Tensor, calib: torch.Tensor, mode: str = "nearest"
     allowed) and nearest upsampling onto whole r x r blocks, ``Up`` is a broadcast over a block view instead of
     a materialised map: the same numbers, one full-size pass fewer.
     """
+    if x.dim() != 4:  # 1-D and 3-D: the upsample materialised
+        return torch.sigmoid_(x + upsample(calib, x.shape[2:], mode))  # (N, C, *spatial)
     n, c, h, w = x.shape[0], x.shape[1], x.shape[-2], x.shape[-1]
     ph, pw = calib.shape[-2], calib.shape[-1]
     if pooling_r > 0 and mode == "nearest" and _tiles_exactly(h, w, ph, pw, pooling_r):
@@ -180,7 +184,7 @@ def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Ten
 def calibrated_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
     """``features * sigmoid(x + Up(calib))``, the calibrated K3 output; memory-lean when gradients are needed."""
     if not torch.jit.is_scripting():
-        if torch.is_grad_enabled() and (features.requires_grad or x.requires_grad or calib.requires_grad):
+        if torch.is_grad_enabled() and (features.requires_grad or x.requires_grad or calib.requires_grad) and x.dim() == 4:
             return _lean_product(features, x, calib, mode)
     return features * calibration_gate(x, calib, mode)
 

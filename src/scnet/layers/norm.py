@@ -9,32 +9,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-__all__ = ["SafeBatchNorm2d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm",
+__all__ = ["SafeBatchNorm2d", "SafeBatchNorm1d", "SafeBatchNorm3d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm",
            "count_batch"]
 
 NormLayer = Callable[[int], nn.Module]
 
 
-@register_notrace_module  # shape-dependent branch: a leaf for FX tracing
-class SafeBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that also trains when a batch holds a single value per channel.
+class _SingleValueSafe:
+    """The forward shared by the ``SafeBatchNorm`` classes (1-D, 2-D, 3-D): batch norm that also trains when a
+    batch holds a single value per channel.
 
     Why: SC-Conv average-pools its calibration branch by ``r``; at 224 px the last stage's pooled map is
     1x1, so with batch size 1 the norm after K2 sees one value per channel and PyTorch's batch norm raises
     ("Expected more than 1 value per channel when training"). The official code cannot train with batch 1
-    for that reason. Batch statistics of a single value are undefined, so in that one case this layer
+    for that reason. Batch statistics of a single value are undefined, so in that one case the layer
     normalises with its running statistics (as in eval) and leaves them untouched. Every other case is
-    ``nn.BatchNorm2d`` exactly, with the same parameters, buffers and state-dict names.
+    PyTorch's batch norm exactly, with the same parameters, buffers and state-dict names.
 
-    The forward restates ``_BatchNorm.forward`` instead of calling ``super()`` because TorchScript does not
+    The method restates ``_BatchNorm.forward`` instead of calling ``super()`` because TorchScript does not
     compile ``super()`` calls.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"SafeBatchNorm2d expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # The shape test comes last so that eval-mode graphs (torch.export, ONNX) carry no guard on the size.
-        if self.training and self.running_mean is not None and self.running_var is not None and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        if self.training and self.running_mean is not None and self.running_var is not None and x.numel() == x.shape[1]:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
         factor = 0.0 if self.momentum is None else self.momentum
@@ -54,6 +52,36 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
             factor,
             self.eps,
         )
+
+
+@register_notrace_module  # shape-dependent branch: a leaf for FX tracing
+class SafeBatchNorm2d(_SingleValueSafe, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that also trains when a batch holds a single value per channel (see ``_SingleValueSafe``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"SafeBatchNorm2d expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
+        return self._normalise(x)
+
+
+@register_notrace_module
+class SafeBatchNorm1d(_SingleValueSafe, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` over (N, C, L) that also trains with a single value per channel (``SCConv1d``'s norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"SafeBatchNorm1d expects a 3-D (N, C, L) input, got shape {list(x.shape)}")
+        return self._normalise(x)
+
+
+@register_notrace_module
+class SafeBatchNorm3d(_SingleValueSafe, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` that also trains with a single value per channel (``SCConv3d``'s norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"SafeBatchNorm3d expects a 5-D (N, C, D, H, W) input, got shape {list(x.shape)}")
+        return self._normalise(x)
 
 
 def stackable_norms(*norms: nn.Module) -> bool:
@@ -123,12 +151,23 @@ _NORMS: dict[str, NormLayer] = {
 }
 
 
-def get_norm_layer(norm_layer: Union[str, NormLayer, None]) -> NormLayer | None:
-    """Resolve ``norm_layer`` once, at the top of a constructor: a name, a class/callable, or None."""
+_BATCH_NORMS = {1: SafeBatchNorm1d, 2: SafeBatchNorm2d, 3: SafeBatchNorm3d}
+
+
+def get_norm_layer(norm_layer: Union[str, NormLayer, None], dims: int = 2) -> NormLayer | None:
+    """Resolve ``norm_layer`` once, at the top of a constructor: a name, a class/callable, or None.
+
+    ``dims``: the spatial dimensions of the layer's input; "batchnorm" is the 1-D, 2-D or 3-D batch norm, and
+    "frozenbn" exists in 2-D only.
+    """
     if norm_layer is None or callable(norm_layer):
         return norm_layer
     if isinstance(norm_layer, str):
         key = norm_layer.lower().replace("_", "").replace("-", "")
+        if key == "batchnorm":
+            return _BATCH_NORMS[dims]
+        if key == "frozenbn" and dims != 2:
+            raise ValueError(f"norm_layer 'frozenbn' exists for 2-D inputs only, not {dims}-D")
         if key in _NORMS:
             return _NORMS[key]
         raise ValueError(f"unknown norm_layer {norm_layer!r}; choose one of {sorted(_NORMS)} or pass a callable")

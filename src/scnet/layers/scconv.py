@@ -10,7 +10,12 @@ Paper notation, for an input X split into halves X1 (calibrated) and X2 (plain):
 
 Every K is a 3x3 convolution followed by a norm. ``SelfCalibration`` is the K2/K3/K4 branch (the official
 ``SCConv`` module, same state-dict names); ``SCConv`` is the whole drop-in for a 3x3 ``nn.Conv2d``.
+
+The same classes take ``dims`` 1 or 3 (``SCConv1d``, ``SCConv3d``: drop-ins for ``nn.Conv1d``/``nn.Conv3d`` with
+kernel 3): convolutions, norms, pooling and upsampling of that dimension, the same formula and size rule. The
+2-D layer alone has the fused training and inference paths (oneDNN, cuDNN, Triton).
 """
+import copy
 # No ``from __future__ import annotations``: TorchScript reads the fused forms' annotations as real types.
 from typing import Union
 
@@ -20,12 +25,21 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .fusion import FusedConv, running_eagerly
+from .fusion import FusedConv, Unfoldable, fold_conv_norm, running_eagerly
 from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, lean_calibrated_conv, triton_gate_product
 from .norm import NormLayer, SafeBatchNorm2d, count_batch, get_norm_layer, stackable_norms
 from .validate import check_image_batch
 
-__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "FusedSelfCalibration", "FusedSCConv", "conv3x3_norm", "UPSAMPLE_MODES"]
+__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "SCConv1d", "SCConv3d", "FusedSelfCalibration", "FusedSCConv", "conv3x3_norm",
+           "UPSAMPLE_MODES", "SC_LAYERS"]
+
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _dims(value: object) -> int:
+    if value not in _CONVS:
+        raise ValueError(f"dims must be 1, 2 or 3 (spatial dimensions), got {value!r}")
+    return value
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -41,13 +55,14 @@ def conv3x3_norm(
     dilation: int = 1,
     groups: int = 1,
     norm_layer: NormLayer | None = SafeBatchNorm2d,
+    dims: int = 2,
 ) -> nn.Sequential:
-    """A 3x3 convolution (padding = dilation, so stride 1 keeps H x W) followed by a norm.
+    """A 3x3 convolution (padding = dilation, so stride 1 keeps H x W) followed by a norm (3 or 3x3x3 with ``dims``).
 
     Returned as ``Sequential(conv, norm)`` because the official checkpoints name these ``k1.0`` / ``k1.1``
     (weight compatibility requires the index keys). Without a norm the conv gets a bias, as a plain conv would.
     """
-    conv = nn.Conv2d(
+    conv = _CONVS[dims](
         in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
         groups=groups, bias=norm_layer is None,
     )
@@ -56,8 +71,13 @@ def conv3x3_norm(
 
 def calibration_pool(x: torch.Tensor, r: int) -> torch.Tensor:
     """``AvgPool_r`` with the size rule of ``CalibrationPool``: an r x r window, or the whole side when shorter."""
-    kh, kw = min(r, x.shape[-2]), min(r, x.shape[-1])
-    return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
+    if x.dim() == 4:
+        kh, kw = min(r, x.shape[-2]), min(r, x.shape[-1])
+        return F.avg_pool2d(x, [kh, kw], [kh, kw])  # (N, C, max(1, H//r), max(1, W//r))
+    window = [min(r, side) for side in x.shape[2:]]
+    if x.dim() == 3:
+        return F.avg_pool1d(x, window, window)  # (N, C, max(1, L//r))
+    return F.avg_pool3d(x, window, window)  # (N, C, max(1, D//r), max(1, H//r), max(1, W//r))
 
 
 @register_notrace_module  # the window depends on the input size: a leaf for FX tracing
@@ -100,17 +120,20 @@ class SelfCalibration(nn.Module):
         pooling_r: int = 4,
         norm_layer: Union[str, NormLayer, None] = SafeBatchNorm2d,
         upsample_mode: str = "nearest",
+        dims: int = 2,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         if upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}")
-        norm_layer = get_norm_layer(norm_layer)
+        dims = _dims(dims)
+        norm_layer = _norm_for(norm_layer, dims)
         self.upsample_mode = upsample_mode
+        self.dims = dims
         # Keys k2.1/k2.2, k3.0/k3.1, k4.0/k4.1 are the official ones: k2.0 is the (parameter-free) pool.
-        self.k2 = nn.Sequential(CalibrationPool(pooling_r), *conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer))
-        self.k3 = conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer)
-        self.k4 = conv3x3_norm(in_channels, out_channels, stride, dilation, groups, norm_layer)
+        self.k2 = nn.Sequential(CalibrationPool(pooling_r), *conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer, dims))
+        self.k3 = conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer, dims)
+        self.k4 = conv3x3_norm(in_channels, out_channels, stride, dilation, groups, norm_layer, dims)
 
     def calibrated(self, x: torch.Tensor) -> torch.Tensor:
         """``K3(x) * sigmoid(x + Up(K2(AvgPool_r(x))))``, the input of K4 (the SC bottleneck runs K4 itself in training)."""
@@ -144,8 +167,11 @@ class SelfCalibration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.k4[1](self.calibrated_conv(x))  # (N, C_out, H/s, W/s)
 
-    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> "FusedSelfCalibration":
-        """The eval-mode form: norms folded, the gate product inside K3's call (see ``FusedSelfCalibration``)."""
+    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> nn.Module:
+        """The eval-mode form: norms folded, the gate product inside K3's call (see ``FusedSelfCalibration``); in
+        1-D and 3-D, a copy whose convolutions absorb their norms."""
+        if self.dims != 2:
+            return _folded_copy(self, relu_out)
         return FusedSelfCalibration(self, relu_out, onednn)
 
 
@@ -180,9 +206,11 @@ class SCConv(nn.Module):
         pooling_r: int = 4,
         norm_layer: Union[str, NormLayer, None] = SafeBatchNorm2d,
         upsample_mode: str = "nearest",
+        dims: int = 2,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
+        dims = _dims(dims)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             _positive_int(value, name)
             if value % 2:
@@ -194,26 +222,73 @@ class SCConv(nn.Module):
             raise ValueError(
                 f"groups={groups} must divide both halves (in_channels/2={half_in}, out_channels/2={half_out})"
             )
-        norm_layer = get_norm_layer(norm_layer)
+        norm_layer = _norm_for(norm_layer, dims)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
-        self.k1 = conv3x3_norm(half_in, half_out, stride, dilation, groups, norm_layer)
-        self.scconv = SelfCalibration(half_in, half_out, stride, dilation, groups, pooling_r, norm_layer, upsample_mode)
+        self.dims = dims
+        self.owner = type(self).__name__  # what error messages call the layer
+        self.k1 = conv3x3_norm(half_in, half_out, stride, dilation, groups, norm_layer, dims)
+        self.scconv = SelfCalibration(half_in, half_out, stride, dilation, groups, pooling_r, norm_layer, upsample_mode, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_channels, "SCConv", self.k1[0].weight)
+        check_image_batch(x, self.in_channels, self.owner, self.k1[0].weight, self.dims)
         half = self.in_channels // 2
         plain = self.k1(x[:, :half])  # (N, C_out/2, H/s, W/s)
         calibrated = self.scconv(x[:, half:])  # (N, C_out/2, H/s, W/s)
         return torch.cat([plain, calibrated], dim=1)  # (N, C_out, H/s, W/s)
 
-    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> "FusedSCConv":
-        """The eval-mode form: K1 and the calibration folded and fused (see ``FusedSCConv``)."""
+    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> nn.Module:
+        """The eval-mode form: K1 and the calibration folded and fused (see ``FusedSCConv``); in 1-D and 3-D, a copy
+        whose convolutions absorb their norms."""
+        if self.dims != 2:
+            return _folded_copy(self, relu_out)
         return FusedSCConv(self, relu_out, onednn)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class SCConv1d(SCConv):
+    """Self-calibrated convolution over sequences (N, C, L): a drop-in for ``nn.Conv1d(in, out, 3, stride,
+    padding=dilation)``. ``SCConv`` with ``dims=1``: the same formula, arguments, size rule and errors; the norm
+    names resolve to their 1-D forms and "bilinear" upsampling is linear."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1, dilation: int = 1, groups: int = 1,
+                 pooling_r: int = 4, norm_layer: Union[str, NormLayer, None] = "batchnorm", upsample_mode: str = "nearest") -> None:
+        super().__init__(in_channels, out_channels, stride, dilation, groups, pooling_r, norm_layer, upsample_mode, dims=1)
+
+
+class SCConv3d(SCConv):
+    """Self-calibrated convolution over volumes (N, C, D, H, W): a drop-in for ``nn.Conv3d(in, out, 3, stride,
+    padding=dilation)``. ``SCConv`` with ``dims=3`` ("bilinear" upsampling is trilinear)."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1, dilation: int = 1, groups: int = 1,
+                 pooling_r: int = 4, norm_layer: Union[str, NormLayer, None] = "batchnorm", upsample_mode: str = "nearest") -> None:
+        super().__init__(in_channels, out_channels, stride, dilation, groups, pooling_r, norm_layer, upsample_mode, dims=3)
+
+
+SC_LAYERS = {1: SCConv1d, 2: SCConv, 3: SCConv3d}  # by spatial dimensions: what replaces nn.Conv1d/2d/3d
+
+
+def _norm_for(norm_layer: Union[str, NormLayer, None], dims: int) -> NormLayer | None:
+    """The norm of a ``dims``-D layer: the 2-D default ``SafeBatchNorm2d`` becomes its 1-D/3-D form."""
+    if norm_layer is SafeBatchNorm2d and dims != 2:
+        norm_layer = "batchnorm"
+    return get_norm_layer(norm_layer, dims)
+
+
+def _folded_copy(layer: nn.Module, relu_out: bool) -> nn.Module:
+    """A copy of a 1-D/3-D SC layer in eval mode whose convolutions absorb their batch norms (``fold_conv_norm``):
+    the same forward, four fewer norm passes. A norm without running statistics (GroupNorm) raises ``Unfoldable``."""
+    folded = copy.deepcopy(layer)
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential) and len(m) >= 2 and isinstance(m[-2], tuple(_CONVS.values()))]:
+        conv, norm = seq[-2], seq[-1]
+        weight, bias = fold_conv_norm(conv, norm)
+        conv.weight = nn.Parameter(weight, requires_grad=False)
+        conv.bias = nn.Parameter(bias, requires_grad=False)
+        seq[-1] = nn.Identity()
+    return nn.Sequential(folded, nn.ReLU(inplace=True)) if relu_out else folded
 
 
 def _fold(seq: nn.Sequential, relu: bool = False, onednn: bool = True) -> FusedConv:

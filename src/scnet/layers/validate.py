@@ -23,21 +23,26 @@ def set_finite_check(enabled: bool) -> bool:
     return previous
 
 
+def _layout(dims: int) -> str:
+    return "(N, C, L)" if dims == 1 else ("(N, C, H, W)" if dims == 2 else "(N, C, D, H, W)")
+
+
 # Shape checks are Python control flow: FX tracing (timm/torchvision feature extraction) keeps them as a call.
 @register_notrace_function
-def check_image_batch(x: torch.Tensor, channels: int, owner: str, reference: Optional[torch.Tensor] = None) -> None:
-    """Raise ``ValueError``/``TypeError`` unless ``x`` is a non-empty floating (N, channels, H, W) tensor.
+def check_image_batch(x: torch.Tensor, channels: int, owner: str, reference: Optional[torch.Tensor] = None, dims: int = 2) -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``x`` is a non-empty floating (N, channels, H, W) tensor (with
+    ``dims`` 1 or 3: (N, channels, L) or (N, channels, D, H, W)).
 
     With ``reference`` (one of the owner's weights), ``x`` must also be on its device and, outside autocast,
     of its dtype.
     """
-    if x.dim() != 4:
-        raise ValueError(f"{owner} expects a 4-D (N, C, H, W) tensor, got a {x.dim()}-D tensor of shape {list(x.shape)}")
+    if x.dim() != dims + 2:
+        raise ValueError(f"{owner} expects a {dims + 2}-D {_layout(dims)} tensor, got a {x.dim()}-D tensor of shape {list(x.shape)}")
     if x.shape[1] != channels:
         raise ValueError(f"{owner} expects {channels} input channels, got {x.shape[1]} (input shape {list(x.shape)})")
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects a floating-point tensor, got dtype {x.dtype}; convert it, e.g. x.float()")
-    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+    if x.numel() == 0:  # the channel count matched: some other side is 0
         raise ValueError(f"{owner} got an empty input of shape {list(x.shape)}")
     if not torch.jit.is_scripting():
         _check_eager(x, owner, reference)
