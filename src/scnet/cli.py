@@ -57,6 +57,8 @@ def _export(args: argparse.Namespace) -> int:
         export_safetensors(model, loaded.arch, out, loaded.info)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {loaded.arch} with metadata")
         return 0
+    if args.int8:
+        return _export_int8(args, loaded, out)
     if args.format == "torchscript":
         export_torchscript(model, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): TorchScript, any batch and input size")
@@ -75,6 +77,37 @@ def _export(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         print("  note: random weights; check a trained checkpoint (--checkpoint) for a meaningful comparison")
     return 0 if ok else 1
+
+
+def _export_int8(args: argparse.Namespace, loaded: Any, out: Any) -> int:
+    """An int8 ONNX file calibrated on the first images of the model's training data (or --calibration-data), then
+    compared with the float32 model on 256 validation images."""
+    import torch
+
+    from .data import build_datasets
+    from .int8 import calibration_batches, quantize
+
+    if args.format != "onnx":
+        raise ValueError(f"--int8 writes ONNX (ONNX Runtime runs it), not --format {args.format}")
+    config = (loaded.checkpoint or {}).get("config", {})
+    data = args.calibration_data or config.get("data") or loaded.info.name
+    data_dir = args.data_dir or (config.get("data_dir") if not args.calibration_data else None)
+    try:
+        train, val, _ = build_datasets(data, data_dir, args.calibration_images, 256, loaded.info.image_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--int8 calibrates on images like those the model will see, and {data!r} gave none ({e}); "
+                         "give --calibration-data NAME (and --data-dir DIR)") from None
+    quantized = quantize(loaded.model, calibration_batches(train, args.calibration_images), path=out, keep_fp32=args.keep_fp32)
+    x = calibration_batches(val, 256, 256)[0]  # (N, C, H, W): validation images the calibration did not see
+    with torch.no_grad():
+        ref = loaded.model(x)
+    got = quantized(x)
+    agree = 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean())
+    rel = float((got - ref).norm() / ref.norm())
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): int8 ONNX (kept in float: {args.keep_fp32}), calibrated on "
+          f"{quantized.calibration_images} {data} images; against float32 on {len(ref)} validation images: top-1 agreement "
+          f"{agree:.1f} %, logits' relative error {rel:.3f}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -255,6 +288,13 @@ def _add_export_command(sub: Any) -> None:
                      help="HxW sizes at which onnxruntime is compared with PyTorch (default 97x130 193x257 224x224)")
     exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    exp.add_argument("--int8", action="store_true", help="int8 ONNX (ONNX Runtime static quantization), calibrated on the "
+                     "first --calibration-images of the model's training data or --calibration-data")
+    exp.add_argument("--keep-fp32", choices=("none", "gate", "convs"), default="none",
+                     help="--int8: what stays in float: nothing (default), the calibration gate's sigmoid and product, or all but the convolutions")
+    exp.add_argument("--calibration-data", help="--int8: dataset name to calibrate on (default: the checkpoint's own)")
+    exp.add_argument("--data-dir", help="--int8: that dataset's folder")
+    exp.add_argument("--calibration-images", type=int, default=512, help="--int8: how many images calibrate (default 512)")
     exp.set_defaults(func=_export)
 
 

@@ -19,6 +19,8 @@ def describe_mode(spec: dict[str, Any]) -> str:
         parts.append("torch.compile" + ("" if spec["train"] else " with freezing"))
     if spec.get("graph"):
         parts.append("CUDA graph replay")
+    if spec.get("onnx"):
+        parts.append("ONNX Runtime" + ("" if spec["onnx"] == "fp32" else f" int8 (kept in float: {spec['onnx']})"))
     return " + ".join(parts)
 
 

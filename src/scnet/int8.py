@@ -1,0 +1,159 @@
+"""int8 inference: static post-training quantization of the ONNX export with ONNX Runtime (QDQ format).
+
+The model is exported as for ``scnet export`` (one ONNX graph, dynamic batch and size), ONNX Runtime records the
+range of every activation over the calibration batches, and the graph gets quantize/dequantize pairs that its
+CPU provider fuses into int8 kernels (QLinearConv: u8 activations, s8 weights per output channel).
+
+What stays in float: ``keep_fp32`` chooses which ops are quantized. SC-Conv's gate ``K3(x) * sigmoid(x + Up(...))``
+is the pattern post-training quantization is known to break (a sigmoid's output crushed to 8 bits, then a
+product), so it can be kept in float ("gate": Sigmoid and Mul unquantized), or everything but the convolutions
+and the classifier can ("convs": only Conv and Gemm run in int8), or nothing ("none"). The default is the one
+the measurements in docs/results/int8 favour.
+
+Why ONNX Runtime and not PyTorch's PT2E flow: with the pinned torch (2.14) and torchao (0.18), the x86
+Inductor quantizer fails on every exported ResNet graph, torchvision's resnet18 included ("Input partition
+has more than one output node"), so there is nothing to measure on that side yet.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .layers.validate import check_image_batch
+
+__all__ = ["quantize", "QuantizedModel", "OnnxModel", "onnx_model", "KEEP_FP32", "calibration_batches"]
+
+# What each ``keep_fp32`` choice leaves in float: op types taken out of ONNX Runtime's QDQ set ("convs": all but these).
+KEEP_FP32: dict[str, tuple[str, ...]] = {"none": (), "gate": ("Sigmoid", "Mul"), "convs": ("Conv", "Gemm", "MatMul")}
+DEFAULT_KEEP = "none"
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX file in an ONNX Runtime session (CPU), called like the PyTorch model it came from: tensors in and out."""
+
+    path: Path
+    threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
+    _session: object = field(default=None, repr=False)
+
+    @property
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {"input": array})[0])
+
+
+@dataclass
+class QuantizedModel(OnnxModel):
+    """An int8 ONNX model (see ``quantize``): what was kept in float and how many images calibrated it."""
+
+    keep_fp32: str = DEFAULT_KEEP
+    calibration_images: int = 0
+
+
+def onnx_model(model: nn.Module, example: torch.Tensor, path: Union[str, Path, None] = None, threads: int = 0) -> OnnxModel:
+    """The float32 ONNX export of an eval-mode model in an ONNX Runtime session: the baseline int8 is compared with."""
+    from .export import export_onnx
+
+    out = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="scnet-onnx-")) / "model.onnx"
+    export_onnx(model.eval(), out, in_chans=example.shape[1], example_size=max(example.shape[-2:]))
+    return OnnxModel(out, threads)
+
+
+def _input_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"quantize expects an image model with a 2-D convolution; {type(model).__name__} has none")
+    return first.in_channels
+
+
+def _checked(batches: Iterable[torch.Tensor], channels: int) -> list[torch.Tensor]:
+    """The calibration batches as float32 (N, C, H, W) tensors of the model's channel count, or one clear error."""
+    checked = []
+    for i, x in enumerate(batches):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"calibration batch {i} must be a tensor (N, C, H, W), got {type(x).__name__}")
+        try:
+            check_image_batch(x, channels, f"quantize's calibration batch {i}")
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{e} (the model takes {channels}-channel images)") from None
+        checked.append(x.detach().to("cpu", torch.float32))
+    if not checked:
+        raise ValueError("quantize needs at least one calibration batch (a few hundred images of the data it will see)")
+    return checked
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over the batches (its ``CalibrationDataReader`` protocol)."""
+
+    def __init__(self, batches: list[torch.Tensor]) -> None:
+        self._batches: Iterator[torch.Tensor] = iter(batches)
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        x = next(self._batches, None)
+        return None if x is None else {"input": x.numpy()}
+
+
+def _quantized_ops(keep_fp32: str) -> list[str]:
+    """The op types to quantize: ONNX Runtime's own default set (its QDQ and QLinear registries) less those kept."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    if keep_fp32 == "convs":
+        return list(KEEP_FP32["convs"])
+    return sorted(op for op in {*QDQRegistry, *QLinearOpsRegistry} if op not in KEEP_FP32[keep_fp32])
+
+
+def quantize(
+    model: nn.Module, calibration_batches: Iterable[torch.Tensor], path: Union[str, Path, None] = None,
+    keep_fp32: str = DEFAULT_KEEP, threads: int = 0,
+) -> QuantizedModel:
+    """An int8 copy of an eval-mode image model, calibrated on ``calibration_batches`` (normalised (N, C, H, W) tensors).
+
+    ``path``: where the int8 ONNX file is written (default: a temporary folder). ``keep_fp32``: "none", "gate"
+    or "convs" (see the module's docstring). Raises ``ValueError`` for a model in training mode (its norms
+    would not be the ones it is deployed with) and for calibration data of another shape than the model takes.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .export import export_onnx
+
+    if model.training:
+        raise ValueError("quantize needs a model in eval mode: int8 ranges are calibrated on the eval-mode network "
+                         "(running norm statistics); call model.eval() first")
+    if keep_fp32 not in KEEP_FP32:
+        raise ValueError(f"keep_fp32 must be one of {sorted(KEEP_FP32)}, got {keep_fp32!r}")
+    batches = _checked(calibration_batches, _input_channels(model))
+    out = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="scnet-int8-")) / "model-int8.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        fp32, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
+        export_onnx(model, fp32, in_chans=batches[0].shape[1], example_size=max(batches[0].shape[-2:]))
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # the dynamic sizes defeat its symbolic pass
+        quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32))
+    return QuantizedModel(out, threads, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
+
+
+def calibration_batches(dataset, count: int = 512, batch_size: int = 64) -> list[torch.Tensor]:
+    """The first ``count`` images of a dataset of this package (``build_datasets``), normalised, in batches."""
+    if count < 1:
+        raise ValueError(f"the calibration image count must be >= 1, got {count}")
+    count = min(count, len(dataset))
+    if hasattr(dataset, "batch"):  # TensorImages: whole batches in one call
+        return [dataset.batch(torch.arange(i, min(i + batch_size, count)))[0] for i in range(0, count, batch_size)]
+    return [torch.stack([dataset[j][0] for j in range(i, min(i + batch_size, count))]) for i in range(0, count, batch_size)]

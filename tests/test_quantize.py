@@ -1,0 +1,110 @@
+"""int8 inference: calibrated ONNX Runtime quantization stays close to float32, keeps in float what it is told to, and
+refuses bad input with one clear error; the CLI and the benchmark reach it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import scnet
+from scnet.cli import main
+from scnet.data import build_datasets
+from scnet.int8 import calibration_batches, quantize
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of the demo SCNet trained by our tools on synthetic images (3 epochs of 256): its directory."""
+    from scnet.train import fit, merge_config
+
+    run = tmp_path_factory.mktemp("int8") / "run"
+    fit(merge_config(flags=dict(data="synthetic", limit_train=256, limit_val=128, batch_size=32, epochs=3, out=str(run))),
+        show_progress=False, log=lambda *a, **k: None)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_and_data(trained: Path) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """The trained model, calibration batches from its training images, and 128 validation images."""
+    train, val, _ = build_datasets("synthetic", limit_train=256, limit_val=128, image_size=32)
+    model = scnet.load_model(file=str(trained / "checkpoint-best.pth")).model
+    return model.eval(), calibration_batches(train, 128, 64), calibration_batches(val, 128, 128)[0]
+
+
+def _int8_ops(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Per op type in the ONNX graph: how many nodes read an int8 (dequantized) input, and how many have their
+    output quantized to int8."""
+    graph = onnx.load(str(path)).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    reads: dict[str, int] = {}
+    writes: dict[str, int] = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(i in dequantized for i in n.input):
+            reads[n.op_type] = reads.get(n.op_type, 0) + 1
+        if any(o in quantized for o in n.output):
+            writes[n.op_type] = writes.get(n.op_type, 0) + 1
+    return reads, writes
+
+
+@pytest.mark.slow
+def test_int8_follows_float32_and_keeps_what_it_is_told(model_and_data, tmp_path: Path) -> None:
+    model, calib, x = model_and_data
+    with torch.no_grad():
+        ref = model(x)
+    ops = {}
+    for keep in ("none", "gate", "convs"):
+        q = quantize(model, calib, path=tmp_path / f"{keep}.onnx", keep_fp32=keep)
+        out = q(x)
+        assert float((out - ref).norm() / ref.norm()) < 0.12, keep  # 0.08 measured with everything in int8
+        assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.95, keep  # 0.96-0.99 measured
+        ops[keep] = _int8_ops(q.path)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert ops["none"][0]["Conv"] == ops["gate"][0]["Conv"] == ops["convs"][0]["Conv"] == convs  # every conv reads int8
+    sc_layers = sum(isinstance(m, scnet.SelfCalibration) for m in model.modules())
+    assert ops["none"][1]["Sigmoid"] == sc_layers  # the gate rounded to 8 bits
+    assert "Sigmoid" not in ops["gate"][1] and ops["gate"][1]["Add"] > 0  # the gate in float, the rest in int8
+    # Only what feeds a convolution or the classifier is quantized: the sums, the upsample and the gate stay float.
+    assert not {"Sigmoid", "Add", "Resize", "Concat"} & set(ops["convs"][1])
+
+
+def test_bad_input_is_one_clear_error(model_and_data) -> None:
+    model, calib, _ = model_and_data
+    with pytest.raises(ValueError, match="quantize needs a model in eval mode"):
+        quantize(model.train(), calib)
+    model.eval()
+    with pytest.raises(ValueError, match=r"calibration batch 1 expects 1 input channels, got 3 .*the model takes 1-channel images"):
+        quantize(model, [calib[0], torch.randn(4, 3, 32, 32)])
+    with pytest.raises(ValueError, match=r"calibration batch 0 expects a 4-D \(N, C, H, W\) tensor, got a 3-D tensor"):
+        quantize(model, [torch.randn(1, 32, 32)])
+    with pytest.raises(TypeError, match="calibration batch 0 must be a tensor"):
+        quantize(model, [calib[0].numpy()])
+    with pytest.raises(ValueError, match="at least one calibration batch"):
+        quantize(model, [])
+    with pytest.raises(ValueError, match="keep_fp32 must be one of"):
+        quantize(model, calib, keep_fp32="sigmoid")
+
+
+@pytest.mark.slow
+def test_cli_exports_int8_calibrated_on_the_checkpoints_data(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = trained
+    out = tmp_path / "model-int8.onnx"
+    assert main(["export", "--checkpoint", str(run / "checkpoint-best.pth"), "--int8", "--calibration-images", "64", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert out.is_file() and "int8 ONNX (kept in float: none), calibrated on 64 synthetic images" in line and "top-1 agreement" in line
+    assert main(["export", "--checkpoint", str(run / "checkpoint-best.pth"), "--int8", "--format", "torchscript", "--out", str(out)]) == 2
+    assert "--int8 writes ONNX" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_times_onnx_runtime_and_int8_beside_the_torch_paths() -> None:
+    from scnet.bench import Rounds, grid, run_bench
+
+    report = run_bench(grid(["resnet18"], ["deploy", "onnx", "int8", "int8_gate"], [2], [32], baseline=None), Rounds(1, 1, 0),
+                       show_progress=False, memory=False)
+    assert [r["mode"] for r in report["results"]] == ["deploy", "onnx", "int8", "int8_gate"]
+    assert all(r["error"] is None and r["images_per_s"] > 0 for r in report["results"])
