@@ -255,3 +255,58 @@ def test_runs_saved_before_newer_options_are_still_this_recipe(tmp_path: Path) -
     _refuse_other(tmp_path, "a run with another recipe", old, here)  # accepted
     with pytest.raises(ValueError, match="nesterov is False there, True here"):
         _refuse_other(tmp_path, "a run with another recipe", {**old, "nesterov": False}, here)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: field 4 of each stat line)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the test finds the workers in /proc")
+def test_a_killed_study_leaves_no_run_training_and_continues_both(tmp_path: Path) -> None:
+    # The study (2 runs at once) is SIGKILLed mid-training: both workers checkpoint at their next step and exit,
+    # instead of training on unowned; the same command then continues both runs to the end.
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from scnet.data import FASHION_MNIST_SYSTEM_DIR
+    from scnet.models.weights import read_checkpoint
+
+    if not Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    out = tmp_path / "study"
+    runs = [out / f"{m}-seed0" / "checkpoint-last.pth" for m in (PLAIN, SC)]
+    args = [sys.executable, "-m", "scnet", "compare", "--models", SC, "--seeds", "0", "--jobs", "2", "--data", "fashion_mnist",
+            "--limit-train", "4096", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
+            "--out", str(out)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() for p in runs) and time.monotonic() < deadline:
+        time.sleep(0.1)  # both are training: each has written a checkpoint after 4 steps
+    position = lambda p: (lambda s: (s["epoch"], s["step"]))(read_checkpoint(p))  # noqa: E731
+    before = [position(p) for p in runs]
+    workers = [p for p in _children(study.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) == 2 and study.poll() is None
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers), "a worker went on training without its study"
+    after = [position(p) for p in runs]
+    assert all(a > b for a, b in zip(after, before)), (before, after)  # a checkpoint at the step each was in
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("continuing the unfinished run") == 2

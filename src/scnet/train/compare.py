@@ -24,7 +24,7 @@ from ..models import plain_twin, sc_twin
 from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
-from .runner import build_model_for, fit
+from .runner import TrainingStopped, build_model_for, fit
 
 __all__ = ["StudyPlan", "compare", "paired_interval", "study_finished", "next_seed", "check_study_args", "verdict", "describe_difference"]
 
@@ -244,13 +244,39 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
     return result
 
 
-def _run_alone(config: dict[str, Any], threads: int) -> dict[str, Any]:
+def _follow_parent(parent: int) -> None:
+    """Send this worker one SIGTERM when the study's process is gone, so a killed study leaves no run training on
+    its own (and writing where the next study will): the run checkpoints at its next step and stops, and the next
+    study continues it. A thread that watches the parent's pid rather than Linux's parent-death signal, which can
+    arrive twice (once more per subreaper the worker is handed to) and a second SIGTERM ends a run at once."""
+    import os
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if not any(t.name == "scnet-follow-study" for t in threading.enumerate()):  # one watcher, whatever runs here next
+        threading.Thread(target=watch, name="scnet-follow-study", daemon=True).start()
+
+
+def _run_alone(config: dict[str, Any], threads: int, parent: int) -> dict[str, Any]:
     """``_run`` in a worker process with ``threads`` torch threads (no progress bar: two would interleave)."""
+    import os
     import sys
 
+    _follow_parent(parent)
     sys.stdout.reconfigure(line_buffering=True)  # each epoch's line shows as it ends, not when the process exits
     torch.set_num_threads(threads)
-    return _run(TrainConfig(**config), show_progress=False)
+    try:
+        return _run(TrainConfig(**config), show_progress=False)
+    except TrainingStopped as stopped:
+        if os.getppid() != parent:  # the study is gone and nobody waits for this worker: do not wait for more work
+            sys.stdout.flush()
+            os._exit(128 + stopped.signum)
+        raise
 
 
 def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int) -> list[dict[str, Any]]:
@@ -262,12 +288,13 @@ def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int) -> li
     if jobs == 1 or any((Path(cfg.out) / DONE).is_file() for cfg in cfgs):  # a finished run is only read back
         return [_run(cfg, show_progress) for cfg in cfgs]
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, torch.get_num_threads() // jobs)
     print(f"training {', '.join(c.model for c in cfgs)} (seed {cfgs[0].seed}) at once, {threads} thread(s) each")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_alone, cfg.to_dict(), threads) for cfg in cfgs]
+        futures = [pool.submit(_run_alone, cfg.to_dict(), threads, os.getpid()) for cfg in cfgs]
         return [f.result() for f in futures]
 
 
