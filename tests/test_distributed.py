@@ -126,7 +126,8 @@ def test_the_census_names_the_rank_that_failed_or_vanished(monkeypatch: pytest.M
     store.set("scnet/alive/2", "1")
     assert peers._diagnose(store, 0, 3, broken, 60) is None  # everyone answers: the communication error is its own
     store.set("scnet/failed/2", "truncated data")
-    assert peers._diagnose(store, 0, 3, ValueError("anything"), 60) == "rank 2 failed: truncated data"
+    assert peers._diagnose(store, 0, 3, broken, 60) == "rank 2 failed: truncated data"
+    assert peers._diagnose(store, 0, 3, ValueError("disk full"), 60) is None  # its own error, whatever the others hit
 
 
 def test_one_line_keeps_user_errors_plain_and_names_the_others() -> None:
@@ -152,3 +153,5 @@ def test_a_restart_continues_only_this_jobs_own_checkpoint(tmp_path: Path, monke
     assert _restart_checkpoint(merge_config(flags={**flags, "out": str(tmp_path / "elsewhere")})) is None  # no checkpoint there
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
     assert _restart_checkpoint(merge_config(flags=flags)) is None  # another job's run
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default id, shared by every job without --rdzv-id
+    assert _restart_checkpoint(merge_config(flags=flags)) is None

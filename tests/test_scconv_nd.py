@@ -73,11 +73,17 @@ def test_scconv3d_is_the_formula_at_every_size(d: int, h: int, w: int, stride: i
 @pytest.mark.parametrize("dims", [1, 3])
 def test_every_parameter_gets_a_gradient_and_batch_one_trains(dims: int) -> None:
     m = LAYER[dims](8, 8, stride=2).train()
-    for shape in ((2, 8, *[7] * dims), (1, 8, *[1] * dims)):  # a single value per channel: the batch norms still train
-        m.zero_grad()
-        m(torch.randn(*shape)).square().sum().backward()
-        missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-        assert not missing or shape[0] == 1, missing
+    m(torch.randn(2, 8, *[7] * dims)).square().sum().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    # A single value per channel (batch 1, length 1): the norms use their running statistics and leave them as they
+    # were, and every convolution still learns.
+    m.zero_grad()
+    stats = {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+    m(torch.randn(1, 8, *[1] * dims)).square().sum().backward()
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in stats.items())
+    convs = [n for n, mod in m.named_modules() if isinstance(mod, (nn.Conv1d, nn.Conv3d))]
+    assert all(m.get_submodule(n).weight.grad is not None for n in convs) and len(convs) == 4
 
 
 @pytest.mark.parametrize("dims,plain", [(1, nn.Conv1d), (3, nn.Conv3d)])

@@ -44,6 +44,8 @@ def _export(args: argparse.Namespace) -> int:
     model = loaded.model
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.int8:
+        return _export_int8(args, loaded, out)
     if args.format == "hf":
         from .export import export_hf
 
@@ -57,8 +59,6 @@ def _export(args: argparse.Namespace) -> int:
         export_safetensors(model, loaded.arch, out, loaded.info)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): safetensors weights of {loaded.arch} with metadata")
         return 0
-    if args.int8:
-        return _export_int8(args, loaded, out)
     if args.format == "torchscript":
         export_torchscript(model, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): TorchScript, any batch and input size")
@@ -273,6 +273,7 @@ def _add_info_command(sub: Any) -> None:
 
 
 def _add_export_command(sub: Any) -> None:
+    from .int8 import DEFAULT_KEEP, KEEP_FP32
     from .models.resnet import STEM_TYPES
 
     exp = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime), TorchScript or safetensors weights")
@@ -290,7 +291,7 @@ def _add_export_command(sub: Any) -> None:
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     exp.add_argument("--int8", action="store_true", help="int8 ONNX (ONNX Runtime static quantization), calibrated on the "
                      "first --calibration-images of the model's training data or --calibration-data")
-    exp.add_argument("--keep-fp32", choices=("none", "gate", "convs"), default="none",
+    exp.add_argument("--keep-fp32", choices=KEEP_FP32, default=DEFAULT_KEEP,
                      help="--int8: what stays in float: nothing (default), the calibration gate's sigmoid and product, or all but the convolutions")
     exp.add_argument("--calibration-data", help="--int8: dataset name to calibrate on (default: the checkpoint's own)")
     exp.add_argument("--data-dir", help="--int8: that dataset's folder")

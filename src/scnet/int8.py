@@ -29,9 +29,10 @@ from .layers.validate import check_image_batch
 
 __all__ = ["quantize", "QuantizedModel", "OnnxModel", "onnx_model", "KEEP_FP32", "calibration_batches"]
 
-# What each ``keep_fp32`` choice leaves in float: op types taken out of ONNX Runtime's QDQ set ("convs": all but these).
-KEEP_FP32: dict[str, tuple[str, ...]] = {"none": (), "gate": ("Sigmoid", "Mul"), "convs": ("Conv", "Gemm", "MatMul")}
+KEEP_FP32 = ("none", "gate", "convs")  # what stays in float: nothing, the gate, all but the convolutions
 DEFAULT_KEEP = "none"
+_GATE_OPS = ("Sigmoid", "Mul")  # the gate's sigmoid and product (SE blocks have them too)
+_CONV_OPS = ("Conv", "Gemm", "MatMul")  # the convolutions and the classifier
 
 
 @dataclass
@@ -41,6 +42,13 @@ class OnnxModel:
     path: Path
     threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
     _session: object = field(default=None, repr=False)
+    _folder: Optional[tempfile.TemporaryDirectory] = field(default=None, repr=False)  # removed with the object
+
+    @classmethod
+    def in_temporary_folder(cls) -> tuple[Path, tempfile.TemporaryDirectory]:
+        """A file path in a fresh temporary folder that the model made there will own (and remove when collected)."""
+        folder = tempfile.TemporaryDirectory(prefix="scnet-onnx-")
+        return Path(folder.name) / "model.onnx", folder
 
     @property
     def session(self):
@@ -69,9 +77,9 @@ def onnx_model(model: nn.Module, example: torch.Tensor, path: Union[str, Path, N
     """The float32 ONNX export of an eval-mode model in an ONNX Runtime session: the baseline int8 is compared with."""
     from .export import export_onnx
 
-    out = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="scnet-onnx-")) / "model.onnx"
+    out, folder = (Path(path), None) if path is not None else OnnxModel.in_temporary_folder()
     export_onnx(model.eval(), out, in_chans=example.shape[1], example_size=max(example.shape[-2:]))
-    return OnnxModel(out, threads)
+    return OnnxModel(out, threads, _folder=folder)
 
 
 def _input_channels(model: nn.Module) -> int:
@@ -113,8 +121,9 @@ def _quantized_ops(keep_fp32: str) -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if keep_fp32 == "convs":
-        return list(KEEP_FP32["convs"])
-    return sorted(op for op in {*QDQRegistry, *QLinearOpsRegistry} if op not in KEEP_FP32[keep_fp32])
+        return list(_CONV_OPS)
+    kept = _GATE_OPS if keep_fp32 == "gate" else ()
+    return sorted(op for op in {*QDQRegistry, *QLinearOpsRegistry} if op not in kept)
 
 
 def quantize(
@@ -136,9 +145,9 @@ def quantize(
         raise ValueError("quantize needs a model in eval mode: int8 ranges are calibrated on the eval-mode network "
                          "(running norm statistics); call model.eval() first")
     if keep_fp32 not in KEEP_FP32:
-        raise ValueError(f"keep_fp32 must be one of {sorted(KEEP_FP32)}, got {keep_fp32!r}")
+        raise ValueError(f"keep_fp32 must be one of {KEEP_FP32}, got {keep_fp32!r}")
     batches = _checked(calibration_batches, _input_channels(model))
-    out = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="scnet-int8-")) / "model-int8.onnx"
+    out, folder = (Path(path), None) if path is not None else OnnxModel.in_temporary_folder()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         fp32, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
@@ -146,7 +155,7 @@ def quantize(
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # the dynamic sizes defeat its symbolic pass
         quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32))
-    return QuantizedModel(out, threads, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
+    return QuantizedModel(out, threads, _folder=folder, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
 
 
 def calibration_batches(dataset, count: int = 512, batch_size: int = 64) -> list[torch.Tensor]:

@@ -15,6 +15,11 @@ __all__ = ["SafeBatchNorm2d", "SafeBatchNorm1d", "SafeBatchNorm3d", "group_norm"
 NormLayer = Callable[[int], nn.Module]
 
 
+def single_value_per_channel(x: torch.Tensor) -> bool:
+    """Whether a batch holds one value per channel (N x spatial = 1), where batch statistics are undefined."""
+    return x.numel() == x.shape[1]
+
+
 class _SingleValueSafe:
     """The forward shared by the ``SafeBatchNorm`` classes (1-D, 2-D, 3-D): batch norm that also trains when a
     batch holds a single value per channel.
@@ -32,7 +37,7 @@ class _SingleValueSafe:
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # The shape test comes last so that eval-mode graphs (torch.export, ONNX) carry no guard on the size.
-        if self.training and self.running_mean is not None and self.running_var is not None and x.numel() == x.shape[1]:
+        if self.training and self.running_mean is not None and self.running_var is not None and single_value_per_channel(x):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
         factor = 0.0 if self.momentum is None else self.momentum
@@ -108,7 +113,7 @@ def stacked_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torc
     on its own buffers, exactly as if it had run alone. The caller checks ``stackable_norms`` first.
     """
     sizes = [n.num_features for n in norms]
-    if x.shape[0] * x.shape[2] * x.shape[3] == 1:  # SafeBatchNorm2d's single-value rule: each norm decides
+    if single_value_per_channel(x):  # SafeBatchNorm2d's single-value rule: each norm decides
         return torch.cat([n(part) for n, part in zip(norms, x.split(sizes, 1))], 1)
     mean = torch.cat([n.running_mean for n in norms])  # (sum C_i,): updated in place by batch_norm
     var = torch.cat([n.running_var for n in norms])  # (sum C_i,)

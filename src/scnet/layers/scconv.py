@@ -37,7 +37,7 @@ _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
 def _dims(value: object) -> int:
-    if value not in _CONVS:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _CONVS:
         raise ValueError(f"dims must be 1, 2 or 3 (spatial dimensions), got {value!r}")
     return value
 

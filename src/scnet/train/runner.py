@@ -89,8 +89,10 @@ def _restart_store(timeout: timedelta) -> Optional[dist.Store]:
 
 
 def _job_id() -> Optional[str]:
-    """torchrun's id of this job (its --rdzv-id; a fresh one per --standalone launch), kept across its restarts."""
-    return os.environ.get("TORCHELASTIC_RUN_ID")
+    """torchrun's id of this job (its --rdzv-id; a fresh one per --standalone launch), kept across its restarts;
+    None outside torchrun and for torchrun's default id "none", which every job without --rdzv-id shares."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    return None if job in (None, "", "none") else job
 
 
 # Settings a restart may differ in without being another run: where to resume, and the launch's own settings.
@@ -108,7 +110,8 @@ def _restart_checkpoint(cfg: TrainConfig) -> Optional[Path]:
         return None
     state = read_checkpoint(last)
     same = cfg.resume or all(state["config"].get(k) == v for k, v in cfg.to_dict().items() if k not in _LAUNCH_KEYS)
-    return last if state.get("job") == _job_id() and same else None
+    job = _job_id()  # without one, this job's checkpoint cannot be told from another job's
+    return last if job is not None and state.get("job") == job and same else None
 
 
 def resolve_resume(resume: str) -> Path:
