@@ -27,6 +27,7 @@ from unittest import mock
 
 import torch
 
+from dist_runs import same_weights
 from scnet.cli import main
 from scnet.models.weights import read_checkpoint
 from scnet.train import fit, merge_config
@@ -101,11 +102,7 @@ def reference_run(out: Path) -> dict[str, Any]:
 
 def same_training(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Equal weights, optimiser state and per-epoch metrics (timings aside): the same training happened."""
-    if a["epoch"] != b["epoch"] or b.get("step", 0) or a["model"].keys() != b["model"].keys():
-        return False
-    if not all(torch.equal(v, b["model"][k]) for k, v in a["model"].items()):
-        return False
-    if not all(torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"]) for k, v in a["optimizer"]["state"].items()):
+    if not same_weights(a, b):  # exactly
         return False
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")
     return [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]

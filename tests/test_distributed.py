@@ -147,8 +147,8 @@ def test_a_restart_continues_only_this_jobs_own_checkpoint(tmp_path: Path, monke
     assert read_checkpoint(last)["job"] == "job-a"
     assert _restart_checkpoint(merge_config(flags=flags)) is None  # a first attempt: no restart count
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert _restart_checkpoint(merge_config(flags=flags)) == last
-    assert _restart_checkpoint(merge_config(flags={**flags, "dist_timeout": 30.0})) == last  # a launch setting
+    assert _restart_checkpoint(merge_config(flags=flags))[0] == last
+    assert _restart_checkpoint(merge_config(flags={**flags, "dist_timeout": 30.0}))[0] == last  # a launch setting
     assert _restart_checkpoint(merge_config(flags={**flags, "seed": 1})) is None  # another run's configuration
     assert _restart_checkpoint(merge_config(flags={**flags, "out": str(tmp_path / "elsewhere")})) is None  # no checkpoint there
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")

@@ -31,11 +31,12 @@ class _SingleValueSafe:
     normalises with its running statistics (as in eval) and leaves them untouched. Every other case is
     PyTorch's batch norm exactly, with the same parameters, buffers and state-dict names.
 
-    The method restates ``_BatchNorm.forward`` instead of calling ``super()`` because TorchScript does not
+    ``forward`` restates ``_BatchNorm.forward`` instead of calling ``super()`` because TorchScript does not
     compile ``super()`` calls.
     """
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)  # the subclass's rank (ValueError otherwise)
         # The shape test comes last so that eval-mode graphs (torch.export, ONNX) carry no guard on the size.
         if self.training and self.running_mean is not None and self.running_var is not None and single_value_per_channel(x):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
@@ -59,34 +60,21 @@ class _SingleValueSafe:
         )
 
 
-@register_notrace_module  # shape-dependent branch: a leaf for FX tracing
+# Each is PyTorch's batch norm of its dimension with ``_SingleValueSafe``'s forward (its ``_check_input_dim`` refuses
+# inputs of another rank); shape-dependent branches: leaves for FX tracing.
+@register_notrace_module
 class SafeBatchNorm2d(_SingleValueSafe, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that also trains when a batch holds a single value per channel (see ``_SingleValueSafe``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"SafeBatchNorm2d expects a 4-D (N, C, H, W) input, got shape {list(x.shape)}")
-        return self._normalise(x)
 
 
 @register_notrace_module
 class SafeBatchNorm1d(_SingleValueSafe, nn.BatchNorm1d):
     """``nn.BatchNorm1d`` over (N, C, L) that also trains with a single value per channel (``SCConv1d``'s norm)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3:
-            raise ValueError(f"SafeBatchNorm1d expects a 3-D (N, C, L) input, got shape {list(x.shape)}")
-        return self._normalise(x)
-
 
 @register_notrace_module
 class SafeBatchNorm3d(_SingleValueSafe, nn.BatchNorm3d):
     """``nn.BatchNorm3d`` that also trains with a single value per channel (``SCConv3d``'s norm)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5:
-            raise ValueError(f"SafeBatchNorm3d expects a 5-D (N, C, D, H, W) input, got shape {list(x.shape)}")
-        return self._normalise(x)
 
 
 def stackable_norms(*norms: nn.Module) -> bool:

@@ -99,19 +99,20 @@ def _job_id() -> Optional[str]:
 _LAUNCH_KEYS = ("resume", "dist_timeout")
 
 
-def _restart_checkpoint(cfg: TrainConfig) -> Optional[Path]:
-    """Under ``torchrun --max-restarts``, a restarted worker group's checkpoint to continue: the last complete one
-    this job wrote. None on a first attempt, before a first checkpoint, or when the directory holds another job's
-    run (the restart is then a fresh start, which refuses to overwrite it)."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+def _restart_checkpoint(cfg: TrainConfig) -> Optional[tuple[Path, dict[str, Any]]]:
+    """Under ``torchrun --max-restarts``, a restarted worker group's checkpoint to continue, and its contents: the last
+    complete one this job wrote. None on a first attempt, without a job id (this job's checkpoint could not be told
+    from another's), before a first checkpoint, or when the directory holds another job's run (the restart is then a
+    fresh start, which refuses to overwrite it)."""
+    job = _job_id()
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or job is None:
         return None
     last = (resolve_resume(cfg.resume).parent if cfg.resume else Path(cfg.out)) / "checkpoint-last.pth"
     if not last.is_file():
         return None
     state = read_checkpoint(last)
     same = cfg.resume or all(state["config"].get(k) == v for k, v in cfg.to_dict().items() if k not in _LAUNCH_KEYS)
-    job = _job_id()  # without one, this job's checkpoint cannot be told from another job's
-    return last if job is not None and state.get("job") == job and same else None
+    return (last, state) if state.get("job") == job and same else None
 
 
 def resolve_resume(resume: str) -> Path:
@@ -279,11 +280,13 @@ def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfi
     restart = _restart_checkpoint(cfg)
     if restart is not None:
         log(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: continuing this job's last checkpoint")
-        cfg = replace(cfg, resume=str(restart))
-    if not cfg.resume:
+        path, state = restart  # read once
+        cfg = replace(cfg, resume=str(path))
+    elif cfg.resume:
+        path = resolve_resume(cfg.resume)
+        state = read_checkpoint(path)
+    else:
         return cfg, None, None
-    path = resolve_resume(cfg.resume)
-    state = read_checkpoint(path)
     saved = state["config"]
     cfg = TrainConfig(**{**saved, "resume": cfg.resume, "epochs": cfg.epochs or saved["epochs"], "dist_timeout": cfg.dist_timeout,
                          "checkpoint_every": cfg.checkpoint_every or saved.get("checkpoint_every")}).validate()
