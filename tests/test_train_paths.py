@@ -203,3 +203,76 @@ def test_frozen_norms_take_the_plain_path() -> None:
     for (name, a), b in zip(blk.named_buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"buffer {name}: {m}")
     assert blk.k1[1].num_batches_tracked == 0 and blk.bn1_a.num_batches_tracked == 1
+
+
+# ---- the 1x1's normalised output recomputed in backward instead of kept ------------------------------------
+def test_recomputed_keeps_a_recipe_not_the_tensor() -> None:
+    """Inside the scope the saved views of ``base`` are dropped: ``base`` is freed after forward, backward calls the
+    recipe once for all its readers, and every gradient equals plain autograd's."""
+    import weakref
+
+    from scnet.layers.recompute import recomputed
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(2, 6, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w1, w2 = (torch.randn(3, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+
+    def readers(base: torch.Tensor) -> torch.Tensor:  # a ReLU saving its result, two convs on channel slices, a pool
+        r = torch.relu_(base)
+        a, b = r.split(3, dim=1)
+        return F.conv2d(a, w1).sum() + F.conv2d(b, w2).square().sum() + F.avg_pool2d(b, 2).square().sum()
+
+    want = torch.autograd.grad(readers(y * 2 - 1), [y, w1, w2])
+    calls = []
+
+    def make() -> torch.Tensor:
+        calls.append(1)
+        return (y.detach() * 2 - 1).clamp_min_(0)
+
+    base = y * 2 - 1
+    kept = weakref.ref(base)
+    with recomputed(base, make):
+        loss = readers(base)
+    del base
+    assert kept() is None, "the graph still holds the tensor it was to recompute"
+    got = torch.autograd.grad(loss, [y, w1, w2])
+    assert len(calls) == 1
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_recomputed_refuses_what_it_cannot_do() -> None:
+    from scnet.layers.recompute import can_recompute, recomputed
+
+    assert can_recompute()
+    with torch.autograd.graph.save_on_cpu():  # another scope's hooks: the block keeps the plain path under them
+        assert not can_recompute()
+    with pytest.raises(ValueError, match="storage offset 4"):
+        with recomputed(torch.zeros(8)[4:], lambda: torch.zeros(4)):
+            pass
+    y = torch.randn(4, requires_grad=True)
+    base = y * 3
+    with recomputed(base, lambda: y.detach() * 3):
+        loss = (base * base).sum()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, y, create_graph=True)
+
+
+def test_block_keeps_less_for_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SC block's training forward leaves one map of the 3x3 width less allocated (what backward keeps) with the
+    recompute than without it, less the recipe's per-channel scale and shift: the profiler's count of live bytes."""
+    import scnet.models.blocks as blocks
+    from torch.profiler import ProfilerActivity, profile
+
+    blk = _block(32, 8)
+    x = torch.randn(2, 32, 12, 12, dtype=torch.float64)
+
+    def live_bytes_after_forward(recompute: bool) -> int:
+        monkeypatch.setattr(blocks, "can_recompute", lambda: recompute)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = blk(x)  # noqa: F841 - kept alive, with the graph, until the count is taken
+        return sum(e.cpu_memory_usage for e in prof.events())
+
+    width, itemsize = 8, 8  # the block's 3x3 width (planes 8); float64
+    one_map = 2 * width * 12 * 12 * itemsize  # (N, w, H, W)
+    assert live_bytes_after_forward(False) - live_bytes_after_forward(True) == one_map - 2 * width * itemsize

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 __all__ = ["SafeBatchNorm2d", "SafeBatchNorm1d", "SafeBatchNorm3d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm",
+           "stacked_batch_norm_affine",
            "count_batch"]
 
 NormLayer = Callable[[int], nn.Module]
@@ -100,19 +101,30 @@ def stacked_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torc
     three times slower than a contiguous tensor. Each norm's running statistics and batch count are updated
     on its own buffers, exactly as if it had run alone. The caller checks ``stackable_norms`` first.
     """
+    return stacked_batch_norm_affine(x, norms)[0]
+
+
+def stacked_batch_norm_affine(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """``stacked_batch_norm``, and the batch's normalisation as ``out = x * scale + shift`` (per channel, no graph).
+
+    The scale and shift let a caller recompute the output from ``x`` instead of keeping it (``layers/recompute.py``);
+    they are None where the single-value rule made each norm decide on its own.
+    """
     sizes = [n.num_features for n in norms]
     if single_value_per_channel(x):  # SafeBatchNorm2d's single-value rule: each norm decides
-        return torch.cat([n(part) for n, part in zip(norms, x.split(sizes, 1))], 1)
+        return torch.cat([n(part) for n, part in zip(norms, x.split(sizes, 1))], 1), None
     mean = torch.cat([n.running_mean for n in norms])  # (sum C_i,): updated in place by batch_norm
     var = torch.cat([n.running_var for n in norms])  # (sum C_i,)
     weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
-    out = F.batch_norm(x, mean, var, weight, bias, True, norms[0].momentum, norms[0].eps)
+    out, batch_mean, invstd = torch.native_batch_norm(x, weight, bias, mean, var, True, norms[0].momentum, norms[0].eps)
     with torch.no_grad():
         for n, m, v in zip(norms, mean.split(sizes), var.split(sizes)):
             n.running_mean.copy_(m)
             n.running_var.copy_(v)
+        scale = weight * invstd  # (sum C_i,)
+        shift = bias - batch_mean * scale  # (sum C_i,)
     count_batch(*norms)
-    return out
+    return out, (scale, shift)
 
 
 def count_batch(*norms: nn.BatchNorm2d) -> None:

@@ -7,6 +7,7 @@ blocks hold exactly the same convolution parameters: 2 x (in x w/2) = in x w for
 4 x 9 (w/2)^2 / g = 9 w^2 / g for the 3x3s. Only the number of norm parameters differs.
 """
 # No ``from __future__ import annotations``: TorchScript reads the fused forms' annotations as real types.
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -17,7 +18,8 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..layers import NormLayer, SafeBatchNorm2d, SelfCalibration, conv3x3_norm
 from ..layers.fusion import FusedConv, fold_conv_norm, require_relu
-from ..layers.norm import stackable_norms, stacked_batch_norm
+from ..layers.norm import stackable_norms, stacked_batch_norm, stacked_batch_norm_affine
+from ..layers.recompute import can_recompute, recomputed
 from ..layers.scconv import FusedSelfCalibration
 
 __all__ = ["SCBottleneck", "Bottleneck", "FusedSCBottleneck", "FusedBottleneck"]
@@ -123,13 +125,27 @@ class SCBottleneck(_BottleneckBase):
         cost more per value, and the concatenation's backward would hand K1's and K4's norms channel-slice
         gradients, which batch norm's backward reads slowly. With the lean calibration (``calibrated_conv``) this
         takes SCNet-50's training step from 0.86-0.89x to 0.92-0.93x ResNet-50's throughput (docs/results/train-cpu-gap).
+        The 1x1's normalised and rectified output is recomputed in backward rather than kept (``_recomputed_1x1``).
         """
         weight = torch.cat([self.conv1_a.weight, self.conv1_b.weight])  # (w, in, 1, 1)
-        ab = self.act(stacked_batch_norm(F.conv2d(x, weight), [self.bn1_a, self.bn1_b]))  # (N, w, H, W)
-        a, b = ab.split(ab.shape[1] // 2, dim=1)  # (N, w/2, H, W) each
-        out = torch.cat([self.k1[0](a), self.scconv.calibrated_conv(b)], dim=1)  # (N, w, H/s, W/s)
+        y = F.conv2d(x, weight)  # (N, w, H, W)
+        z, affine = stacked_batch_norm_affine(y, [self.bn1_a, self.bn1_b])
+        with self._recomputed_1x1(z, y, affine):
+            ab = self.act(z)  # (N, w, H, W)
+            a, b = ab.split(ab.shape[1] // 2, dim=1)  # (N, w/2, H, W) each
+            out = torch.cat([self.k1[0](a), self.scconv.calibrated_conv(b)], dim=1)  # (N, w, H/s, W/s)
         out = self.act(stacked_batch_norm(out, [self.k1[1], self.scconv.k4[1]]))
         return self._merge(self.avd_layer(out), x)  # avd: (N, w, H/s, W/s)
+
+    @torch.jit.unused
+    def _recomputed_1x1(self, z: torch.Tensor, y: torch.Tensor, affine: Optional[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> contextlib.AbstractContextManager:
+        """The scope in which ``relu(z)``, the normalised 1x1 output, is recomputed from ``y`` in backward instead of
+        kept (``layers/recompute.py``): one map of the 3x3 width less per block, one element-wise pass more."""
+        if affine is None or type(self.act) is not nn.ReLU or not can_recompute():
+            return contextlib.nullcontext()
+        scale, shift = (t.view(1, -1, 1, 1) for t in affine)  # (1, w, 1, 1)
+        return recomputed(z, lambda: torch.addcmul(shift, y, scale).clamp_min_(0))  # (N, w, H, W)
 
     def deploy_form(self, onednn: bool = True) -> "FusedSCBottleneck":
         """The eval-mode form: one merged 1x1, K1 and the fused calibration, conv3 with the sum and ReLU fused."""
