@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--keep-freed-memory", action="store_true", help="time with glibc keeping freed memory, as scnet train runs")
     p.add_argument("--out", type=Path, default=Path("runs/bench-targets"))
     args = p.parse_args(argv)
     report = run_bench(target_cases(), Rounds.from_options(args), args.device, args.dtype,
-                       memory=not args.no_memory)
+                       memory=not args.no_memory, keep_memory=args.keep_freed_memory)
     report["targets"] = evaluate_targets(report)
     command = "python scripts/bench_targets.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     write_report(report, args.out, command=command, extra_md=targets_markdown(report["targets"]))

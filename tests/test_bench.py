@@ -29,8 +29,9 @@ def test_grid_and_bad_arguments() -> None:
 def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench"
     assert main(["bench", "--models", "scnet_demo", "--modes", "eager", "deploy", "train_cl", "--batch-sizes", "2", "3",
-                 "--sizes", "32", "48", "--baseline", "resnet18", "--repeats", "2", "--warmup", "1", "--no-memory", "--out", str(out)]) == 0
+                 "--sizes", "32", "48", "--baseline", "resnet18", "--repeats", "2", "--warmup", "1", "--no-memory", "--keep-freed-memory", "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
+    assert report["freed_memory_kept"] is (sys.platform == "linux")
     rows = report["results"]
     assert len(rows) == 2 * 2 * (2 + 3)  # batches x sizes x (baseline: eager, train_cl; scnet_demo: all three)
     assert report["matmul_roof_gflops"] > 0 and "torch threads" in report["machine"]
@@ -41,6 +42,7 @@ def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         assert r["gflops"] == pytest.approx(2 * factor * r["macs_per_image"] * r["batch"] / (r["latency_ms"] / 1e3) / 1e9)
     md = (out / "bench.md").read_text()
     assert "| scnet_demo | deploy | 3 | 48 |" in md and "deploy = inference + channels_last + deploy(backend=auto)" in md
+    assert ("glibc keeping freed memory" in md) is report["freed_memory_kept"]
     assert "## Beside resnet18" in md and "| scnet_demo | train_cl | 2 | 32 |" in md.split("## All rows")[0]
     assert (out / "bench.png").stat().st_size > 10_000
 

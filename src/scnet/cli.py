@@ -130,7 +130,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"report: {out / 'breakdown.md'}")
         return 0
     report = run_bench(cases, Rounds.from_options(args), args.device, args.dtype, args.baseline,
-                       memory=not args.no_memory)
+                       memory=not args.no_memory, keep_memory=args.keep_freed_memory)
     write_report(report, out, command=_command_line())
     for row in report["results"]:
         status = row["error"] or f"{row['images_per_s']:8.2f} img/s  {row['latency_ms']:8.1f} ms"
@@ -317,6 +317,8 @@ def _add_bench_command(sub: Any) -> None:
     bench.add_argument("--breakdown", action="store_true",
                        help="instead of timing, profile each case: time per kernel (GPU) or operator (CPU), by category")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one process per case on CPU)")
+    bench.add_argument("--keep-freed-memory", action="store_true",
+                       help="let glibc keep freed memory for reuse while timing, as scnet train does on a CPU (every case alike)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
     bench.set_defaults(func=_bench)

@@ -6,13 +6,13 @@ so it imports scnet anew and inherits no state).
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 from typing import Callable, Optional
 
 import torch
 
+from ..hostmem import map_large_blocks_directly
 from .cases import DTYPES, MODES, BenchCase, input_dtype, make_inputs, prepare
 
 __all__ = ["cpu_peak_memory", "cuda_peak_memory"]
@@ -23,20 +23,6 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _map_large_blocks_directly() -> None:
-    """Make glibc's malloc give every block of 64 KiB or more its own mapping, returned to the system when freed.
-
-    Why: by default glibc raises that threshold as blocks are freed and keeps freed memory in its heap, so the
-    resident high-water mark also counts memory the allocator merely kept, which varies by several percent from
-    run to run with the order of frees. With a fixed threshold the resident set follows the live tensors. Only
-    this measuring process is changed; elsewhere (musl, macOS) nothing is done.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def _peak_in_this_process(case: tuple[str, str, int, int], dtype: str, calls: int, threads: int) -> float:
     """Peak resident memory of ``calls`` calls above the level after building (MB), in the calling process.
 
@@ -44,7 +30,7 @@ def _peak_in_this_process(case: tuple[str, str, int, int], dtype: str, calls: in
     transient peaks of importing and building do not count; large blocks are mapped directly, so that what
     the allocator keeps after a free does not count either.
     """
-    _map_large_blocks_directly()
+    map_large_blocks_directly()
     model, mode, batch, size = case
     torch.set_num_threads(threads)  # this process is the measurement's own: the parent's thread count
     run = prepare(model, mode, torch.device("cpu"), DTYPES[dtype])

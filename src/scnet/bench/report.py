@@ -33,6 +33,13 @@ def _memory_note(device: str) -> str:
             "there, so that the figure follows the live tensors rather than what the allocator keeps.")
 
 
+def _malloc_note(report: dict[str, Any]) -> str:
+    if not report.get("freed_memory_kept"):
+        return ""
+    return (" Timed with glibc keeping freed memory for reuse (`--keep-freed-memory`, as `scnet train` runs on a CPU), "
+            "so that no call page-faults its activations anew.")
+
+
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | mode | batch | size | img/s | latency ms (median) | spread % | GFLOP/s | of roof | peak mem MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -76,7 +83,7 @@ def write_report(report: dict[str, Any], out: Path, command: str = "", extra_md:
     lines += [f"Machine: {report['machine']}. Measured matmul roof: {report['matmul_roof_gflops']:.0f} GFLOP/s. "
               f"{report['warmup']} warm-up calls, {report['repeats']} timed rounds (round-robin over all rows, each timed call "
               f"after {report.get('settle', 0)} untimed calls of the same case); "
-              "spread = (max - min) / median. " + _memory_note(report["device"]) + " Modes: " + "; ".join(
+              "spread = (max - min) / median. " + _memory_note(report["device"]) + _malloc_note(report) + " Modes: " + "; ".join(
                   f"{m} = {describe_mode(spec)}" for m, spec in MODES.items() if any(r["mode"] == m for r in report["results"])) + ".",
               "", *extra_md, *_side_by_side(report["results"], report["baseline"]), "## All rows", "",
               *_md_table(report["results"]), "", "![scaling](bench.png)", ""]

@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
+from ..hostmem import keep_freed_memory
 from ..models import create_any_model
 from ..profile import count_macs, describe_machine
 from .cases import DTYPES, MODES, BenchCase, input_dtype, make_inputs, prepare, torch_settings
@@ -135,11 +136,14 @@ class Rounds(NamedTuple):
 
 
 def run_bench(cases: Sequence[BenchCase], rounds: Rounds = Rounds(), device: str = "cpu", dtype: str = "fp32",
-              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True) -> dict[str, Any]:
+              baseline: Optional[str] = "resnet50", show_progress: bool = True, memory: bool = True,
+              keep_memory: bool = False) -> dict[str, Any]:
     """Build each (model, mode) once, warm every case up, then time all cases round-robin (see ``Rounds``).
 
     With ``memory``, each case's peak memory is measured too: on GPU from the allocator's statistics, on CPU
     in a fresh process per case (not for compiled modes, whose compilation would dominate that process).
+    With ``keep_memory``, this process's glibc keeps freed memory for reuse (``hostmem.keep_freed_memory``), as
+    ``scnet train`` runs on a CPU; for every case alike, and not where peak memory is measured.
     """
     from tqdm.auto import tqdm
 
@@ -151,6 +155,7 @@ def run_bench(cases: Sequence[BenchCase], rounds: Rounds = Rounds(), device: str
     if settle < 0:
         raise ValueError(f"settle must be >= 0, got {settle}")
     dev, torch_dtype = bench_device(device), DTYPES[dtype]
+    kept = keep_memory and keep_freed_memory()
     with torch_settings(dev, freezing=any(MODES[c.mode]["compile"] and not MODES[c.mode]["train"] for c in cases)):
         calls = _build(cases, dev, torch_dtype)
         with tqdm(total=len(cases) * (warmup + repeats), desc="bench", disable=not show_progress or None, dynamic_ncols=True) as bar:
@@ -164,5 +169,6 @@ def run_bench(cases: Sequence[BenchCase], rounds: Rounds = Rounds(), device: str
     return dict(
         machine=describe_machine(dev), torch=torch.__version__, device=device, dtype=dtype,
         repeats=repeats, warmup=warmup, settle=settle, baseline=baseline, matmul_roof_gflops=roof, memory=memory,
+        freed_memory_kept=kept,
         results=[c.summary(roof) for c in cases],
     )

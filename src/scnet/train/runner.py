@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
 from ..files import read_checkpoint, release_metadata, write_release
+from ..hostmem import keep_freed_memory
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
@@ -263,6 +264,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     weights an uninterrupted run would have had.
     """
     rank, world, device = _init_distributed(cfg.dist_timeout)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults on every step's activations: about 15 % of an SCNet-50 CPU step
     with shared_failures(rank, world, cfg.dist_timeout):  # one process's failure ends the run on every process
         run = _start(cfg, rank, world, device, show_progress, log)
         _load_data(run)
