@@ -276,3 +276,26 @@ def test_block_keeps_less_for_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     width, itemsize = 8, 8  # the block's 3x3 width (planes 8); float64
     one_map = 2 * width * 12 * 12 * itemsize  # (N, w, H, W)
     assert live_bytes_after_forward(False) - live_bytes_after_forward(True) == one_map - 2 * width * itemsize
+
+
+def test_recompute_under_bfloat16_autocast_matches_the_kept_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CPU autocast the 1x1's output is bfloat16 while the recipe computes in float32: backward must get the
+    map in its own type (oneDNN refuses a mixed convolution), and the gradients must match keeping it."""
+    import scnet.models.blocks as blocks
+
+    torch.manual_seed(0)
+    model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1).train()
+    twin = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g)
+
+    def grads(net: nn.Module, recompute: bool) -> list[torch.Tensor]:
+        if not recompute:
+            monkeypatch.setattr(blocks, "can_recompute", lambda: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(net(x), y)
+        return list(torch.autograd.grad(loss, list(net.parameters())))
+
+    got, want = grads(model, True), grads(twin, False)
+    for (name, _), a, b in zip(model.named_parameters(), got, want):
+        assert (a - b).abs().max() <= 1e-2 * b.abs().max() + 1e-6, name

@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .fusion import running_eagerly
+
 __all__ = ["recomputed", "can_recompute"]
 
 
@@ -21,7 +23,7 @@ class _Recipe:
     """The recomputation of one tensor, done at most once per backward and shared by every reader."""
 
     def __init__(self, base: torch.Tensor, make: Callable[[], torch.Tensor]) -> None:
-        self.size, self.stride, self.make = base.size(), base.stride(), make
+        self.size, self.stride, self.dtype, self.make = base.size(), base.stride(), base.dtype, make
         self.value: Optional[torch.Tensor] = None
 
     def get(self) -> torch.Tensor:
@@ -30,8 +32,9 @@ class _Recipe:
                                "fast path; run the model in eval mode or with frozen norms for higher-order gradients")
         if self.value is None:
             value = self.make()
-            if value.stride() != self.stride or value.storage_offset() != 0:  # the saved views' geometry must hold
-                value = torch.empty_strided(self.size, self.stride, dtype=value.dtype, device=value.device).copy_(value)
+            # The saved views' geometry and type must hold (under autocast the recipe may compute in float32).
+            if value.stride() != self.stride or value.storage_offset() != 0 or value.dtype != self.dtype:
+                value = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=value.device).copy_(value)
             self.value = value
         return self.value
 
@@ -54,7 +57,7 @@ def can_recompute() -> bool:
     graph = torch._C._autograd
     top = getattr(graph, "_top_saved_tensors_default_hooks", None)
     enabled = getattr(graph, "_saved_tensors_hooks_is_enabled", None)
-    if top is None or enabled is None or torch.compiler.is_compiling():
+    if top is None or enabled is None or not running_eagerly():  # a tracer or compiler records its own graph
         return False
     return enabled() and top(False) is None
 
@@ -65,7 +68,8 @@ def recomputed(base: torch.Tensor, make: Callable[[], torch.Tensor]) -> Iterator
     ``make()``, called once, viewed as each of them.
 
     ``base`` must stay alive and unchanged for the whole scope (so that no other tensor can take its storage), its
-    storage offset must be 0, and ``make()`` must return its values. The caller checks ``can_recompute()``.
+    storage offset must be 0, and ``make()`` must return its values (in any layout or floating type: they are
+    copied into ``base``'s when they differ). The caller checks ``can_recompute()``.
     """
     if base.storage_offset() != 0:
         raise ValueError(f"recomputed() needs a tensor at the start of its storage, got storage offset {base.storage_offset()}")
