@@ -124,19 +124,27 @@ def norm_backward(batch: int, calls: int, channels: int = 32, side: int = 56) ->
     return out
 
 
+def _mac_rate_ratio(row: dict) -> float:
+    """How fast SCNet's part turns arithmetic into time, relative to ResNet's: its speed ratio times its share of MACs."""
+    return row["speed_ratio"] * row["scnet_mmacs"] / row["resnet_mmacs"] if row["resnet_mmacs"] else float("nan")
+
+
 def _table(setting: str, rows: list[dict]) -> list[str]:
     what = {"train": "one training step (forward + backward) of each part",
             "infer": "one inference call of each part: deploy(scnet50)'s against torchvision ResNet-50's eager one"}[setting]
     lines = [f"## {setting}: {what}", "",
-             "| part | input side | SCNet ms | ResNet-50 ms | SCNet speed / ResNet's | SCNet MMACs / image | ResNet-50 MMACs / image |",
-             "|---|---|---|---|---|---|---|"]
+             "| part | input side | SCNet ms | ResNet-50 ms | SCNet speed / ResNet's | SCNet MMACs / image | ResNet-50 MMACs / image | "
+             "SCNet MACs per ms / ResNet's |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['part']} | {r['side']} | {r['scnet_ms']:.1f} | {r['resnet_ms']:.1f} | {r['speed_ratio']:.2f}x | {r['scnet_mmacs']:.0f} | "
-              f"{r['resnet_mmacs']:.0f} |" for r in rows]
+              f"{r['resnet_mmacs']:.0f} | {_mac_rate_ratio(r):.2f}x |" for r in rows]
     sc, rn = sum(r["scnet_ms"] for r in rows), sum(r["resnet_ms"] for r in rows)
     strided = [r for r in rows if r["part"] in ("layer2.0", "layer3.0", "layer4.0")]
     gap_strided = sum(r["scnet_ms"] - r["resnet_ms"] for r in strided)
-    lines += [f"| **all** | | **{sc:.1f}** | **{rn:.1f}** | **{rn / sc:.2f}x** | {sum(r['scnet_mmacs'] for r in rows):.0f} | "
-              f"{sum(r['resnet_mmacs'] for r in rows):.0f} |", "",
+    total = dict(scnet_ms=sc, resnet_ms=rn, speed_ratio=rn / sc, scnet_mmacs=sum(r["scnet_mmacs"] for r in rows),
+                 resnet_mmacs=sum(r["resnet_mmacs"] for r in rows))
+    lines += [f"| **all** | | **{sc:.1f}** | **{rn:.1f}** | **{rn / sc:.2f}x** | {total['scnet_mmacs']:.0f} | "
+              f"{total['resnet_mmacs']:.0f} | {_mac_rate_ratio(total):.2f}x |", "",
               f"SCNet's parts take {sc - rn:+.1f} ms in all; the three stride-2 blocks (layer2.0, layer3.0, layer4.0) account for "
               f"{gap_strided:+.1f} ms of it.", ""]
     return lines
@@ -149,15 +157,20 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--settings", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rewrite", action="store_true", help="re-render blocks.md from the folder's blocks.json, measuring nothing")
     args = p.parse_args()
-    keep_freed_memory()
-    report = dict(machine=describe_machine(), threads=torch.get_num_threads(), batch=args.batch,
-                  parts={s: part_costs(s, args.batch, args.rounds, args.calls) for s in args.settings},
-                  norm_backward=norm_backward(args.batch, 4 * args.calls))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "blocks.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# SCNet-50 and ResNet-50 part by part, batch {args.batch}, 224 px, channels_last", "",
-             f"Machine: {report['machine']}. `python scripts/block_costs.py --rounds {args.rounds} --calls {args.calls} --out {args.out}`", ""]
+    if args.rewrite:
+        report = json.loads((args.out / "blocks.json").read_text())
+    else:
+        keep_freed_memory()
+        report = dict(machine=describe_machine(), threads=torch.get_num_threads(), batch=args.batch, rounds=args.rounds, calls=args.calls,
+                      parts={s: part_costs(s, args.batch, args.rounds, args.calls) for s in args.settings},
+                      norm_backward=norm_backward(args.batch, 4 * args.calls))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "blocks.json").write_text(json.dumps(report, indent=1))
+    lines = [f"# SCNet-50 and ResNet-50 part by part, batch {report['batch']}, 224 px, channels_last", "",
+             f"Machine: {report['machine']}. `python scripts/block_costs.py --rounds {report.get('rounds', args.rounds)} "
+             f"--calls {report.get('calls', args.calls)} --out {args.out}`", ""]
     for setting, rows in report["parts"].items():
         lines += _table(setting, rows)
     nb = report["norm_backward"]
