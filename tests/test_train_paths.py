@@ -299,3 +299,20 @@ def test_recompute_under_bfloat16_autocast_matches_the_kept_map(monkeypatch: pyt
     got, want = grads(model, True), grads(twin, False)
     for (name, _), a, b in zip(model.named_parameters(), got, want):
         assert (a - b).abs().max() <= 1e-2 * b.abs().max() + 1e-6, name
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_block_under_activation_checkpointing_equals_the_plain_block(reentrant: bool) -> None:
+    """Checkpointing's own saved-tensor hooks (non-reentrant) keep the plain path; the reentrant form recomputes
+    the block with the recompute on: both give the gradients of the block run without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    blk = _block(32, 8)
+    twin = copy.deepcopy(blk)
+    x = torch.randn(2, 32, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    blk(x).square().sum().backward()
+    want = [x.grad.clone(), *(p.grad for p in blk.parameters())]
+    x.grad = None
+    checkpoint(twin, x, use_reentrant=reentrant).square().sum().backward()
+    for a, b in zip([x.grad, *(p.grad for p in twin.parameters())], want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
