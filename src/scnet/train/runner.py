@@ -261,7 +261,8 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     ``stop_after_epoch`` ends the run early while keeping the schedule of ``cfg.epochs`` (resume continues it).
     Checkpoints are written at every epoch end and, with ``cfg.checkpoint_every``, every N steps; SIGTERM or
     SIGINT writes one at the current step and raises ``TrainingStopped``. Resuming from any of them gives the
-    weights an uninterrupted run would have had.
+    weights an uninterrupted run would have had. On a CPU it lets glibc keep freed memory for the rest of the
+    process (``hostmem.keep_freed_memory``; the user's own ``MALLOC_*_`` variables win).
     """
     rank, world, device = _init_distributed(cfg.dist_timeout)
     if device.type == "cpu":
