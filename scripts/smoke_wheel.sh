@@ -34,6 +34,7 @@ with torch.no_grad():
 assert logits.shape == (2, 10) and torch.isfinite(logits).all()
 print(f"forward pass: scnet {scnet.__version__} from {scnet.__file__}, logits {tuple(logits.shape)}")
 PY
+"$WORK/venv/bin/python" -c "from scnet.train import load_yaml; assert load_yaml('imagenet/scnet50')['model'] == 'scnet50'; print('bundled recipe imagenet/scnet50: found')"
 "$WORK/venv/bin/scnet" info --models 'scnet_demo*' --input-size 32
 "$WORK/venv/bin/scnet" train --data synthetic --batch-size 32 --epochs 1 --out "$WORK/run" | tail -n 2
 test -f "$WORK/run/checkpoint-last.pth" && test -f "$WORK/run/weights-best.safetensors"

@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+import scnet
 from scnet.cli import main
 from scnet.files import read_checkpoint
 from scnet.train import load_yaml, merge_config
+from scnet.train.config import ConfigError, bundled_configs, config_path
 from scnet.train.engine import lr_schedule
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs" / "imagenet").glob("*.yaml") if p.stem != "paper-recipe")
+CONFIGS = sorted(p for p in (Path(scnet.__file__).parent / "configs" / "imagenet").glob("*.yaml") if p.stem != "paper-recipe")
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,16 @@ def test_config_runs_a_few_steps_on_a_tiny_imagefolder(config: Path, tiny_imagef
     state = read_checkpoint(out / "checkpoint-last.pth")
     assert state["config"]["model"] == config.stem and state["step"] == 0 and len(state["history"]) == 1
     assert state["history"][0]["lr"] == pytest.approx(0.1) and state["config"]["decay_all"] is True
+
+
+def test_a_bundled_recipe_is_found_by_name_and_a_file_of_that_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bundled_configs() == sorted(f"imagenet/{p.stem}" for p in [*CONFIGS, CONFIGS[0].with_name("paper-recipe.yaml")])
+    by_name, by_file = load_yaml("imagenet/scnet50"), load_yaml(str(CONFIGS[0].with_name("scnet50.yaml")))
+    assert by_name == by_file and by_name["model"] == "scnet50" and by_name["epochs"] == 100  # with its base's options
+    assert config_path("imagenet/scnet50.yaml") == config_path("imagenet/scnet50")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "scnet50").write_text("model: scnet_demo\n")
+    assert load_yaml("imagenet/scnet50") == {"model": "scnet_demo"}
+    with pytest.raises(ConfigError, match="no bundled recipe of that name; bundled: imagenet/paper-recipe, imagenet/scnet101"):
+        load_yaml("imagenet/scnet51")

@@ -249,7 +249,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
     from .train.config import choices_of
 
-    p.add_argument("--config", help="YAML file of options (flags given here override it)")
+    p.add_argument("--config", help="YAML file of options, or a bundled recipe such as imagenet/scnet50 (flags given here "
+                                    "override it)")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-__all__ = ["TrainConfig", "ConfigError", "load_yaml", "merge_config", "option"]
+__all__ = ["TrainConfig", "ConfigError", "bundled_configs", "config_path", "load_yaml", "merge_config", "option"]
 
 
 DEFAULT_EPOCHS = 5
@@ -177,9 +177,32 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
             raise ConfigError(f"unknown key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
+def bundled_configs() -> list[str]:
+    """The recipes shipped inside the package, by the names ``--config`` takes (e.g. ``imagenet/scnet50``)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def config_path(name: str) -> Path:
+    """A YAML file's path, or a bundled recipe's for its name (``imagenet/scnet50``, with or without ``.yaml``).
+
+    Why: the recipes live inside the package so that ``pip install`` users have them too; a file of that name in
+    the working directory still comes first.
+    """
+    path = Path(name)
+    if path.exists():
+        return path
+    bundled = Path(__file__).resolve().parents[1] / "configs" / path.with_suffix(".yaml")
+    if not path.is_absolute() and bundled.is_file():
+        return bundled
+    raise ConfigError(f"no config file {name!r}, and no bundled recipe of that name; bundled: {', '.join(bundled_configs())}")
+
+
 def load_yaml(path: str) -> dict[str, Any]:
+    """The options in a YAML file or bundled recipe (``config_path``), with those of the file its ``base`` names."""
     import yaml
 
+    path = str(config_path(path))
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
