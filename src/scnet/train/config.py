@@ -177,10 +177,12 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
             raise ConfigError(f"unknown key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
+_BUNDLED = Path(__file__).resolve().parents[1] / "configs"  # the package's recipes (package data)
+
+
 def bundled_configs() -> list[str]:
     """The recipes shipped inside the package, by the names ``--config`` takes (e.g. ``imagenet/scnet50``)."""
-    root = Path(__file__).resolve().parents[1] / "configs"
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(str(p.relative_to(_BUNDLED).with_suffix("")) for p in _BUNDLED.rglob("*.yaml"))
 
 
 def config_path(name: str) -> Path:
@@ -192,7 +194,7 @@ def config_path(name: str) -> Path:
     path = Path(name)
     if path.exists():
         return path
-    bundled = Path(__file__).resolve().parents[1] / "configs" / path.with_suffix(".yaml")
+    bundled = _BUNDLED / path.with_suffix(".yaml")
     if not path.is_absolute() and bundled.is_file():
         return bundled
     raise ConfigError(f"no config file {name!r}, and no bundled recipe of that name; bundled: {', '.join(bundled_configs())}")
