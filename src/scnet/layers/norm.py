@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 __all__ = ["SafeBatchNorm2d", "SafeBatchNorm1d", "SafeBatchNorm3d", "group_norm", "get_norm_layer", "NormLayer", "stackable_norms", "stacked_batch_norm",
-           "stacked_batch_norm_affine",
+           "stacked_batch_norm_again",
            "count_batch"]
 
 NormLayer = Callable[[int], nn.Module]
@@ -101,14 +101,15 @@ def stacked_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torc
     three times slower than a contiguous tensor. Each norm's running statistics and batch count are updated
     on its own buffers, exactly as if it had run alone. The caller checks ``stackable_norms`` first.
     """
-    return stacked_batch_norm_affine(x, norms)[0]
+    return stacked_batch_norm_again(x, norms)[0]
 
 
-def stacked_batch_norm_affine(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
-    """``stacked_batch_norm``, and the batch's normalisation as ``out = x * scale + shift`` (per channel, no graph).
+def stacked_batch_norm_again(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> tuple[torch.Tensor, Optional[Callable[[], torch.Tensor]]]:
+    """``stacked_batch_norm``, and a function that computes its output again, bit for bit, without any graph.
 
-    The scale and shift let a caller recompute the output from ``x`` instead of keeping it (``layers/recompute.py``);
-    they are None where the single-value rule made each norm decide on its own.
+    The function lets a caller recompute the output from ``x`` instead of keeping it (``layers/recompute.py``): it
+    runs the same kernel on the same batch (the statistics come out the same; the running ones are not touched
+    again). It is None where the single-value rule made each norm decide on its own.
     """
     sizes = [n.num_features for n in norms]
     if single_value_per_channel(x):  # SafeBatchNorm2d's single-value rule: each norm decides
@@ -116,15 +117,19 @@ def stacked_batch_norm_affine(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) 
     mean = torch.cat([n.running_mean for n in norms])  # (sum C_i,): updated in place by batch_norm
     var = torch.cat([n.running_var for n in norms])  # (sum C_i,)
     weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
-    out, batch_mean, invstd = torch.native_batch_norm(x, weight, bias, mean, var, True, norms[0].momentum, norms[0].eps)
+    momentum, eps = norms[0].momentum, norms[0].eps
+    out = torch.native_batch_norm(x, weight, bias, mean, var, True, momentum, eps)[0]
     with torch.no_grad():
         for n, m, v in zip(norms, mean.split(sizes), var.split(sizes)):
             n.running_mean.copy_(m)
             n.running_var.copy_(v)
-        scale = weight * invstd  # (sum C_i,)
-        shift = bias - batch_mean * scale  # (sum C_i,)
     count_batch(*norms)
-    return out, (scale, shift)
+
+    def again() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)[0]  # (N, sum C_i, H, W)
+
+    return out, again
 
 
 def count_batch(*norms: nn.BatchNorm2d) -> None:

@@ -2,10 +2,9 @@
 
 Why: in training, an SC bottleneck keeps 12.5 feature maps of its 3x3 width for backward where ResNet's keeps 12:
 the extra half is K3's raw output, which its norm's backward needs. The output of the merged 1x1's norm and ReLU
-is one whole map more, saved by the ReLU and by each of its readers (K1, K3, the pool, the gate), and it is a
-single element-wise pass of the 1x1's raw output, which that norm keeps anyway. Saving a recipe instead of the map
-takes SCNet-50's training peak below ResNet-50's for one such pass per block in backward
-(docs/results/train-cpu-gap).
+is one whole map more, saved by the ReLU and by each of its readers (K1, K3, the pool, the gate), and it is one
+norm pass over the 1x1's raw output, which that norm keeps anyway. Saving a recipe instead of the map takes
+SCNet-50's training peak below ResNet-50's for one such pass per block in backward (docs/results/train-cpu-gap).
 """
 from __future__ import annotations
 

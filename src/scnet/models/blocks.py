@@ -18,7 +18,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ..layers import NormLayer, SafeBatchNorm2d, SelfCalibration, conv3x3_norm
 from ..layers.fusion import FusedConv, fold_conv_norm, require_relu
-from ..layers.norm import stackable_norms, stacked_batch_norm, stacked_batch_norm_affine
+from ..layers.norm import stackable_norms, stacked_batch_norm, stacked_batch_norm_again
 from ..layers.recompute import can_recompute, recomputed
 from ..layers.scconv import FusedSelfCalibration
 
@@ -129,8 +129,8 @@ class SCBottleneck(_BottleneckBase):
         """
         weight = torch.cat([self.conv1_a.weight, self.conv1_b.weight])  # (w, in, 1, 1)
         y = F.conv2d(x, weight)  # (N, w, H, W)
-        z, affine = stacked_batch_norm_affine(y, [self.bn1_a, self.bn1_b])
-        with self._recomputed_1x1(z, y, affine):
+        z, again = stacked_batch_norm_again(y, [self.bn1_a, self.bn1_b])
+        with self._recomputed_1x1(z, again):
             ab = self.act(z)  # (N, w, H, W)
             a, b = ab.split(ab.shape[1] // 2, dim=1)  # (N, w/2, H, W) each
             out = torch.cat([self.k1[0](a), self.scconv.calibrated_conv(b)], dim=1)  # (N, w, H/s, W/s)
@@ -138,14 +138,12 @@ class SCBottleneck(_BottleneckBase):
         return self._merge(self.avd_layer(out), x)  # avd: (N, w, H/s, W/s)
 
     @torch.jit.unused
-    def _recomputed_1x1(self, z: torch.Tensor, y: torch.Tensor, affine: Optional[tuple[torch.Tensor, torch.Tensor]]
-                        ) -> contextlib.AbstractContextManager:
-        """The scope in which ``relu(z)``, the normalised 1x1 output, is recomputed from ``y`` in backward instead of
-        kept (``layers/recompute.py``): one map of the 3x3 width less per block, one element-wise pass more."""
-        if affine is None or type(self.act) is not nn.ReLU or not can_recompute():
+    def _recomputed_1x1(self, z: torch.Tensor, again: Optional[Callable[[], torch.Tensor]]) -> contextlib.AbstractContextManager:
+        """The scope in which ``relu(z)``, the normalised 1x1 output, is recomputed bit for bit in backward instead of
+        kept (``layers/recompute.py``): one map of the 3x3 width less per block, one norm pass more."""
+        if again is None or type(self.act) is not nn.ReLU or not can_recompute():
             return contextlib.nullcontext()
-        scale, shift = (t.view(1, -1, 1, 1) for t in affine)  # (1, w, 1, 1)
-        return recomputed(z, lambda: torch.addcmul(shift, y, scale).clamp_min_(0))  # (N, w, H, W)
+        return recomputed(z, lambda: again().clamp_min_(0))  # (N, w, H, W)
 
     def deploy_form(self, onednn: bool = True) -> "FusedSCBottleneck":
         """The eval-mode form: one merged 1x1, K1 and the fused calibration, conv3 with the sum and ReLU fused."""
