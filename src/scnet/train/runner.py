@@ -266,7 +266,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     """
     rank, world, device = _init_distributed(cfg.dist_timeout)
     if device.type == "cpu":
-        keep_freed_memory()  # no step page-faults its activations anew: 13 % faster (docs/results/bench-cpu-targets)
+        keep_freed_memory()  # no step page-faults its activations anew: 15 % faster (docs/results/bench-cpu-targets)
     with shared_failures(rank, world, cfg.dist_timeout):  # one process's failure ends the run on every process
         run = _start(cfg, rank, world, device, show_progress, log)
         _load_data(run)
