@@ -72,14 +72,12 @@ def _step(part: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], None]:
     return step
 
 
-def networks(setting: str) -> tuple[nn.Module, nn.Module]:
+def networks() -> dict[str, nn.Module]:
+    """SCNet-50 and torchvision ResNet-50, seeded, channels_last, in training mode."""
     cl = torch.channels_last
     torch.manual_seed(0)
-    sc = scnet.create_model("scnet50").to(memory_format=cl)
-    rn = torchvision.models.resnet50().to(memory_format=cl)
-    if setting == "train":
-        return sc.train(), rn.train()
-    return scnet.deploy(sc.eval()), rn.eval()
+    return {"scnet": scnet.create_model("scnet50").to(memory_format=cl).train(),
+            "resnet": torchvision.models.resnet50().to(memory_format=cl).train()}
 
 
 def part_macs(model: nn.Module, ins: list[torch.Tensor]) -> list[float]:
@@ -89,11 +87,14 @@ def part_macs(model: nn.Module, ins: list[torch.Tensor]) -> list[float]:
 
 def part_costs(setting: str, batch: int, rounds: int, calls: int) -> list[dict]:
     """One row per part: each network's median ms, SCNet's speed relative to ResNet's, multiply-adds per image."""
-    sc, rn = networks(setting)
+    eager = networks()
+    nets = eager
+    if setting == "infer":  # deploy(scnet50) against eager ResNet-50, as the target compares them
+        nets = {"scnet": scnet.deploy(eager["scnet"].eval()), "resnet": eager["resnet"].eval()}
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
-    both = {"scnet": parts(sc), "resnet": parts(rn)}
+    both = {name: parts(net) for name, net in nets.items()}
     ins = {name: _inputs(ps, x) for name, ps in both.items()}
-    eager = dict(zip(both, networks("train")))
+    # Counted on the eager networks: count_macs does not see a deployed part's fused convolutions.
     macs = {name: part_macs(eager[name], ins[name]) for name in both}
     rows = []
     for k, (part_name, _) in enumerate(both["scnet"]):

@@ -241,6 +241,28 @@ def test_recomputed_keeps_a_recipe_not_the_tensor() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_recomputed_hands_backward_the_kept_geometry_and_type() -> None:
+    """A recipe may compute in another layout or a wider type (here NCHW float64 for a channels_last bfloat16 map):
+    backward still gets the values in the saved tensor's own layout and type, so the gradients equal plain autograd's."""
+    from scnet.layers.recompute import recomputed
+
+    g = torch.Generator().manual_seed(8)
+    y = torch.randn(2, 4, 5, 5, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(3, 2, 3, 3, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def loss_of(base: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(torch.relu_(base)[:, 2:], w).float().square().sum()
+
+    want = torch.autograd.grad(loss_of(y * 2), [y, w])
+    base = y * 2
+    with recomputed(base, lambda: (y.detach().double() * 2).contiguous().clamp_min_(0)):
+        loss = loss_of(base)
+    got = torch.autograd.grad(loss, [y, w])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_recomputed_refuses_what_it_cannot_do() -> None:
     from scnet.layers.recompute import can_recompute, recomputed
 

@@ -27,11 +27,12 @@ class _Recipe:
 
     def get(self) -> torch.Tensor:
         if torch.is_grad_enabled():  # create_graph=True: the recomputation carries no graph of its own
-            raise RuntimeError("double backward (create_graph=True) is not supported through the SC bottleneck's training "
-                               "fast path; run the model in eval mode or with frozen norms for higher-order gradients")
+            raise RuntimeError("double backward (create_graph=True) is not supported through a recomputed tensor (the SC "
+                               "bottleneck's training fast path); run the model in eval mode or with frozen norms for "
+                               "higher-order gradients")
         if self.value is None:
             value = self.make()
-            # The saved views' geometry and type must hold (under autocast the recipe may compute in float32).
+            # The saved views need base's geometry and type; a recipe may compute in another (a wider type, a dense layout).
             if value.stride() != self.stride or value.storage_offset() != 0 or value.dtype != self.dtype:
                 value = torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=value.device).copy_(value)
             self.value = value
