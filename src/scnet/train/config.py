@@ -65,8 +65,10 @@ class TrainConfig:
     frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (1-4): no gradients, eval mode; "
                                     "-1 trains everything (default)")
     norm_eval: bool = option(False, "keep every norm in eval mode while training (running statistics frozen)")
-    data: str = option("fashion_mnist", "fashion_mnist, cifar10, cifar100, imagefolder or synthetic (default {default})")
-    data_dir: Optional[str] = option(None, "dataset folder (Fashion-MNIST defaults to the Debian package's)")
+    data: str = option("fashion_mnist", "fashion_mnist, cluttered_fashion_mnist, cifar10, cifar100, imagefolder, synthetic or "
+                                        "pathfinderSIZE-LENGTH (generated, e.g. pathfinder32-14: size 32 or 64, length 6, 9 or 14) (default {default})")
+    data_dir: Optional[str] = option(None, "dataset folder (Fashion-MNIST defaults to the Debian package's); for Pathfinder, where "
+                                              "generated images are cached (default ~/.cache/scnet/data)")
     download: bool = option(False, "download Fashion-MNIST if it is not found")
     image_size: int = option(224, "imagefolder crop size (default {default}); the other datasets have their native size")
     bad_images: str = option("error", "imagefolder: stop at an unreadable image file (default) or leave them all out",

@@ -1,4 +1,5 @@
-"""Datasets for the training tools: Fashion-MNIST, CIFAR-10/100, any ImageFolder tree, and a synthetic set.
+"""Datasets for the training tools: Fashion-MNIST, CIFAR-10/100, any ImageFolder tree, a synthetic set, and the
+generated tasks (Pathfinder, cluttered Fashion-MNIST).
 
 Every loader fails with a ``DataError`` whose one-line message names the missing or corrupt file and how to
 get it; the CLI prints it without a traceback.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,7 +21,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2 as T
 
-__all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR"]
+__all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
+           "PATHFINDER_TRAIN", "PATHFINDER_VAL"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 _FASHION_FILES = {
@@ -87,11 +90,13 @@ class TensorImages(Dataset):
 
     ``batch(indices, params)`` is the fast path of the training tools; ``dataset[i]`` (one normalised image and
     its label, augmented from the global RNG when ``augment`` is set) serves the tools that read single images.
+    ``boxes`` (N, 4: y0, x0, y1, x1, end exclusive), when the dataset knows where each image's object is, serves the
+    tools that measure localization.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                 augment: Optional[BatchAugment] = None) -> None:
-        self.images, self.labels, self.augment, self.stats = images, labels, augment, (mean, std)
+                 augment: Optional[BatchAugment] = None, boxes: Optional[torch.Tensor] = None) -> None:
+        self.images, self.labels, self.augment, self.stats, self.boxes = images, labels, augment, (mean, std), boxes
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
 
@@ -100,7 +105,8 @@ class TensorImages(Dataset):
 
     def head(self, count: int) -> "TensorImages":
         """The first ``count`` samples (a view, no copy), with the same preparation."""
-        return TensorImages(self.images[:count], self.labels[:count], *self.stats, self.augment)
+        boxes = None if self.boxes is None else self.boxes[:count]
+        return TensorImages(self.images[:count], self.labels[:count], *self.stats, self.augment, boxes)
 
     def batch(self, indices: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images (N, C, H, W), normalised, augmented with ``params`` when given, and their labels."""
@@ -299,7 +305,51 @@ def _synthetic(seed: int) -> tuple[Dataset, Dataset, DataInfo]:
     return make(256), make(128), DataInfo("synthetic", 4, 1, 16, (0.5,), (0.25,), ("a", "b", "c", "d"))
 
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+# ---- generated tasks -----------------------------------------------------------------------------------------
+PATHFINDER_TRAIN, PATHFINDER_VAL = 160_000, 20_000  # the Long Range Arena's training and test set sizes
+PATHFINDER_PATTERN = re.compile(r"pathfinder(\d+)-(\d+)")
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float], tuple[float]]:
+    """Mean and std of uint8 images in [0, 1], to 4 decimals: the normalisation of a generated set, measured on
+    images every size of that set begins with, so a limit never changes it."""
+    x = images.float().div(255.0)
+    return (round(float(x.mean()), 4),), (round(float(x.std()), 4),)
+
+
+def _pathfinder(name: str, data_dir: Optional[Path], limit_train: Optional[int],
+                limit_val: Optional[int]) -> tuple[Dataset, Dataset, DataInfo]:
+    """``pathfinder{size}-{length}``: only the images the limits ask for are made (or read from the cache in
+    ``data_dir``); training images come from seed 0, test images from seed 1."""
+    from .pathfinder_gen import CHUNK, pathfinder
+
+    size, length = (int(g) for g in PATHFINDER_PATTERN.fullmatch(name).groups())
+    try:
+        make = lambda n, seed: pathfinder(n, size, length, seed, cache_dir=data_dir)  # noqa: E731
+        train, val = make(limit_train or PATHFINDER_TRAIN, 0), make(limit_val or PATHFINDER_VAL, 1)
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from e
+    mean, std = _stats(train[0][:CHUNK] if len(train[0]) >= CHUNK else make(CHUNK, 0)[0])
+    info = DataInfo(name, 2, 1, size, mean, std, ("apart", "joined"))
+    # Flips keep a curve a curve: the one augmentation that cannot change the answer (shifts could cut a curve off).
+    return TensorImages(*train, mean, std, BatchAugment(pad=0)), TensorImages(*val, mean, std), info
+
+
+def _cluttered_fashion_mnist(data_dir: Optional[Path], download: bool) -> tuple[Dataset, Dataset, DataInfo]:
+    """Fashion-MNIST objects on 60x60 canvases among clutter from the same split (``cluttered.clutter``); the
+    canvases are fixed (seed 0 for training, 1 for the test set), and the test set carries each object's box."""
+    from .cluttered import CANVAS, clutter
+
+    train, val, fashion = _fashion_mnist(data_dir, download)
+    canvases = [clutter(split.images[:, 0].numpy(), seed) for split, seed in ((train, 0), (val, 1))]
+    mean, std = _stats(canvases[0][0])
+    info = DataInfo("cluttered_fashion_mnist", 10, 1, CANVAS, mean, std, fashion.classes)
+    return (TensorImages(canvases[0][0], train.labels, mean, std, BatchAugment(pad=0)),
+            TensorImages(canvases[1][0], val.labels, mean, std, boxes=canvases[1][1]), info)
+
+
+DATASETS = ("fashion_mnist", "cluttered_fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+            "pathfinder32-14", "pathfinder64-14")
 
 
 def build_datasets(
@@ -309,13 +359,15 @@ def build_datasets(
     """(train, val, info) for a dataset name; ``limit_*`` keep the first N samples (deterministic).
 
     ``bad_images`` (ImageFolder): "error" stops at the first file PIL cannot decode, naming it; "skip" leaves
-    every such file out and counts them in ``info.skipped_images``.
+    every such file out and counts them in ``info.skipped_images``. ``pathfinder{size}-{length}`` (e.g.
+    ``pathfinder32-14``) is generated, ``limit_*`` images of it (default 160,000 and 20,000), and cached in
+    ``data_dir`` (default ``~/.cache/scnet/data``).
     """
     if bad_images not in BAD_IMAGE_POLICIES:
         raise DataError(f"--bad-images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
     folder = Path(data_dir).expanduser() if data_dir else None
-    if folder is not None and not folder.is_dir():
-        raise DataError(f"--data-dir {folder} is not a directory")
+    if folder is not None and not folder.is_dir() and not (PATHFINDER_PATTERN.fullmatch(name) and not folder.exists()):
+        raise DataError(f"--data-dir {folder} is not a directory")  # a cache folder for generated sets is made
     if name == "fashion_mnist":
         train, val, info = _fashion_mnist(folder, download)
     elif name in ("cifar10", "cifar100"):
@@ -324,15 +376,24 @@ def build_datasets(
         train, val, info = _imagefolder(folder, image_size, bad_images)
     elif name == "synthetic":
         train, val, info = _synthetic(seed)
+    elif name == "cluttered_fashion_mnist":
+        train, val, info = _cluttered_fashion_mnist(folder, download)
+    elif PATHFINDER_PATTERN.fullmatch(name):
+        _check_limits(limit_train, limit_val)
+        train, val, info = _pathfinder(name, folder, limit_train, limit_val)
     else:
         import difflib
 
         close = difflib.get_close_matches(name, DATASETS, n=1)
         raise DataError(f"unknown dataset {name!r}" + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(DATASETS)}"))
+    _check_limits(limit_train, limit_val)
+    return _head(train, limit_train), _head(val, limit_val), info
+
+
+def _check_limits(limit_train: Optional[int], limit_val: Optional[int]) -> None:
     for label, limit in (("--limit-train", limit_train), ("--limit-val", limit_val)):
         if limit is not None and limit < 1:
             raise DataError(f"{label} must be at least 1, got {limit}")
-    return _head(train, limit_train), _head(val, limit_val), info
 
 
 def _head(dataset: Dataset, limit: Optional[int]) -> Dataset:
