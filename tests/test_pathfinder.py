@@ -1,0 +1,181 @@
+"""The Pathfinder generator: deterministic, balanced, markers at the curves' ends, equal lengths, no overlaps, no
+shortcut a linear model on pixels or image statistics could take; the cache; the dataset and CLI entry points."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scnet.data.pathfinder_gen as gen
+from scnet.data import DataError, build_datasets, pathfinder
+
+LEVELS = [(32, 6), (32, 14), (64, 9)]
+
+
+@pytest.fixture(scope="module")
+def scenes() -> dict[tuple[int, int], tuple[gen.Scenes, np.ndarray]]:
+    """The first 300 images of each level, geometry and pixels (one chunk each is made)."""
+    return {level: gen.pathfinder_scenes(300, *level, seed=0) for level in LEVELS}
+
+
+def test_images_and_labels_are_deterministic_and_seeded(tmp_path: Path) -> None:
+    images, labels = pathfinder(300, 32, 6, seed=3, cache=False)
+    assert images.shape == (300, 1, 32, 32) and images.dtype == torch.uint8
+    assert labels.shape == (300,) and labels.dtype == torch.int64 and set(labels.tolist()) == {0, 1}
+    again = pathfinder(120, 32, 6, seed=3, cache=False)  # fewer images: the same first ones
+    assert torch.equal(again[0], images[:120]) and torch.equal(again[1], labels[:120])
+    other = pathfinder(300, 32, 6, seed=4, cache=False)
+    assert (other[0] != images).flatten(1).any(1).all()  # another seed: every image differs
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_labels_are_balanced(scenes, level) -> None:
+    labels = scenes[level][0].labels
+    assert abs(labels.mean() - 0.5) < 0.1  # 300 fair coin flips: sd 0.029
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_markers_sit_at_the_two_ends_of_one_curve_or_of_two(scenes, level) -> None:
+    s, images = scenes[level]
+    last = s.spec.contour_length - 1
+    starts = s.dashes[:, :2, 0, 0:2]  # (N, 2 targets, 2): the free end of each target's first dash
+    ends = s.dashes[:, :2, last, 2:4]  # (N, 2, 2): the far end of each target's last dash
+    origin = np.linalg.norm(starts - s.markers[:, None, 0], axis=-1).argmin(axis=1)  # which target the first marker starts
+    terminal = np.linalg.norm(ends - s.markers[:, None, 1], axis=-1).argmin(axis=1)
+    rows = np.arange(len(images))
+    assert np.allclose(starts[rows, origin], s.markers[:, 0]) and np.allclose(ends[rows, terminal], s.markers[:, 1])
+    assert np.array_equal(origin == terminal, s.labels == 1)  # joined exactly when both markers are on one curve
+    # Drawn: the pixel under each marker's centre is white, give or take the Lanczos ringing (markers are white discs).
+    cells = np.floor(s.markers).astype(int)  # (N, 2, 2)
+    assert (images[rows[:, None], cells[..., 0], cells[..., 1]] >= 240).all()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_both_targets_are_whole_curves_of_the_same_length(scenes, level) -> None:
+    s, _ = scenes[level]
+    spec = s.spec
+    assert (s.length[:, :2] == spec.contour_length).all()  # equal length: length tells nothing
+    assert (s.length[:, 2:] <= spec.distractor_length).all() and (s.length[:, 2:] % spec.distractor_length == 0).all()
+    drawn = np.arange(spec.contour_length)[None, None, :] < s.length[:, :, None]  # (N, C, L)
+    dashes = s.dashes[drawn]  # (M, 4)
+    assert np.allclose(np.linalg.norm(dashes[:, 2:] - dashes[:, :2], axis=1), spec.paddle_length)
+    assert ((dashes >= spec.padding) & (dashes <= spec.size - spec.padding)).all()
+    # A curve is a chain: each dash starts within 2 margins of its predecessor's end (its gap), and turns by less
+    # than the continuity weight allows (cos^2(min(c * turn, pi/2)) is zero from pi / (2c) on).
+    targets = s.dashes[:, :2]  # (N, 2, L, 4)
+    gaps = np.linalg.norm(targets[:, :, 1:, 0:2] - targets[:, :, :-1, 2:4], axis=-1)
+    assert (gaps <= 2 * spec.margin + 1e-9).all() and (gaps > 0).all()
+    direction = np.arctan2(*np.moveaxis(targets[..., 2:4] - targets[..., 0:2], -1, 0))
+    turn = np.abs(np.angle(np.exp(1j * np.diff(direction, axis=-1))))
+    assert (turn < math.pi / (2 * spec.continuity) + 1e-9).all()
+
+
+def _dense(segments: np.ndarray, points: int = 41) -> np.ndarray:
+    """Points along each segment (..., 4) -> (..., points, 2): an independent way to measure their distance."""
+    t = np.linspace(0, 1, points)[:, None]
+    return segments[..., None, 0:2] * (1 - t) + segments[..., None, 2:4] * t
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_no_dash_comes_near_another_but_its_neighbours(scenes, level) -> None:
+    s, _ = scenes[level]
+    spec = s.spec
+    worst = np.inf
+    for n in range(0, len(s.labels), 10):  # every tenth image, all its dashes
+        rows = [(c, j) for c in range(s.length.shape[1]) for j in range(s.length[n, c])]
+        pts = _dense(np.stack([s.dashes[n, c, j] for c, j in rows]))  # (M, P, 2)
+        d = np.linalg.norm(pts[:, None, :, None, :] - pts[None, :, None, :, :], axis=-1).min(axis=(2, 3))  # (M, M)
+        for a, (ca, ja) in enumerate(rows):
+            for b, (cb, jb) in enumerate(rows):
+                if a < b and not (ca == cb and abs(ja - jb) == 1):
+                    worst = min(worst, d[a, b])
+    # The dense points sit at most half a step off the true nearest points: allow that much below the clearance.
+    assert worst >= spec.clearance - spec.paddle_length / 40
+
+
+def _logistic_accuracy(features: torch.Tensor, labels: torch.Tensor, train: int) -> float:
+    """Held-out accuracy of an L2-regularised logistic regression (features standardised on the training part)."""
+    x = features.double()
+    mu, sd = x[:train].mean(0), x[:train].std(0) + 1e-6
+    x = (x - mu) / sd
+    w = torch.zeros(x.shape[1], dtype=torch.double, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.double, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x[:train] @ w + b, labels[:train].double()) + 1e-2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((((x[train:] @ w + b) > 0).long() == labels[train:]).double().mean())
+
+
+def _statistics(images: torch.Tensor) -> torch.Tensor:
+    """Bright-pixel count, inked-pixel count and intensity sum of each image: what ink alone could tell."""
+    x = images.flatten(1).double()
+    return torch.stack([(x > 127).sum(1), (x > 30).sum(1), x.sum(1)], dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", [(32, 6), (32, 14)])
+def test_no_shortcut_on_pixels_or_image_statistics(level) -> None:
+    images, labels = pathfinder(2000, *level, seed=0, cache=False)
+    train = 1000
+    chance_band = 0.06  # 1,000 held-out images: the accuracy of a coin has sd 0.016
+    pixels = _logistic_accuracy(images.flatten(1), labels, train)
+    stats = _logistic_accuracy(_statistics(images), labels, train)
+    assert abs(pixels - 0.5) < chance_band, f"raw pixels predict the label: {pixels:.3f}"
+    assert abs(stats - 0.5) < chance_band, f"image statistics predict the label: {stats:.3f}"
+    # The same check finds a leak when there is one: joined images one grey level brighter where anything is drawn.
+    leaky = images.clone()
+    leaky[labels == 1] = torch.where(leaky[labels == 1] > 0, leaky[labels == 1] + 1, leaky[labels == 1])
+    assert _logistic_accuracy(_statistics(leaky), labels, train) > 0.75
+
+
+def test_chunks_are_cached_by_parameters_and_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path)
+    spec = gen.pathfinder_spec(32, 6)
+    files = sorted((tmp_path / "pathfinder").rglob("*.npz"))
+    assert [f.relative_to(tmp_path) for f in files] == [Path("pathfinder", spec.key(), "seed0", "chunk00000.npz")]
+    monkeypatch.setattr(gen, "_chunk_arrays", lambda *a: pytest.fail("a cached chunk was made again"))
+    assert all(torch.equal(a, b) for a, b in zip(first, pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path)))
+    monkeypatch.undo()
+    files[0].write_bytes(b"not an npz file")  # a damaged chunk is made again, not trusted
+    assert all(torch.equal(a, b) for a, b in zip(first, pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path)))
+    # Other parameters or another generator version read other folders.
+    key = spec.key()
+    assert dataclasses.replace(spec, continuity=1.5).key() != key
+    monkeypatch.setattr(gen, "GENERATOR_VERSION", gen.GENERATOR_VERSION + 1)
+    assert spec.key() != key
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pathfinder(10, size=48), "size must be one of 32, 64 px, got 48"),
+    (lambda: pathfinder(10, contour_length=2), "contour_length must be an integer from 3 to 20"),
+    (lambda: pathfinder(0), "n must be a positive number of images, got 0"),
+    (lambda: pathfinder(10, seed=-1), "seed must be an integer >= 0, got -1"),
+])
+def test_bad_arguments_are_named(call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_pathfinder_as_a_dataset(tmp_path: Path) -> None:
+    train, val, info = build_datasets("pathfinder32-6", str(tmp_path / "cache"), limit_train=200, limit_val=100)
+    assert (len(train), len(val), info.num_classes, info.in_chans, info.image_size) == (200, 100, 2, 1, 32)
+    assert torch.equal(train.images, pathfinder(200, 32, 6, seed=0, cache_dir=tmp_path / "cache")[0])
+    assert torch.equal(val.images, pathfinder(100, 32, 6, seed=1, cache_dir=tmp_path / "cache")[0])  # test images: seed 1
+    x, y = train.batch(torch.arange(8))
+    assert x.shape == (8, 1, 32, 32) and abs(float(train.batch(torch.arange(200))[0].mean())) < 0.2  # about centred
+    with pytest.raises(DataError, match="pathfinder32-2: contour_length must be"):
+        build_datasets("pathfinder32-2", limit_train=10)
+    with pytest.raises(DataError, match="did you mean pathfinder32-14"):
+        build_datasets("pathfindr32-14")
