@@ -310,3 +310,46 @@ def test_a_killed_study_leaves_no_run_training_and_continues_both(tmp_path: Path
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("continuing the unfinished run") == 2
+
+
+def test_localization_is_compared_like_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the test set has object boxes, each run's pointing game and energy share are paired by seed, with an
+    interval and a verdict each, beside the accuracy."""
+    _planned(monkeypatch, lambda seed: 0.5)
+    module = sys.modules["scnet.train.compare"]
+    planned = lambda model, seed: dict(pointing=50.0 + seed + (3.0 + 0.3 * (seed % 2) if model == SC else 0.0),  # noqa: E731
+                                       energy_in_box=40.0 - seed - (1.0 if model == SC else 0.0))
+    monkeypatch.setattr(module, "_localization", lambda cfg, run: planned(cfg.model, cfg.seed))
+    monkeypatch.setattr(module, "_cam_page", lambda base, names, seed, out: dict(seed=seed, png="cams.png", images=8))
+    out = tmp_path / "loc"
+    assert _compare(out, "--seeds", "0", "1", "2") == 0
+    report = json.loads((out / "report.json").read_text())
+    pointing, energy = report["metrics"]["pointing"], report["metrics"]["energy_in_box"]
+    assert [p["diff"] for p in pointing["pairs"]] == pytest.approx([3.0, 3.3, 3.0])
+    assert pointing["mean_diff"] == pytest.approx(3.1) and pointing["ci95"] == pytest.approx(paired_interval([3.0, 3.3, 3.0])["ci95"])
+    assert pointing["verdict"] == "SC ahead: the 95 % interval excludes zero"
+    assert [p["plain"] for p in energy["pairs"]] == [40.0, 39.0, 38.0] and energy["mean_diff"] == pytest.approx(-1.0)
+    assert energy["ci95"] is not None and energy["verdict"] == "SC behind: the 95 % interval excludes zero"
+    assert report["metrics"]["final_val_acc"]["mean_diff"] == pytest.approx(report["mean_diff"]) == pytest.approx(0.5)
+    md = (out / "report.md").read_text()
+    assert "## Localization" in md and "| 1 | 51.00 | 54.30 | +3.30 | 39.00 | 38.00 | -1.00 |" in md
+    assert "(cams.png)" in md and (out / "localization.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_cluttered_study_measures_localization_on_every_test_image(tmp_path: Path) -> None:
+    from scnet.load import load_model
+    from scnet.viz import localization
+
+    out = tmp_path / "clutter"
+    assert main(["compare", "--models", SC, "--data", "cluttered_fashion_mnist", "--limit-train", "256", "--limit-val", "40",
+                 "--epochs", "1", "--batch-size", "64", "--seeds", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    run = report["models"][SC]["runs"][0]
+    from scnet.data import build_datasets
+
+    _, val, _ = build_datasets("cluttered_fashion_mnist", limit_train=1, limit_val=40)
+    again = localization(load_model(file=str(out / f"{SC}-seed0" / "checkpoint-last.pth")).model, val)
+    assert run["pointing"] == pytest.approx(again["pointing"]) and run["energy_in_box"] == pytest.approx(again["energy_in_box"])
+    assert 0 <= run["pointing"] <= 100 and 0 < run["energy_in_box"] < 100
+    assert report["cams"]["png"] == "cams.png" and (out / "cams.png").stat().st_size > 20_000

@@ -197,3 +197,43 @@ def test_baselines_by_torchvision_and_timm_names() -> None:
     assert field.shape == (40, 40) and field[20, 20] > 0
     with pytest.raises(ValueError, match="unknown model 'resnet5O'.*did you mean"):
         create_any_model("resnet5O")
+
+
+# ---- localization ------------------------------------------------------------------------------------------------
+def test_box_scores_restate_the_pointing_and_energy_games() -> None:
+    from scnet.viz import box_scores
+
+    cams = np.zeros((4, 6, 6))
+    cams[0, 2, 3] = 1.0  # peak inside the box rows 1-3, cols 2-4
+    cams[0, 5, 5] = 0.5
+    cams[1, 0, 0] = 1.0  # peak outside; a third of the mass inside
+    cams[1, 2, 2] = 0.5
+    cams[2, 1:4, 2:5] = 0.2  # flat inside, nothing outside: every pixel of the plateau is inside
+    boxes = np.array([[1, 2, 4, 5]] * 4)  # end exclusive
+    scores = box_scores(cams, boxes)  # image 3: an empty map
+    assert scores["pointing"].tolist() == [True, False, True, False]
+    assert scores["energy"] == pytest.approx([1.0 / 1.5, 0.5 / 1.5, 1.0, 0.0])
+    with pytest.raises(ValueError, match="cams \\(N, H, W\\) and boxes \\(N, 4\\)"):
+        box_scores(cams, boxes[:3])
+    with pytest.raises(ValueError, match="negative"):
+        box_scores(-cams - 1, boxes)
+
+
+def test_localization_of_a_model_over_a_dataset_with_boxes() -> None:
+    from scnet.data import TensorImages
+    from scnet.viz import box_scores, localization
+
+    torch.manual_seed(0)
+    model = scnet.create_model("scnet_demo", in_chans=1, num_classes=3).eval()
+    images = (torch.rand(10, 1, 40, 40) * 255).to(torch.uint8)
+    labels = torch.arange(10) % 3
+    boxes = torch.tensor([[5, 5, 30, 30]] * 5 + [[0, 0, 40, 40]] * 5)
+    data = TensorImages(images, labels, (0.5,), (0.25,), boxes=boxes)
+    result = localization(model, data, batch_size=4)
+    x, y = data.batch(torch.arange(10))
+    expected = box_scores(gradcam(model, x, classes=y.tolist()).cams, boxes.numpy())  # the true class, every image
+    assert result["images"] == 10 and result["pointing"] == pytest.approx(100 * expected["pointing"].mean())
+    assert result["energy_in_box"] == pytest.approx(100 * expected["energy"].mean())
+    assert (result["per_image"]["energy"][5:] == 1.0).all()  # a box of the whole image holds all the evidence
+    with pytest.raises(ValueError, match="needs a dataset with object boxes"):
+        localization(model, TensorImages(images, labels, (0.5,), (0.25,)))

@@ -33,6 +33,10 @@ RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
 DONE = "compare-run.json"  # written into a run directory once its training has finished
 DEFAULT_MAX_SEEDS = 10
 _ABSENT = object()
+# What a study compares, per run: result key -> what it is. Accuracy always; the localization scores when the test
+# set knows its objects' boxes (scnet.viz.localization). All in percent, so differences are in points.
+METRICS = {"final_val_acc": "test top-1 (%)", "pointing": "pointing game: Grad-CAM peak in the box (%)",
+           "energy_in_box": "Grad-CAM energy in the box (%)"}
 
 
 # ---- the statistics: pure functions ---------------------------------------------------------------------------
@@ -227,21 +231,43 @@ def _sizes(base: TrainConfig, names: Sequence[str], info: DataInfo) -> dict[str,
 
 
 def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
-    """Train one (model, seed), or reuse the run an interrupted study left (``_check_out`` vouched for its recipe)."""
+    """Train one (model, seed), or reuse the run an interrupted study left (``_check_out`` vouched for its recipe);
+    then the localization scores of its final weights when the test set has object boxes."""
     run = Path(cfg.out)
     if (run / DONE).is_file():
         print(f"reusing the finished run {run}")
-        return _read_json(run / DONE)["result"]
-    if (run / "checkpoint-last.pth").is_file():
-        print(f"continuing the unfinished run {run}")
-        cfg = replace(cfg, resume=str(run))
-    start = time.perf_counter()
-    metrics = fit(cfg, show_progress=show_progress)
-    result = dict(seed=cfg.seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],
-                  train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start, curve=_val_curve(run),
-                  threads=torch.get_num_threads())  # results are exact for one CPU kind and thread count
-    (run / DONE).write_text(json.dumps(dict(config=cfg.to_dict(), result=result), indent=2))
-    return result
+        record = _read_json(run / DONE)
+    else:
+        if (run / "checkpoint-last.pth").is_file():
+            print(f"continuing the unfinished run {run}")
+            cfg = replace(cfg, resume=str(run))
+        start = time.perf_counter()
+        metrics = fit(cfg, show_progress=show_progress)
+        result = dict(seed=cfg.seed, final_val_acc=metrics["final_val_acc"], best_val_acc=metrics["best_val_acc"],
+                      train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start, curve=_val_curve(run),
+                      threads=torch.get_num_threads())  # results are exact for one CPU kind and thread count
+        record = dict(config=cfg.to_dict(), result=result)
+        (run / DONE).write_text(json.dumps(record, indent=2))
+    if "pointing" not in record["result"]:  # a run finished before its scores (or by an earlier version)
+        scores = _localization(cfg, run)
+        if scores is not None:
+            record["result"].update(scores)
+            (run / DONE).write_text(json.dumps(record, indent=2))
+    return record["result"]
+
+
+def _localization(cfg: TrainConfig, run: Path) -> Optional[dict[str, float]]:
+    """Pointing game and energy share of the run's final weights (the ones its accuracy is of) on every test image,
+    or None when the test set has no object boxes."""
+    from ..load import load_model
+    from ..viz.localization import localization
+
+    _, val, _ = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, 0, cfg.bad_images)
+    if getattr(val, "boxes", None) is None:
+        return None
+    model = load_model(file=str(run / "checkpoint-last.pth")).model.to(_device())
+    scores = localization(model, val)
+    return dict(pointing=scores["pointing"], energy_in_box=scores["energy_in_box"])
 
 
 def _follow_parent(parent: int) -> None:
@@ -339,7 +365,8 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     study = dict(models=names, recipe=_recipe(base.to_dict()))
     if out.is_dir():
         _check_out(out, study)
-    _, _, info = build_datasets(base.data, base.data_dir, 1, 1, base.image_size, base.download, 0)
+    # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
+    _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0)
     report = dict(data=info.name, models={n: dict(s, runs=[]) for n, s in _sizes(base, names, info).items()}, seeds=[],
                   recipe=study["recipe"], until_resolved=until_resolved, max_seeds=max_seeds, machine=describe_machine(_device()),
                   command=command)
@@ -361,20 +388,37 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     if plan.erf_samples:
         report["erf"] = _measure_erf(base, names, seeds[0], out, plan.erf_samples, command)
         _write_report(out, report)
+    if len(report["metrics"]) > 1:
+        report["cams"] = _cam_page(base, names, seeds[0], out)
+        _write_report(out, report)
     return report
 
 
 def _tally(report: dict[str, Any], names: Sequence[str]) -> None:
-    """Per-model means and the paired statistics of the runs so far, into ``report``."""
+    """Per-model means and the paired statistics of the runs so far, into ``report``: accuracy at the top level (as
+    every report has it), and every metric of ``METRICS`` the runs have under ``report["metrics"]``."""
     for entry in report["models"].values():
         accs = [r["final_val_acc"] for r in entry["runs"]]
         entry.update(mean=statistics.fmean(accs), std=statistics.stdev(accs) if len(accs) > 1 else None,
                      train_seconds=statistics.fmean(r["train_seconds"] for r in entry["runs"]))
     plain, sc = (report["models"][n]["runs"] for n in names)
-    report["pairs"] = [dict(seed=a["seed"], plain=a["final_val_acc"], sc=b["final_val_acc"], diff=b["final_val_acc"] - a["final_val_acc"])
-                       for a, b in zip(plain, sc)]
-    interval = paired_interval([p["diff"] for p in report["pairs"]])
-    report.update({k: v for k, v in interval.items() if k != "n"}, verdict=verdict(interval, report["until_resolved"]))
+    report["metrics"] = {key: _paired(key, label, plain, sc, report["until_resolved"] if key == "final_val_acc" else None)
+                         for key, label in METRICS.items() if all(key in r for r in (*plain, *sc))}
+    accuracy = report["metrics"]["final_val_acc"]
+    report["pairs"] = accuracy["pairs"]
+    report.update({k: accuracy[k] for k in ("mean_diff", "sd", "sem", "t", "half_width", "ci95", "verdict")})
+
+
+def _paired(key: str, label: str, plain: Sequence[dict[str, Any]], sc: Sequence[dict[str, Any]],
+            until_resolved: Optional[float]) -> dict[str, Any]:
+    """One metric of a study: per-seed values of both models, their differences, the interval and the verdict."""
+    pairs = [dict(seed=a["seed"], plain=a[key], sc=b[key], diff=b[key] - a[key]) for a, b in zip(plain, sc)]
+    interval = paired_interval([p["diff"] for p in pairs])
+    spread = lambda v: statistics.stdev(v) if len(v) > 1 else None  # noqa: E731
+    return dict(label=label, pairs=pairs, **{k: v for k, v in interval.items() if k != "n"},
+                verdict=verdict(interval, until_resolved),
+                plain_mean=statistics.fmean(p["plain"] for p in pairs), plain_std=spread([p["plain"] for p in pairs]),
+                sc_mean=statistics.fmean(p["sc"] for p in pairs), sc_std=spread([p["sc"] for p in pairs]))
 
 
 def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, samples: int, command: str) -> dict[str, Any]:
@@ -392,10 +436,37 @@ def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, 
     return dict(inputs=result["inputs"], seed=seed, stages=stages, png="erf/erf.png", report="erf/erf.md")
 
 
+def _cam_page(base: TrainConfig, names: Sequence[str], seed: int, out: Path, count: int = 8) -> dict[str, Any]:
+    """Grad-CAM of the true class on the first ``count`` test images for the first seed's trained pair, with the
+    object's box: what the localization scores score (``cams.png``)."""
+    from ..load import load_model
+    from ..viz.cam import gradcam
+    from ..viz.localization import box_scores
+    from ..viz.report import display_image, write_box_cams
+
+    _, val, info = build_datasets(base.data, base.data_dir, 1, count, base.image_size, base.download, 0, base.bad_images)
+    images, labels = val.batch(torch.arange(len(val)))
+    boxes = val.boxes.numpy()
+    columns = []
+    for name in reversed(names):  # the SC model first, as in every other figure
+        model = load_model(file=str(out / _run_name(name, seed) / "checkpoint-last.pth")).model.to(_device())
+        result = gradcam(model, images.to(_device()), classes=labels.tolist())
+        scores = box_scores(result.cams, boxes)
+        captions = [f"p(true) {100 * p:.0f}%, {'hit' if h else 'miss'}, {100 * e:.0f}% in box"
+                    for p, h, e in zip(result.probs, scores["pointing"], scores["energy"])]
+        columns.append(dict(label=name, cams=result.cams, captions=captions))
+    titles = [f"{info.classes[int(y)]} (test image {i})" for i, y in enumerate(labels)]
+    write_box_cams(out / "cams.png", [display_image(x, info) for x in images], boxes, titles, columns,
+                   f"Grad-CAM of the true class at {result.layer}, seed {seed}; white: the object's box")
+    return dict(seed=seed, png="cams.png", images=len(labels))
+
+
 # ---- writing ---------------------------------------------------------------------------------------------------
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(out / "report.png", report)
+    if len(report.get("metrics", {})) > 1:
+        _plot_localization(out / "localization.png", report)
     (out / "report.md").write_text(_markdown(report))
 
 
@@ -421,9 +492,36 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += _model_table(report) + [""] + _pair_table(report) + [""]
     lines += [describe_difference(report), ""] + _stopping_lines(report)
     lines += ["![per-seed accuracy, paired differences and validation curves](report.png)", ""]
+    lines += _localization_lines(report)
     if "erf" in report:
         lines += _erf_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _localization_lines(report: dict[str, Any]) -> list[str]:
+    """Per seed, both models' localization scores and their differences; the interval and verdict of each."""
+    keys = [k for k in report.get("metrics", {}) if k != "final_val_acc"]
+    if not keys:
+        return []
+    plain, sc = report["models"]
+    blocks = [report["metrics"][k] for k in keys]
+    names = [b["label"].split(":")[0] for b in blocks]
+    lines = ["## Localization: the true class's Grad-CAM against the object's box, on every test image", "",
+             "Pointing game: the share of test images whose Grad-CAM peak lies inside the object's box. Energy: the mean "
+             "share of the Grad-CAM's mass inside the box. Both at the last stage, for each run's final weights.", "",
+             "| seed | " + " | ".join(f"{n}: {plain} | {n}: {sc} | {n}: SC - plain" for n in names) + " |",
+             "|---|" + "---|---|---|" * len(blocks)]
+    for i, seed in enumerate(p["seed"] for p in blocks[0]["pairs"]):
+        cells = [f"{b['pairs'][i]['plain']:.2f} | {b['pairs'][i]['sc']:.2f} | {b['pairs'][i]['diff']:+.2f}" for b in blocks]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, block in zip(names, blocks):
+        lines += [f"{name}: {plain} {block['plain_mean']:.2f} %, {sc} {block['sc_mean']:.2f} %. " + describe_difference(block), ""]
+    lines += ["![localization per seed and paired differences](localization.png)", ""]
+    if report.get("cams"):
+        lines += [f"Grad-CAM of the true class on the first test images (seed {report['cams']['seed']}), the object's box in white:", "",
+                  f"![Grad-CAM pages]({report['cams']['png']})", ""]
+    return lines
 
 
 def _model_table(report: dict[str, Any]) -> list[str]:
@@ -470,19 +568,24 @@ def _erf_lines(report: dict[str, Any]) -> list[str]:
     return lines + ["", f"![ERF heatmaps per stage]({erf['png']})", "", f"Also at 20 % and 30 %: [{erf['report']}]({erf['report']}).", ""]
 
 
-def _plot(path: Path, report: dict[str, Any]) -> None:
-    """Left: per-seed accuracy, pairs joined; middle: the differences with mean and 95 % CI; right: mean curves."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(path: Path, report: dict[str, Any]) -> None:
+    """Left: per-seed accuracy, pairs joined; middle: the differences with mean and 95 % CI; right: mean curves."""
+    plt = _pyplot()
     names = list(report["models"])
     colors = {names[0]: "tab:gray", names[1]: "tab:blue"}
     with plt.rc_context({"font.size": 12, "axes.titlesize": 13, "legend.fontsize": 11}):
         fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw=dict(width_ratios=(1, 1.2, 1.3)))
-        _plot_pairs(axes[0], report, colors)
-        _plot_diffs(axes[1], report)
+        _plot_pairs(axes[0], report["pairs"], names, colors, "test top-1 (%)", "final accuracy per seed (lines join a pair)")
+        _plot_diffs(axes[1], report, "paired differences")
         _plot_curves(axes[2], report, colors)
         fig.suptitle(f"{names[1]} vs {names[0]} on {report['data']}, {len(report['pairs'])} seed pair(s)", fontsize=14)
         fig.tight_layout()
@@ -490,30 +593,49 @@ def _plot(path: Path, report: dict[str, Any]) -> None:
         plt.close(fig)
 
 
-def _plot_pairs(ax: Any, report: dict[str, Any], colors: dict[str, str]) -> None:
-    plain, sc = report["models"]
-    for p in report["pairs"]:
+def _plot_localization(path: Path, report: dict[str, Any]) -> None:
+    """One row per localization metric: per-seed values (pairs joined), then the paired differences."""
+    plt = _pyplot()
+    names = list(report["models"])
+    colors = {names[0]: "tab:gray", names[1]: "tab:blue"}
+    keys = [k for k in report["metrics"] if k != "final_val_acc"]
+    with plt.rc_context({"font.size": 12, "axes.titlesize": 13, "legend.fontsize": 11}):
+        fig, axes = plt.subplots(len(keys), 2, figsize=(12, 5.2 * len(keys)), squeeze=False, gridspec_kw=dict(width_ratios=(1, 1.3)))
+        for row, key in zip(axes, keys):
+            block = report["metrics"][key]
+            _plot_pairs(row[0], block["pairs"], names, colors, block["label"], f"{block['label'].split(':')[0]} per seed")
+            _plot_diffs(row[1], block, f"{block['label'].split(':')[0]}: paired differences")
+        fig.suptitle(f"Localization of the true class's Grad-CAM, {names[1]} vs {names[0]} on {report['data']}", fontsize=14)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+
+def _plot_pairs(ax: Any, pairs: Sequence[dict[str, Any]], names: Sequence[str], colors: dict[str, str], ylabel: str, title: str) -> None:
+    plain, sc = names
+    for p in pairs:
         ax.plot([0, 1], [p["plain"], p["sc"]], "-", color="0.6", zorder=1)
-    ax.scatter([0] * len(report["pairs"]), [p["plain"] for p in report["pairs"]], color=colors[plain], s=45, zorder=2)
-    ax.scatter([1] * len(report["pairs"]), [p["sc"] for p in report["pairs"]], color=colors[sc], s=45, zorder=2)
-    ax.set(xticks=[0, 1], xlim=(-0.4, 1.4), ylabel="test top-1 (%)", title="final accuracy per seed (lines join a pair)")
+    ax.scatter([0] * len(pairs), [p["plain"] for p in pairs], color=colors[plain], s=45, zorder=2)
+    ax.scatter([1] * len(pairs), [p["sc"] for p in pairs], color=colors[sc], s=45, zorder=2)
+    ax.set(xticks=[0, 1], xlim=(-0.4, 1.4), ylabel=ylabel, title=title)
     ax.set_xticklabels([plain, sc])
     ax.grid(axis="y", alpha=0.3)
 
 
-def _plot_diffs(ax: Any, report: dict[str, Any]) -> None:
-    pairs, iv = report["pairs"], report
+def _plot_diffs(ax: Any, block: dict[str, Any], title: str) -> None:
+    """``block``: paired values with their interval (a report's accuracy, or one of its ``metrics``)."""
+    pairs = block["pairs"]
     ax.axhline(0.0, color="black", lw=1)
     ax.scatter(range(len(pairs)), [p["diff"] for p in pairs], color="tab:blue", s=45, zorder=3, label="one seed")
     mean_x = len(pairs) + 0.5
-    if iv["ci95"] is None:
-        ax.scatter([mean_x], [iv["mean_diff"]], color="tab:red", marker="D", s=55, zorder=3, label="mean (one seed: no interval)")
+    if block["ci95"] is None:
+        ax.scatter([mean_x], [block["mean_diff"]], color="tab:red", marker="D", s=55, zorder=3, label="mean (one seed: no interval)")
     else:
-        ax.errorbar([mean_x], [iv["mean_diff"]], yerr=[[iv["half_width"]], [iv["half_width"]]], fmt="D", color="tab:red",
+        ax.errorbar([mean_x], [block["mean_diff"]], yerr=[[block["half_width"]], [block["half_width"]]], fmt="D", color="tab:red",
                     capsize=8, lw=2, ms=8, zorder=3, label="mean, 95 % t-interval")
     ax.set_xticks([*range(len(pairs)), mean_x])
     ax.set_xticklabels([str(p["seed"]) for p in pairs] + ["mean"])
-    ax.set(xlabel="seed", ylabel="SC - plain (points)", title="paired differences")
+    ax.set(xlabel="seed", ylabel="SC - plain (points)", title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 

@@ -11,7 +11,7 @@ import torch
 from ..data import DataInfo
 from .erf import THRESHOLDS
 
-__all__ = ["display_image", "write_cam_figures", "write_erf_report"]
+__all__ = ["display_image", "write_box_cams", "write_cam_figures", "write_erf_report"]
 
 
 def display_image(x: torch.Tensor, info: DataInfo) -> np.ndarray:
@@ -97,6 +97,41 @@ def write_cam_figures(out: Path, names: Sequence[str], columns: Sequence[dict[st
     fig.savefig(sheet, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [*written, sheet]
+
+
+def write_box_cams(path: Path, images: Sequence[np.ndarray], boxes: np.ndarray, titles: Sequence[str],
+                   columns: Sequence[dict[str, Any]], heading: str) -> Path:
+    """A page of Grad-CAMs with each object's box: images down, then one column per model.
+
+    ``images``: display images (H, W, 3); ``boxes`` (N, 4: y0, x0, y1, x1, end exclusive); ``titles``: one per image
+    (e.g. the true class); ``columns``: one dict per model with ``label``, ``cams`` (N, H, W) and ``captions`` (N,).
+    """
+    from matplotlib.patches import Rectangle
+
+    plt = _plt()
+    rows = len(images)
+    fig, axes = plt.subplots(rows, len(columns) + 1, figsize=(2.5 * (len(columns) + 1) + 0.8, 2.6 * rows + 0.5), squeeze=False)
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1 - 0.75 / height, bottom=0.01, hspace=0.35, wspace=0.05)
+    for i, image in enumerate(images):
+        y0, x0, y1, x1 = (int(v) for v in boxes[i])
+        panels = [(axes[i][0], None, titles[i])] + [(axes[i][j], c["cams"][i], f"{c['label']}\n{c['captions'][i]}")
+                                                    for j, c in enumerate(columns, start=1)]
+        for ax, cam, title in panels:
+            if cam is None:
+                ax.imshow(image, interpolation="nearest")
+                ax.set_title(title, fontsize=8)
+                ax.set_axis_off()
+            else:
+                _overlay(ax, image, cam, title)
+                ax.title.set_fontsize(7)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1.2))
+    _colorbar(fig, axes.ravel().tolist(), "Grad-CAM (0 = none, 1 = strongest)")
+    fig.suptitle(heading, fontsize=10, y=1 - 0.12 / height)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def write_erf_report(out: Path, maps: dict[str, dict[str, np.ndarray]], ratios: dict[str, dict[str, dict]],
