@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import scnet.data.pathfinder_gen as gen
 from scnet.data import DataError, build_datasets, pathfinder
@@ -98,46 +97,20 @@ def test_no_dash_comes_near_another_but_its_neighbours(scenes, level) -> None:
     assert worst >= spec.clearance - spec.paddle_length / 40
 
 
-def _logistic_accuracy(features: torch.Tensor, labels: torch.Tensor, train: int) -> float:
-    """Held-out accuracy of an L2-regularised logistic regression (features standardised on the training part)."""
-    x = features.double()
-    mu, sd = x[:train].mean(0), x[:train].std(0) + 1e-6
-    x = (x - mu) / sd
-    w = torch.zeros(x.shape[1], dtype=torch.double, requires_grad=True)
-    b = torch.zeros(1, dtype=torch.double, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x[:train] @ w + b, labels[:train].double()) + 1e-2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float((((x[train:] @ w + b) > 0).long() == labels[train:]).double().mean())
-
-
-def _statistics(images: torch.Tensor) -> torch.Tensor:
-    """Bright-pixel count, inked-pixel count and intensity sum of each image: what ink alone could tell."""
-    x = images.flatten(1).double()
-    return torch.stack([(x > 127).sum(1), (x > 30).sum(1), x.sum(1)], dim=1)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("level", [(32, 6), (32, 14)])
 def test_no_shortcut_on_pixels_or_image_statistics(level) -> None:
     images, labels = pathfinder(2000, *level, seed=0, cache=False)
     train = 1000
     chance_band = 0.06  # 1,000 held-out images: the accuracy of a coin has sd 0.016
-    pixels = _logistic_accuracy(images.flatten(1), labels, train)
-    stats = _logistic_accuracy(_statistics(images), labels, train)
+    pixels = gen.linear_probe(images.flatten(1), labels, train)
+    stats = gen.linear_probe(gen.ink_statistics(images), labels, train)
     assert abs(pixels - 0.5) < chance_band, f"raw pixels predict the label: {pixels:.3f}"
     assert abs(stats - 0.5) < chance_band, f"image statistics predict the label: {stats:.3f}"
     # The same check finds a leak when there is one: joined images one grey level brighter where anything is drawn.
     leaky = images.clone()
     leaky[labels == 1] = torch.where(leaky[labels == 1] > 0, leaky[labels == 1] + 1, leaky[labels == 1])
-    assert _logistic_accuracy(_statistics(leaky), labels, train) > 0.75
+    assert gen.linear_probe(gen.ink_statistics(leaky), labels, train) > 0.75
 
 
 def test_chunks_are_cached_by_parameters_and_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,8 +38,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["CHUNK", "GENERATOR_VERSION", "LENGTHS", "SIZES", "PathfinderSpec", "Scenes", "pathfinder", "pathfinder_scenes",
-           "pathfinder_spec", "segment_distance"]
+__all__ = ["CHUNK", "GENERATOR_VERSION", "LENGTHS", "SIZES", "PathfinderSpec", "Scenes", "ink_statistics", "linear_probe",
+           "pathfinder", "pathfinder_scenes", "pathfinder_spec", "render", "segment_distance"]
 
 GENERATOR_VERSION = 1
 CHUNK = 1000  # images per cached file and per seed sequence; part of the output, so changing it changes the data
@@ -215,7 +215,9 @@ class Scenes:
 
     def _stamp(self, rows: np.ndarray, dash: np.ndarray, delta: int) -> None:
         """Count (or uncount) each dash at the pixel centres within clearance of it: the free-space map."""
-        reach = int(math.ceil(self.spec.paddle_length / 2 + self.spec.clearance)) + 1
+        # Pixel centres within clearance of the dash lie within L/2 + clearance of its midpoint: with the midpoint's
+        # pixel f, pixels f - reach .. f + reach.
+        reach = int(math.ceil(self.spec.paddle_length / 2 + self.spec.clearance))
         offsets = np.arange(-reach, reach + 1)
         mid = np.floor((dash[:, 0:2] + dash[:, 2:4]) / 2).astype(np.int64)  # (M, 2)
         ys = mid[:, 0, None, None] + offsets[None, :, None]  # (M, W, 1)
@@ -265,7 +267,7 @@ def _extend(scenes: Scenes, rng: np.random.Generator, rows: np.ndarray, curve: i
     ends = pivot[:, None, :] + spec.step * _unit(phi)[None]  # (M, K, 2)
     starts = pivot[:, None, :] + spec.margin * _unit(phi)[None]  # (M, K, 2)
     trial = np.concatenate([starts, ends], axis=-1)  # (M, K, 4)
-    turn = np.abs(np.angle(np.exp(1j * (phi[None, :] - theta[:, None]))))  # (M, K) in [0, pi]
+    turn = np.abs((phi[None, :] - theta[:, None] + np.pi) % (2 * np.pi) - np.pi)  # (M, K) in [0, pi]
     weight = np.cos(np.minimum(spec.continuity * turn, np.pi / 2)) ** 2
     cell = np.clip(np.floor(ends).astype(np.int64), 0, spec.size - 1)  # (M, K, 2)
     free = scenes.occupied[rows[:, None], cell[..., 0], cell[..., 1]] == 0
@@ -380,6 +382,45 @@ def render(scenes: Scenes) -> np.ndarray:
         value = np.maximum(np.clip(small[0] * spec.contrast, 0, 1), np.clip(small[1], 0, 1))
         out[i] = np.round(value * 255).astype(np.uint8)
     return out
+
+
+# ---- shortcut checks ------------------------------------------------------------------------------------------
+def linear_probe(features, labels, train: int, l2: float = 1e-2) -> float:
+    """Held-out accuracy of an L2-regularised logistic regression from ``features`` (N, F) to 0/1 ``labels`` (N,),
+    fitted on the first ``train`` rows (features standardised on them), scored on the rest.
+
+    The generator's no-shortcut check: if a linear model on pixels, or on a few image statistics, beat chance, the
+    label would be readable without following a curve.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(features).double()
+    y = torch.as_tensor(labels).double()
+    if not 0 < train < len(x):
+        raise ValueError(f"train must leave rows on both sides, got {train} of {len(x)}")
+    x = (x - x[:train].mean(0)) / (x[:train].std(0) + 1e-6)
+    w = torch.zeros(x.shape[1], dtype=torch.double, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.double, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(x[:train] @ w + b, y[:train]) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((((x[train:] @ w + b) > 0).double() == y[train:]).double().mean())
+
+
+def ink_statistics(images) -> "torch.Tensor":
+    """Per image: bright-pixel count (> 127), inked-pixel count (> 30) and intensity sum: what ink alone could tell."""
+    import torch
+
+    x = torch.as_tensor(images).flatten(1).double()
+    return torch.stack([(x > 127).sum(1), (x > 30).sum(1), x.sum(1)], dim=1)
 
 
 # ---- chunks, cache, API ------------------------------------------------------------------------------------------
