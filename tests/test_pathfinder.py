@@ -3,6 +3,7 @@ shortcut a linear model on pixels or image statistics could take; the cache; the
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -152,3 +153,14 @@ def test_pathfinder_as_a_dataset(tmp_path: Path) -> None:
         build_datasets("pathfinder32-2", limit_train=10)
     with pytest.raises(DataError, match="did you mean pathfinder32-14"):
         build_datasets("pathfindr32-14")
+
+
+def test_scnet_train_on_pathfinder(tmp_path: Path) -> None:
+    from scnet.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "pathfinder32-6", "--data-dir", str(tmp_path / "cache"), "--limit-train", "256",
+                 "--limit-val", "64", "--epochs", "1", "--batch-size", "64", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["final_val_acc"] <= 100 and (out / "checkpoint-last.pth").is_file()
+    assert len(list((tmp_path / "cache" / "pathfinder").rglob("chunk00000.npz"))) == 2  # training (seed 0) and test (seed 1)

@@ -38,6 +38,8 @@ def clutter(images: np.ndarray, seed: int, canvas: int = CANVAS, pieces: int = P
     is drawn from one generator seeded by ``seed``, so it depends only on ``seed``, ``i`` and ``images``.
     """
     n, h, w = images.shape
+    if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 0:
+        raise ValueError(f"pieces must be an integer >= 0, got {pieces!r}")
     if canvas < max(h, w) or piece > min(h, w) or n < 2:
         raise ValueError(f"need at least two images no larger than the canvas ({canvas} px) and no smaller than a "
                          f"piece ({piece} px), got {n} of {h}x{w}")
@@ -48,16 +50,18 @@ def clutter(images: np.ndarray, seed: int, canvas: int = CANVAS, pieces: int = P
     cut_x = rng.integers(0, w - piece + 1, (n, pieces, 4))
     place = rng.integers(0, canvas - piece + 1, (n, pieces, 2))
     steps = np.arange(piece)
+    out = np.zeros((n, canvas, canvas), np.uint8)
+    rows = np.arange(n)[:, None, None]
+    out[rows, offsets[:, 0, None, None] + np.arange(h)[:, None], offsets[:, 1, None, None] + np.arange(w)[None, :]] = images
+    boxes = torch.from_numpy(_object_boxes(images, offsets).astype(np.int64))  # (N, 4)
+    if pieces == 0:
+        return torch.from_numpy(out).unsqueeze(1), boxes
     patches = images[source[..., None, None, None], cut_y[..., None, None] + steps[:, None],
                      cut_x[..., None, None] + steps[None, :]]  # (N, P, 4, piece, piece)
     best = patches.reshape(n, pieces, 4, -1).sum(axis=-1, dtype=np.int64).argmax(axis=-1)  # (N, P)
     patches = np.take_along_axis(patches, best[..., None, None, None], axis=2)[:, :, 0]  # (N, P, piece, piece)
-    out = np.zeros((n, canvas, canvas), np.uint8)
-    rows = np.arange(n)[:, None, None]
-    out[rows, offsets[:, 0, None, None] + np.arange(h)[:, None], offsets[:, 1, None, None] + np.arange(w)[None, :]] = images
     for p in range(pieces):
         ys = place[:, p, 0, None, None] + steps[:, None]  # (N, piece, 1)
         xs = place[:, p, 1, None, None] + steps[None, :]  # (N, 1, piece)
         out[rows, ys, xs] = np.maximum(out[rows, ys, xs], patches[:, p])
-    boxes = _object_boxes(images, offsets)
-    return torch.from_numpy(out).unsqueeze(1), torch.from_numpy(boxes.astype(np.int64))  # (N, 1, C, C), (N, 4)
+    return torch.from_numpy(out).unsqueeze(1), boxes  # (N, 1, canvas, canvas), (N, 4)
