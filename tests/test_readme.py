@@ -14,8 +14,9 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_snippet_runs(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_snippet_runs(index: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(REPO)  # snippets are written for the repository root
+    monkeypatch.setenv("SCNET_DATA_CACHE", str(tmp_path))  # generated data stays out of the user's cache
     exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {})
 
 
