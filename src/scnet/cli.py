@@ -187,9 +187,13 @@ def _erf(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
+    from .train.runner import resume_conflicts
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
-    cfg = merge_config(load_yaml(args.config) if args.config else None, flags)
+    yaml_values = load_yaml(args.config) if args.config else None
+    cfg = merge_config(yaml_values, flags)
+    if cfg.resume:  # what the user set, not the defaults, must agree with the run being resumed
+        resume_conflicts(cfg.resume, {**(yaml_values or {}), **{k: v for k, v in flags.items() if v is not None}})
     result = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {result['out']}")

@@ -184,7 +184,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     (disk full, quota, I/O error) removes the temporary file and raises an ``OSError`` that says the previous
     file is intact.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: a run never writes over another's
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

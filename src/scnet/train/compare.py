@@ -24,6 +24,7 @@ from ..models import plain_twin, sc_twin
 from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
+from .folder import own_folder
 from .runner import TrainingStopped, build_model_for, fit
 
 __all__ = ["StudyPlan", "compare", "paired_interval", "study_finished", "next_seed", "check_study_args", "verdict", "describe_difference"]
@@ -360,17 +361,26 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads.
     """
     plan = plan.checked()
-    models, seeds, until_resolved, max_seeds = plan.models, plan.seeds, plan.until_resolved, plan.max_seeds
-    names = _twins(models)
+    names = _twins(plan.models)
     study = dict(models=names, recipe=_recipe(base.to_dict()))
-    if out.is_dir():
+    with own_folder(out):  # one study per folder: a second one on it is refused while this one runs
         _check_out(out, study)
+        try:
+            return _run_study(base, plan, study, out, command, show_progress)
+        except TrainingStopped as stopped:  # a run's own advice (--resume) does not apply to a study
+            where = str(stopped).partition("; checkpoint written")[0]
+            raise TrainingStopped(stopped.signum, f"{where}; checkpoint written: run the same scnet compare command again "
+                                                  f"to continue the study") from None
+
+
+def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: Path, command: str, show_progress: bool) -> dict[str, Any]:
+    """``compare``'s work in a folder it holds: pair after pair, the report rewritten after each, then the figures."""
+    names, seeds, until_resolved, max_seeds = study["models"], plan.seeds, plan.until_resolved, plan.max_seeds
     # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
     _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0)
     report = dict(data=info.name, models={n: dict(s, runs=[]) for n, s in _sizes(base, names, info).items()}, seeds=[],
                   recipe=study["recipe"], until_resolved=until_resolved, max_seeds=max_seeds, machine=describe_machine(_device()),
                   command=command)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study, indent=2))
     # Both members of a pair run back to back, so a slower stretch of the machine hits both alike, and an
     # interrupted study has whole pairs done.

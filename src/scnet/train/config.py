@@ -103,7 +103,8 @@ class TrainConfig:
     limit_train: Optional[int] = option(None, "use only the first N training images")
     limit_val: Optional[int] = option(None, "use only the first N validation images")
     out: Optional[str] = option(None, "run directory (default runs/<model>-<data>-seed<seed>)")
-    resume: Optional[str] = option(None, "run directory or checkpoint to continue from")
+    resume: Optional[str] = option(None, "run directory or checkpoint to continue from; the run continues in that "
+                                         "directory (or, with --out, in a copy of it), with its own recipe")
     checkpoint_every: Optional[int] = option(None, "also checkpoint every N steps inside an epoch (a crash loses at most N)")
     dist_timeout: float = option(600.0, "multi-process runs: seconds one collective waits for the other processes; a "
                                         "process that stops answering ends the run after this long (default {default:g})")
@@ -149,7 +150,7 @@ class TrainConfig:
         for name in ("model", "data"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
-        if self.out is None:
+        if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
         return self
 
