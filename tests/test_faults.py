@@ -68,9 +68,28 @@ def test_sigkill_inside_the_checkpoint_write(tmp_path: Path, reference, at_save:
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path, reference) -> None:
     record = faults.disk_full_while_saving(tmp_path, reference[0])
     assert record.exit_code == 1 and _one_line(record.message)
-    assert "No space left on device" in record.message and "previous file is intact" in record.message
-    assert record.details["intact"] and record.details["leftovers"] == []
-    assert record.details["resumed"] == 0 and record.weights_equal
+    assert "could not write" in record.message and "checkpoint-best.pth" in record.message
+    assert "is the disk full?" in record.message and "previous file is intact" in record.message
+    assert record.details["intact"] and record.details["leftovers"] == [] and record.details["resumed"] == 0
+
+
+def test_a_failed_release_write_is_one_line_and_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors raises its own SafetensorError when the disk fills; worded and cleaned like every write."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from scnet.files import write_release
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    target = tmp_path / "weights.safetensors"
+    with pytest.raises(OSError, match=r"could not write .*weights.safetensors \(the writer failed, is the disk full\? "
+                                      r"SafetensorError: .*StorageFull.*\); no earlier file existed"):
+        write_release({"w": torch.zeros(2)}, target, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path: Path, reference) -> None:

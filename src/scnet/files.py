@@ -190,10 +190,10 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - torch.save raises RuntimeError and safetensors SafetensorError for a full disk
         tmp.unlink(missing_ok=True)
         kept = "the previous file is intact" if path.exists() else "no earlier file existed"
-        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); {kept}") from e
+        raise OSError(getattr(e, "errno", None), f"could not write {path} ({_why(e)}); {kept}") from e
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -202,6 +202,14 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
             os.close(fd)
     except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
         pass
+
+
+def _why(error: Exception) -> str:
+    """A failed write's cause in a few words: the OS's reason, or the first line of a library's message."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return f"the writer failed, is the disk full? {type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def write_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
