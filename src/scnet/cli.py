@@ -40,9 +40,11 @@ def _export(args: argparse.Namespace) -> int:
     from .load import load_model
 
     _verify(args.checkpoint, args.sha256)
+    out = Path(args.out)
+    if args.checkpoint and out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {out} is the checkpoint being exported; choose another file name")
     loaded = load_model(args.model, args.checkpoint, num_classes=args.num_classes, in_chans=args.in_chans, stem_type=args.stem_type)
     model = loaded.model
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.int8:
         return _export_int8(args, loaded, out)
@@ -148,7 +150,7 @@ def _predict(args: argparse.Namespace) -> int:
     model, info = load_predictor(args.checkpoint, args.model, args.pretrained, args.weights, args.ema)
     results = predict(model, info, args.images, args.topk)
     if args.format == "json":
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, allow_nan=False))  # valid JSON, always
         return 0
     for r in results:
         print(r["image"] + ": " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))

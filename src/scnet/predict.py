@@ -53,6 +53,10 @@ def predict(model: nn.Module, info: DataInfo, images: Sequence[str | Path], topk
         x = torch.stack([load_image(p, info) for p in chunk])  # (B, C, S, S)
         with torch.inference_mode():
             probs = model(x).float().softmax(dim=1)
+        broken = (~torch.isfinite(probs).all(dim=1)).nonzero().flatten().tolist()
+        if broken:  # never a "nan%" result: the weights (or the input) are broken
+            raise ValueError(f"the model's outputs for {chunk[broken[0]]} are not finite (NaN or infinity): its weights are "
+                             f"broken; use an earlier checkpoint")
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append(dict(image=str(path), top=[dict(label=info.classes[i], index=i, prob=v) for v, i in zip(values, indices)]))

@@ -12,6 +12,7 @@ __all__ = ["TrainConfig", "ConfigError", "bundled_configs", "config_path", "load
 
 DEFAULT_EPOCHS = 5
 LR_PER_256 = 0.2  # the peak learning rate of a 256-image batch
+MAX_LR = 1000.0  # far above any sane rate (linear scaling at a 64k batch gives 51); 1e308 overflows the update
 
 
 class ConfigError(ValueError):
@@ -141,7 +142,7 @@ class TrainConfig:
         _number("seed", self.seed, low=0, high=2**63 - 1, integer=True)  # what torch.manual_seed takes
         if self.lr is None:  # Goyal et al.'s rule: a smaller batch takes proportionally smaller steps
             self.lr = LR_PER_256 * self.batch_size / 256
-        _number("lr", self.lr, low=0, low_open=True)
+        _number("lr", self.lr, low=0, high=MAX_LR, low_open=True)
         _number("momentum", self.momentum, low=0, high=1, high_open=True)
         _number("weight_decay", self.weight_decay, low=0)
         _number("warmup_epochs", self.warmup_epochs, low=0)

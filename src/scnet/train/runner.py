@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import random
 import signal
@@ -386,6 +387,9 @@ def _build_training(run: Run) -> None:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.batch_size > len(run.train_set):  # one step an epoch, and the learning rate scaled for a batch never seen
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
+                          f"use at most {len(run.train_set)}")
     run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world)
     steps = cfg.epochs * run.steps_per_epoch
     if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
@@ -461,6 +465,9 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None,
                             functools.partial(run.check_step, epoch, stop))
     val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
+    if not math.isfinite(val["loss"]):  # finite weights whose outputs overflow: no checkpoint, and never "best"
+        raise FloatingPointError(f"validation loss is {val['loss']} after epoch {epoch + 1}: the model's outputs overflow; "
+                                 f"nothing was saved from this epoch (the last checkpoint is kept): lower --lr or set --clip-grad")
     row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
                images_per_s=train["images_per_s"], seconds=train["seconds"])
     if run.parts.ema is not None:
@@ -531,12 +538,19 @@ def evaluate_checkpoint(
         loaded = None
     if loaded is None or loaded.checkpoint is None:
         raise ConfigError(f"{checkpoint} is not a training checkpoint of this tool (no config/model entries)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     state = loaded.checkpoint
     cfg = TrainConfig(**state["config"])
     cfg.data = data or cfg.data
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
     _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images)
+    if tuple(info.classes) != tuple(loaded.info.classes):  # another label set: an accuracy would mean nothing
+        raise ConfigError(f"{checkpoint} was trained on {loaded.info.name} ({loaded.info.num_classes} classes: "
+                          f"{', '.join(loaded.info.classes[:4])}{', ...' if loaded.info.num_classes > 4 else ''}); "
+                          f"{info.name} has other classes ({info.num_classes}: {', '.join(info.classes[:4])}"
+                          f"{', ...' if info.num_classes > 4 else ''}); evaluate it on data with its own classes")
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
     result = evaluate(loaded.model, loader, torch.device("cpu"))
     return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)
