@@ -250,3 +250,21 @@ def test_exported_safetensors_declare_their_architecture(tmp_path: Path) -> None
         scnet.create_model("scnet_demo_plain", num_classes=7, checkpoint_path=str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()  # the published digest, computed independently
     assert verify_sha256(path, digest.upper()) == digest and verify_sha256(path, digest[:8]) == digest
+
+
+@pytest.mark.slow
+def test_run_folder_scenarios_of_the_faults_table(tmp_path: Path) -> None:
+    moved, conflict, concurrent, stale = faults.run_folders(tmp_path)
+    assert moved.exit_code == 0 and "to epoch 2; the original folder made again: False" in moved.reaction
+    assert conflict.exit_code == 2 and "--lr 0.5 contradicts the resumed run" in conflict.message and "untouched: True" in conflict.reaction
+    assert concurrent.exit_code == 2 and "is in use by another run" in concurrent.message and "only its files: True" in concurrent.reaction
+    assert stale.exit_code == 0 and "no longer running" in stale.message
+
+
+@pytest.mark.slow
+def test_bounded_input_scenarios_of_the_faults_table(tmp_path: Path) -> None:
+    *refused, deep = faults.bounded_input(tmp_path)
+    assert all(r.exit_code == 2 and _one_line(r.message) for r in refused), [(r.fault, r.message) for r in refused]
+    assert "100000x1 px" in refused[0].message and "100000x1 px" in refused[1].message
+    assert "declares more pixels" in refused[2].message and "more than 10,000 values" in refused[3].message
+    assert deep.details["white"] < 0.01 and deep.details["clipped"] > 0.9
