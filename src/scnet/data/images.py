@@ -59,6 +59,8 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
                 img.load()
                 img = _eight_bits(img)
                 return img.convert("L" if channels == 1 else "RGB")
+    except ImageFileError:  # the size checks' own words
+        raise
     except FileNotFoundError:
         raise ImageFileError(f"image not found: {path}", "not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
