@@ -268,3 +268,13 @@ def test_bounded_input_scenarios_of_the_faults_table(tmp_path: Path) -> None:
     assert "100000x1 px" in refused[0].message and "100000x1 px" in refused[1].message
     assert "declares more pixels" in refused[2].message and "more than 10,000 values" in refused[3].message
     assert deep.details["white"] < 0.01 and deep.details["clipped"] > 0.9
+
+
+@pytest.mark.slow
+def test_an_export_that_fails_to_write_is_one_line_and_leaves_nothing(tmp_path: Path, reference) -> None:
+    # ONNX only: TorchScript's C++ writer aborts the whole process on a failed write (torch's, not ours to catch).
+    out = tmp_path / "model.onnx"
+    code, message = faults.run_limited(["export", "--checkpoint", str(reference[1] / "checkpoint-last.pth"), "--format", "onnx",
+                                        "--out", str(out)], file_bytes=64 << 10)
+    assert code == 1 and _one_line(message) and f"could not write {out}" in message and "no earlier file existed" in message
+    assert list(tmp_path.iterdir()) == []

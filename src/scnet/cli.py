@@ -453,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk or a vanished folder while writing: the message says what was kept
-        print(f"scnet {args.command}: error: {who}{e.strerror or e}", file=sys.stderr)
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e.strerror) else ""
+        print(f"scnet {args.command}: error: {who}{e.strerror or e}{where}", file=sys.stderr)
         return 1
     except TrainingStopped as e:  # SIGTERM/SIGINT: a checkpoint was written, the message says how to go on
         print(f"scnet {args.command}: {who}{e}", file=sys.stderr)

@@ -222,6 +222,11 @@ def _why(error: Exception) -> str:
     return f"the writer failed, is the disk full? {type(error).__name__}: {first}" if first else type(error).__name__
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """A small text file (a report, a log, a config) through ``write_atomically``: whole or not at all."""
+    write_atomically(Path(path), lambda tmp: tmp.write_text(text))
+
+
 def write_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Weights for distribution: a ``.safetensors`` file (no code can hide in it) with string metadata, atomically."""
     from safetensors.torch import save_file

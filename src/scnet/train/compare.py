@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..data import DataInfo, build_datasets
+from ..files import write_text_atomically
 from ..models import plain_twin, sc_twin
 from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
@@ -248,12 +249,12 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
                       train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start, curve=_val_curve(run),
                       threads=torch.get_num_threads())  # results are exact for one CPU kind and thread count
         record = dict(config=cfg.to_dict(), result=result)
-        (run / DONE).write_text(json.dumps(record, indent=2))
+        write_text_atomically(run / DONE, json.dumps(record, indent=2))
     if "pointing" not in record["result"]:  # a run finished before its scores (or by an earlier version)
         scores = _localization(cfg, run)
         if scores is not None:
             record["result"].update(scores)
-            (run / DONE).write_text(json.dumps(record, indent=2))
+            write_text_atomically(run / DONE, json.dumps(record, indent=2))
     return record["result"]
 
 
@@ -381,7 +382,7 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
     report = dict(data=info.name, models={n: dict(s, runs=[]) for n, s in _sizes(base, names, info).items()}, seeds=[],
                   recipe=study["recipe"], until_resolved=until_resolved, max_seeds=max_seeds, machine=describe_machine(_device()),
                   command=command)
-    (out / "study.json").write_text(json.dumps(study, indent=2))
+    write_text_atomically(out / "study.json", json.dumps(study, indent=2))
     # Both members of a pair run back to back, so a slower stretch of the machine hits both alike, and an
     # interrupted study has whole pairs done.
     seed = next_seed(seeds, [], [], until_resolved, max_seeds)
@@ -473,11 +474,11 @@ def _cam_page(base: TrainConfig, names: Sequence[str], seed: int, out: Path, cou
 
 # ---- writing ---------------------------------------------------------------------------------------------------
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2))
     _plot(out / "report.png", report)
     if len(report.get("metrics", {})) > 1:
         _plot_localization(out / "localization.png", report)
-    (out / "report.md").write_text(_markdown(report))
+    write_text_atomically(out / "report.md", _markdown(report))
 
 
 # The recipe keys every report shows, whether or not they are defaults (the defaults may change later).

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
-from ..files import read_checkpoint, release_metadata, write_release
+from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
 from ..hostmem import keep_freed_memory
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
@@ -444,7 +444,7 @@ def _start_from_weights(run: Run) -> None:
 def _open_logs(run: Run) -> None:
     cfg, info = run.cfg, run.info
     if run.main_process:
-        (run.out / "config.yaml").write_text(yaml_text(cfg.to_dict()))
+        write_text_atomically(run.out / "config.yaml", yaml_text(cfg.to_dict()))
         run.writer = tensorboard(run.out)
     run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)} train / {len(run.val_set)} val images) for {cfg.epochs} epochs"
             f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
@@ -521,7 +521,7 @@ def _finish(run: Run) -> dict[str, Any]:
         if history:
             write_log(run.out, history)
             plot_curves(run.out, history, f"{cfg.model} on {run.info.name}")
-        (run.out / "metrics.json").write_text(json.dumps(final, indent=2))
+        write_text_atomically(run.out / "metrics.json", json.dumps(final, indent=2))
     if run.world > 1:
         dist.barrier()
     return final
