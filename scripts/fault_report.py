@@ -77,6 +77,8 @@ def main(out: Path) -> None:
             *faults.corrupt_images(tmp),
             faults.unwritable_output(tmp),
             *faults.bad_flags(tmp),
+            *faults.run_folders(tmp),
+            *faults.bounded_input(tmp),
             *faults.bad_model_inputs(),
         ]
         rank_records = dist_runs.rank_faults(tmp, faults.truncated_fashion_mnist(tmp / "fashion-rank1"), FASHION_MNIST_SYSTEM_DIR)

@@ -11,7 +11,6 @@ patched in-process with ``unittest.mock``. Nothing in the library knows about th
 """
 from __future__ import annotations
 
-import errno
 import gzip
 import io
 import os
@@ -19,7 +18,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from contextlib import redirect_stderr
+import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -172,33 +172,40 @@ def killed_inside_checkpoint_write(tmp: Path, reference: dict[str, Any], at_save
     )
 
 
-def _full_disk_save(match: Callable[[Path], bool]):
-    """A ``torch.save`` that writes a few bytes and then fails as a full disk does, for the files ``match`` picks."""
-    original = torch.save
+_LIMITED = """
+import resource, signal, sys
+file_bytes, memory_bytes = int(sys.argv[1]), int(sys.argv[2])
+if file_bytes:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+if memory_bytes:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+from scnet.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
 
-    def save(obj, f, *args, **kwargs):
-        if isinstance(f, (str, Path)) and match(Path(f)):
-            with open(f, "wb") as fh:
-                fh.write(b"PK\x03\x04")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(obj, f, *args, **kwargs)
 
-    return save
+def run_limited(args: list[str], file_bytes: int = 0, memory_bytes: int = 0) -> tuple[int, str]:
+    """The CLI in a fresh process that cannot write a file past ``file_bytes`` (torch.save's and safetensors' own
+    writers then fail as on a full disk; torch raises RuntimeError, not OSError) or use more than ``memory_bytes`` of
+    address space (a regression that allocates gigabytes fails at once instead of exhausting the machine)."""
+    done = subprocess.run([sys.executable, "-c", _LIMITED, str(file_bytes), str(memory_bytes), *args], capture_output=True,
+                          text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    return done.returncode, _last_line(done.stderr)
 
 
 def disk_full_while_saving(tmp: Path, reference: dict[str, Any]) -> Record:
-    """The disk fills while epoch 2's checkpoint is written; space is freed; ``--resume``."""
+    """The disk fills while epoch 2's checkpoints are written (files past 1 MB fail); space is freed; ``--resume``."""
     out = tmp / "disk-full"
     fit(merge_config(flags={**RUN, "out": str(out)}), stop_after_epoch=1, **QUIET)
     last = out / "checkpoint-last.pth"
     before = last.read_bytes()
-    with mock.patch("torch.save", _full_disk_save(lambda p: "checkpoint-last" in p.name)):
-        code, message = cli(["train", "--resume", str(out)])
+    code, message = run_limited(["train", "--resume", str(out)], file_bytes=1 << 20)
     intact = last.read_bytes() == before
     leftovers = _temp_files(out)
     resumed, _ = cli(["train", "--resume", str(out)])
     return Record(
-        fault="disk full while writing the epoch-2 checkpoint",
+        fault="disk full while writing the epoch-2 checkpoint (torch.save's own writer fails)",
         reaction=f"one-line error, previous checkpoint byte-identical: {intact}, temporary files left: {len(leftovers)}; "
                  f"after freeing space --resume finished (exit {resumed})",
         exit_code=code, message=message, steps_lost=STEPS_PER_EPOCH, weights_equal=same_training(reference, read_checkpoint(last)),
@@ -416,4 +423,106 @@ def bad_model_inputs() -> list[Record]:
             records.append(Record(fault=f"model input: {label}", reaction=type(e).__name__, message=str(e)))
         finally:
             scnet.set_finite_check(previous)
+    return records
+
+
+# ---- run folders and bounded input ------------------------------------------------------------------------------
+def run_folders(tmp: Path) -> list[Record]:
+    """--resume of a moved copy, a contradicting flag, two runs on one folder, a dead run's lock."""
+    import json as _json
+    import shutil
+    import socket
+
+    records = []
+    first = tmp / "folders" / "runA"
+    fit(merge_config(flags={**RUN, "epochs": 1, "out": str(first)}), **QUIET)
+    moved = tmp / "folders" / "moved"
+    shutil.copytree(first, moved)
+    shutil.rmtree(first)
+    code, message = cli(["train", "--resume", str(moved), "--epochs", "2"])
+    epoch = read_checkpoint(moved / "checkpoint-last.pth")["epoch"]
+    records.append(Record(fault="--resume of a copied run whose original folder was deleted",
+                          reaction=f"continued in the copy to epoch {epoch}; the original folder made again: {first.exists()} (exit {code})",
+                          exit_code=code))
+    before = (moved / "checkpoint-last.pth").read_bytes()
+    code, message = cli(["train", "--resume", str(moved), "--lr", "0.5", "--epochs", "3"])
+    records.append(Record(fault="--resume with --lr 0.5 (the run's is 0.05)",
+                          reaction=f"refused, the run untouched: {(moved / 'checkpoint-last.pth').read_bytes() == before} (exit {code})",
+                          exit_code=code, message=message))
+    shared = tmp / "folders" / "shared"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "scnet.cli", *ARGS, "--epochs", "3", "--checkpoint-every", "1", "--out", str(shared)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (shared / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "scnet.cli", *ARGS, "--lr", "0.1", "--epochs", "1", "--out", str(shared)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    first_code = runner.wait(timeout=600)
+    kept = read_checkpoint(shared / "checkpoint-last.pth")
+    whole = kept["epoch"] == 3 and kept["config"]["lr"] == RUN.get("lr", kept["config"]["lr"]) and "lr: 0.1" not in (shared / "config.yaml").read_text()
+    records.append(Record(fault="a second run started on the folder of a running one",
+                          reaction=f"the second refused at once (exit {second.returncode}); the first finished (exit {first_code}) "
+                                   f"and the folder holds only its files: {whole}",
+                          exit_code=second.returncode, message=_last_line(second.stderr)))
+    stale = tmp / "folders" / "stale"
+    stale.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (stale / ".lock").write_text(_json.dumps(dict(pid=gone.pid, host=socket.gethostname(), started=time.time())))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code, _ = cli([*ARGS, "--epochs", "1", "--out", str(stale)])
+    note = next((line for line in out.getvalue().splitlines() if "no longer running" in line), "")
+    records.append(Record(fault="the lock of a run killed by SIGKILL left in its folder",
+                          reaction=f"taken over with a note, the run finished (exit {code})", exit_code=code, message=note))
+    return records
+
+
+def bounded_input(tmp: Path) -> list[Record]:
+    """Small files that would cost gigabytes or mean two things; each refused or read one way."""
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp / "bounded"
+    folder.mkdir()
+    strip = folder / "strip.png"
+    Image.new("L", (100_000, 1), 128).save(strip)
+    header = struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    bomb = folder / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    levels = ["&a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    alias = folder / "alias.yaml"
+    alias.write_text(f"lr: [{', '.join(levels)}]\n")
+    quoted = folder / "quoted.yaml"
+    quoted.write_text('amp: "false"\n')
+    records = []
+    for label, args in [
+        (f"predict on a {strip.stat().st_size}-byte PNG of 100000x1 pixels", ["predict", str(strip), "--model", "scnet50"]),
+        ("cam on the same PNG", ["cam", str(strip), "--model", "scnet50", "--out", str(folder / "cam")]),
+        (f"predict on a {bomb.stat().st_size}-byte PNG declaring 30000x30000 pixels", ["predict", str(bomb), "--model", "scnet50"]),
+        (f"a {alias.stat().st_size}-byte YAML alias bomb under lr", ["train", "--config", str(alias), "--data", "synthetic"]),
+        ('amp: "false" in a YAML config', ["train", "--config", str(quoted), "--data", "synthetic"]),
+        ("--batch-size 4096 on 256 training images", [*ARGS, "--batch-size", "4096", "--out", str(folder / "big-batch")]),
+        ("--lr 1e308", [*ARGS, "--lr", "1e308", "--out", str(folder / "huge-lr")]),
+    ]:
+        start = time.perf_counter()
+        code, message = run_limited(args, memory_bytes=4 << 30) if "PNG" in label else cli(args)
+        records.append(Record(fault=label, reaction=f"one-line error in {time.perf_counter() - start:.1f} s (exit {code})",
+                              exit_code=code, message=message))
+    deep = folder / "deep.png"
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)).save(deep)
+    from scnet.data.images import open_image
+
+    values = np.asarray(open_image(deep, 1))
+    with Image.open(deep) as img:
+        clipped = np.asarray(img) >= 255  # what Pillow's own conversion (training's reading before) made white
+    records.append(Record(fault="a 16-bit grayscale PNG (values 0-65520)",
+                          reaction=f"scaled by 255/65535 in training, eval and predict alike: {(values == 255).mean():.1%} of its "
+                                   f"pixels white (Pillow's clipping, training's reading before: {clipped.mean():.1%})",
+                          details=dict(white=float((values == 255).mean()), clipped=float(clipped.mean()))))
     return records

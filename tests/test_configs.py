@@ -1,6 +1,7 @@
 """The shipped configs: the paper's ImageNet recipe for SCNet-50/101, the v1d variants and their plain twins."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,74 @@ def test_a_bundled_recipe_is_found_by_name_and_a_file_of_that_path_comes_first(t
     assert load_yaml("imagenet/scnet50") == {"model": "scnet_demo"}
     with pytest.raises(ConfigError, match="no bundled recipe of that name; bundled: imagenet/paper-recipe, imagenet/scnet101"):
         load_yaml("imagenet/scnet51")
+
+
+# ---- bounded, typed YAML ------------------------------------------------------------------------------------------
+def _yaml(tmp_path, text: str, name: str = "c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_yaml_alias_bomb_is_refused_before_anything_expands_it(tmp_path, capsys) -> None:
+    """370 bytes, 9^8 = 43 million values once expanded: refused from the graph, in well under a second."""
+    import time
+
+    from scnet.cli import main
+
+    levels = ["&a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefg", "bcdefgh")]
+    path = _yaml(tmp_path, f"lr: [{', '.join(levels)}]\n")
+    assert path.stat().st_size < 1000
+    start = time.perf_counter()
+    assert main(["train", "--config", str(path), "--data", "synthetic", "--out", str(tmp_path / "run")]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert len(err) < 300 and "more than 10,000 values once its aliases" in err
+
+
+def test_messages_show_a_bounded_value() -> None:
+    from scnet.train.config import ConfigError, merge_config, shown
+
+    nested = [[list(range(1000))] * 1000] * 1000  # a billion items if written out
+    assert len(shown(nested)) <= 80
+    with pytest.raises(ConfigError) as caught:
+        merge_config(flags=dict(lr=nested))
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("text, message", [
+    ('amp: "false"\n', re.escape("--amp must be true or false, got 'false' (a string: write it without quotes)")),
+    ('channels_last: "no"\n', "--channels-last must be true or false, got 'no'"),
+    ("nesterov: 0\n", "--nesterov must be true or false, got 0"),
+    ("data_dir: 5\n", "--data-dir must be a string, got 5"),
+    ("out: [a, b]\n", re.escape("--out must be a string, got ['a', 'b']")),
+    ("1: x\n", "key 1 in .* is not a name"),
+    ("base: c.yaml\nepochs: 2\n", "c.yaml is its own base"),
+    ("base: 3\n", "base in .* must name a YAML file, got 3"),
+])
+def test_yaml_values_are_typed(tmp_path, text: str, message: str) -> None:
+    from scnet.train.config import ConfigError, load_yaml, merge_config
+
+    with pytest.raises(ConfigError, match=message):
+        merge_config(load_yaml(str(_yaml(tmp_path, text))))
+
+
+def test_a_yaml_file_that_is_not_a_config_is_one_line(tmp_path) -> None:
+    from scnet.train.config import MAX_YAML_BYTES, ConfigError, load_yaml
+
+    big = tmp_path / "big.yaml"
+    big.write_text("epochs: 1\n" + "#" * MAX_YAML_BYTES)
+    with pytest.raises(ConfigError, match="a config file is at most"):
+        load_yaml(str(big))
+    (tmp_path / "bin.yaml").write_bytes(b"epochs: \xff\xfe\x00")  # not UTF-8
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_yaml(str(tmp_path / "bin.yaml"))
+    with pytest.raises(ConfigError, match="a config file is named by a path, got 5"):
+        load_yaml(5)
+
+
+def test_an_oversized_seed_is_refused() -> None:
+    from scnet.train.config import ConfigError, merge_config
+
+    with pytest.raises(ConfigError, match="--seed must be <= 9223372036854775807"):
+        merge_config(flags=dict(seed=10 ** 24))

@@ -7,6 +7,7 @@ identical to uninterrupted ones, one-line errors, and no code from a file ever r
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_exit_cleanly(tmp_pat
 def test_sigkill_inside_the_checkpoint_write(tmp_path: Path, reference, at_save: int, every) -> None:
     record = faults.killed_inside_checkpoint_write(tmp_path, reference[0], at_save, every)
     assert record.exit_code == -signal.SIGKILL
-    assert record.details["leftovers"] == [".checkpoint-last.pth.tmp"]  # the half-written file, never the real one
+    # The half-written file (named by its writer's pid), never the real one.
+    assert len(record.details["leftovers"]) == 1 and re.fullmatch(r"\.checkpoint-last\.pth\.\d+\.tmp", record.details["leftovers"][0])
     assert record.details["temp_after"] == [] and record.details["resumed"] == 0 and record.weights_equal
     assert 1 <= record.steps_lost <= (every or faults.STEPS_PER_EPOCH)
 
@@ -66,9 +68,28 @@ def test_sigkill_inside_the_checkpoint_write(tmp_path: Path, reference, at_save:
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path: Path, reference) -> None:
     record = faults.disk_full_while_saving(tmp_path, reference[0])
     assert record.exit_code == 1 and _one_line(record.message)
-    assert "No space left on device" in record.message and "previous file is intact" in record.message
-    assert record.details["intact"] and record.details["leftovers"] == []
-    assert record.details["resumed"] == 0 and record.weights_equal
+    assert "could not write" in record.message and "checkpoint-best.pth" in record.message
+    assert "is the disk full?" in record.message and "previous file is intact" in record.message
+    assert record.details["intact"] and record.details["leftovers"] == [] and record.details["resumed"] == 0
+
+
+def test_a_failed_release_write_is_one_line_and_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors raises its own SafetensorError when the disk fills; worded and cleaned like every write."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from scnet.files import write_release
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    target = tmp_path / "weights.safetensors"
+    with pytest.raises(OSError, match=r"could not write .*weights.safetensors \(the writer failed, is the disk full\? "
+                                      r"SafetensorError: .*StorageFull.*\); no earlier file existed"):
+        write_release({"w": torch.zeros(2)}, target, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path: Path, reference) -> None:
@@ -229,3 +250,31 @@ def test_exported_safetensors_declare_their_architecture(tmp_path: Path) -> None
         scnet.create_model("scnet_demo_plain", num_classes=7, checkpoint_path=str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()  # the published digest, computed independently
     assert verify_sha256(path, digest.upper()) == digest and verify_sha256(path, digest[:8]) == digest
+
+
+@pytest.mark.slow
+def test_run_folder_scenarios_of_the_faults_table(tmp_path: Path) -> None:
+    moved, conflict, concurrent, stale = faults.run_folders(tmp_path)
+    assert moved.exit_code == 0 and "to epoch 2; the original folder made again: False" in moved.reaction
+    assert conflict.exit_code == 2 and "--lr 0.5 contradicts the resumed run" in conflict.message and "untouched: True" in conflict.reaction
+    assert concurrent.exit_code == 2 and "is in use by another run" in concurrent.message and "only its files: True" in concurrent.reaction
+    assert stale.exit_code == 0 and "no longer running" in stale.message
+
+
+@pytest.mark.slow
+def test_bounded_input_scenarios_of_the_faults_table(tmp_path: Path) -> None:
+    *refused, deep = faults.bounded_input(tmp_path)
+    assert all(r.exit_code == 2 and _one_line(r.message) for r in refused), [(r.fault, r.message) for r in refused]
+    assert "100000x1 px" in refused[0].message and "100000x1 px" in refused[1].message
+    assert "declares more pixels" in refused[2].message and "more than 10,000 values" in refused[3].message
+    assert deep.details["white"] < 0.01 and deep.details["clipped"] > 0.9
+
+
+@pytest.mark.slow
+def test_an_export_that_fails_to_write_is_one_line_and_leaves_nothing(tmp_path: Path, reference) -> None:
+    # ONNX only: TorchScript's C++ writer aborts the whole process on a failed write (torch's, not ours to catch).
+    out = tmp_path / "model.onnx"
+    code, message = faults.run_limited(["export", "--checkpoint", str(reference[1] / "checkpoint-last.pth"), "--format", "onnx",
+                                        "--out", str(out)], file_bytes=64 << 10)
+    assert code == 1 and _one_line(message) and f"could not write {out}" in message and "no earlier file existed" in message
+    assert list(tmp_path.iterdir()) == []

@@ -40,9 +40,11 @@ def _export(args: argparse.Namespace) -> int:
     from .load import load_model
 
     _verify(args.checkpoint, args.sha256)
+    out = Path(args.out)
+    if args.checkpoint and out.resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {out} is the checkpoint being exported; choose another file name")
     loaded = load_model(args.model, args.checkpoint, num_classes=args.num_classes, in_chans=args.in_chans, stem_type=args.stem_type)
     model = loaded.model
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.int8:
         return _export_int8(args, loaded, out)
@@ -148,7 +150,7 @@ def _predict(args: argparse.Namespace) -> int:
     model, info = load_predictor(args.checkpoint, args.model, args.pretrained, args.weights, args.ema)
     results = predict(model, info, args.images, args.topk)
     if args.format == "json":
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2, allow_nan=False))  # valid JSON, always
         return 0
     for r in results:
         print(r["image"] + ": " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))
@@ -187,9 +189,13 @@ def _erf(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train import fit, load_yaml, merge_config
+    from .train.runner import resume_conflicts
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
-    cfg = merge_config(load_yaml(args.config) if args.config else None, flags)
+    yaml_values = load_yaml(args.config) if args.config else None
+    cfg = merge_config(yaml_values, flags)
+    if cfg.resume:  # what the user set, not the defaults, must agree with the run being resumed
+        resume_conflicts(cfg.resume, {**(yaml_values or {}), **{k: v for k, v in flags.items() if v is not None}})
     result = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {result['out']}")
@@ -447,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk or a vanished folder while writing: the message says what was kept
-        print(f"scnet {args.command}: error: {who}{e.strerror or e}", file=sys.stderr)
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e.strerror) else ""
+        print(f"scnet {args.command}: error: {who}{e.strerror or e}{where}", file=sys.stderr)
         return 1
     except TrainingStopped as e:  # SIGTERM/SIGINT: a checkpoint was written, the message says how to go on
         print(f"scnet {args.command}: {who}{e}", file=sys.stderr)

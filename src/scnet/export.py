@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataInfo
+from .files import write_atomically
 
 if TYPE_CHECKING:
     from .load import LoadedModel
@@ -63,16 +64,18 @@ def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, exa
     min_side = min_export_size(model, in_chans)
     example_size = max(example_size, min_side)
     dims = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=min_side, max=max_size), 3: Dim("width", min=min_side, max=max_size)}
-    torch.onnx.export(
-        model, (torch.randn(2, in_chans, example_size, example_size),), str(path), dynamo=True, external_data=False,
+    example = (torch.randn(2, in_chans, example_size, example_size),)
+    write_atomically(Path(path), lambda tmp: torch.onnx.export(  # whole or not at all, like every file we write
+        model, example, str(tmp), dynamo=True, external_data=False,
         dynamic_shapes={"x": dims}, input_names=["input"], output_names=["output"], verbose=False,
-    )
+    ))
     return min_side
 
 
 def export_torchscript(model: nn.Module, path: Union[str, Path]) -> None:
     """Script (not trace) the model, so every input size and the small-map rule keep working."""
-    torch.jit.script(model.eval()).save(str(path))
+    scripted = torch.jit.script(model.eval())
+    write_atomically(Path(path), lambda tmp: scripted.save(str(tmp)))
 
 
 def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:

@@ -18,7 +18,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 
@@ -38,8 +38,7 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     name of the global it would have needed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_is_file(path)
     if path.suffix == ".safetensors":
         return _read_safetensors_release(path)
     _check_zip_integrity(path)
@@ -48,8 +47,8 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure of the safe unpickler means "not a plain checkpoint"
         # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked".
         found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), flags=re.IGNORECASE)
-        if found or "weights only load failed" in str(e).lower():
-            names = [found.group(1)] if found else _foreign_globals(path)
+        names = [found.group(1)] if found else _foreign_globals(path)
+        if names is not None and (found or "weights only load failed" in str(e).lower()):
             what = f"the Python global {names[0]!r}" if names else "a Python object"
             raise ValueError(f"refusing to load {path}: it needs {what}, which could run code; "
                              "only plain tensor checkpoints are loaded") from e
@@ -60,8 +59,19 @@ def read_checkpoint(path: Union[str, Path]) -> dict:
     return obj
 
 
-def _foreign_globals(path: Path) -> list[str]:
-    """The globals a torch file's pickle would import, other than torch's and the standard containers.
+def check_is_file(path: Path) -> None:
+    """A missing file, or a folder where a file is wanted, each said as it is."""
+    if path.is_dir():
+        names = sorted(p.name for p in path.glob("*.pth")) + sorted(p.name for p in path.glob("*.safetensors"))
+        raise FileNotFoundError(f"{path} is a directory; give a checkpoint file"
+                                + (f" inside it, e.g. {path / names[0]}" if names else " (it holds no .pth or .safetensors file)"))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+
+def _foreign_globals(path: Path) -> Optional[list[str]]:
+    """The globals a torch file's pickle would import, other than torch's and the standard containers; None when
+    the file holds no pickle at all (random bytes, another format): it is then damaged, not dangerous.
 
     Read with ``pickletools`` (which parses and never executes), to name the culprit when the safe unpickler
     stops at an instruction it does not support before it reaches the global.
@@ -82,8 +92,8 @@ def _foreign_globals(path: Path) -> list[str]:
                 names.append(str(arg).replace(" ", "."))
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                 names.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # noqa: BLE001 - an unparsable pickle: no name to report
-        return []
+    except Exception:  # noqa: BLE001 - not a pickle: nothing in it could run
+        return None
     safe = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "_codecs.encode")
     return [n for n in names if not n.startswith(safe)]
 
@@ -184,16 +194,16 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     (disk full, quota, I/O error) removes the temporary file and raises an ``OSError`` that says the previous
     file is intact.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: a run never writes over another's
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - torch.save raises RuntimeError and safetensors SafetensorError for a full disk
         tmp.unlink(missing_ok=True)
         kept = "the previous file is intact" if path.exists() else "no earlier file existed"
-        raise OSError(e.errno, f"could not write {path} ({e.strerror or e}); {kept}") from e
+        raise OSError(getattr(e, "errno", None), f"could not write {path} ({_why(e)}); {kept}") from e
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -202,6 +212,19 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
             os.close(fd)
     except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
         pass
+
+
+def _why(error: Exception) -> str:
+    """A failed write's cause in a few words: the OS's reason, or the first line of a library's message."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return f"the writer failed, is the disk full? {type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """A small text file (a report, a log, a config) through ``write_atomically``: whole or not at all."""
+    write_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_release(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

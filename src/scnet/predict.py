@@ -2,14 +2,14 @@
 
 A training checkpoint carries its dataset's description (classes, channels, input size, mean/std), so the
 images are prepared as its validation images were (resize, centre crop, mean/std). Any image mode is accepted:
-grayscale, RGB, palette, RGBA (the alpha channel is dropped) and 16-bit images become the model's channels.
+grayscale, RGB, palette, RGBA (the alpha channel is dropped) and 16-bit images become the model's channels, as in
+training (``scnet.data.images.open_image``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -19,22 +19,11 @@ __all__ = ["load_image", "load_predictor", "predict"]
 
 def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
     """One image file as a normalised (C, S, S) tensor: shorter side resized to S, centre crop, mean/std."""
-    from PIL import Image, UnidentifiedImageError
     import torchvision.transforms.v2.functional as TF
 
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: rescale to 8 bits, not clip
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-            img = img.convert("L" if info.in_chans == 1 else "RGB")  # RGBA/P/CMYK/LA -> the model's channels
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read {path} as an image: {err}") from None
+    from .data.images import open_image
+
+    img = open_image(path, info.in_chans, short_side=info.image_size)  # bounded: checked before decoding or resizing
     x = TF.pil_to_tensor(img)  # (C, H, W) uint8
     x = TF.resize(x, [info.image_size], antialias=True)  # shorter side -> S
     x = TF.center_crop(x, [info.image_size, info.image_size])  # (C, S, S)
@@ -64,6 +53,10 @@ def predict(model: nn.Module, info: DataInfo, images: Sequence[str | Path], topk
         x = torch.stack([load_image(p, info) for p in chunk])  # (B, C, S, S)
         with torch.inference_mode():
             probs = model(x).float().softmax(dim=1)
+        broken = (~torch.isfinite(probs).all(dim=1)).nonzero().flatten().tolist()
+        if broken:  # never a "nan%" result: the weights (or the input) are broken
+            raise ValueError(f"the model's outputs for {chunk[broken[0]]} are not finite (NaN or infinity): its weights are "
+                             f"broken; use an earlier checkpoint")
         top = probs.topk(k, dim=1)
         for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append(dict(image=str(path), top=[dict(label=info.classes[i], index=i, prob=v) for v, i in zip(values, indices)]))

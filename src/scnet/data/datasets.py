@@ -235,19 +235,19 @@ def _cifar(name: str, data_dir: Optional[Path]) -> tuple[Dataset, Dataset, DataI
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
-def _unreadable(path: str) -> Optional[str]:
-    """Why PIL cannot decode ``path`` (None when it can): the header is parsed and the pixel data decoded."""
-    from PIL import Image
+def _unreadable(path: str, short_side: int) -> Optional[str]:
+    """Why ``path`` cannot be used (None when it can): PIL cannot decode it, it declares more pixels than allowed,
+    or resizing its short side to ``short_side`` would exceed the resize limit (``images.open_image``)."""
+    from .images import ImageFileError, open_image
 
     try:
-        with Image.open(path) as img:
-            img.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files; each means "unreadable"
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}"
+        open_image(path, 3, short_side)
+    except ImageFileError as e:
+        return e.reason
     return None
 
 
-def _screen_images(dataset, policy: str) -> int:
+def _screen_images(dataset, policy: str, short_side: int) -> int:
     """Find the image files PIL cannot decode before training starts: raise on the first, or leave them all out.
 
     Why before: an unreadable file met in the middle of an epoch (in a worker process) would end a long run.
@@ -257,7 +257,7 @@ def _screen_images(dataset, policy: str) -> int:
 
     bad = []
     for path, target in tqdm(dataset.samples, desc=f"checking {Path(dataset.root).name} images", leave=False, disable=None):
-        reason = _unreadable(path)
+        reason = _unreadable(path, short_side)
         if reason is not None:
             if policy == "error":
                 raise DataError(f"{path} cannot be read ({reason}); remove it or pass --bad-images skip to leave such files out")
@@ -270,21 +270,46 @@ def _screen_images(dataset, policy: str) -> int:
     return len(bad)
 
 
+def _check_links(dataset, root: Path) -> None:
+    """Refuse files reached through a symbolic link back into the dataset, outside their class folder (a link loop
+    such as ``train/cat/loop -> ..`` would add every image again, under the wrong class), and files counted twice.
+    Links to places outside the dataset (a class folder kept on another disk) are fine."""
+    import os
+
+    top = os.path.realpath(root)
+    seen: dict[str, str] = {}
+    for path, target in dataset.samples:
+        real = os.path.realpath(path)
+        folder = os.path.realpath(os.path.join(dataset.root, dataset.classes[target]))
+        inside = real.startswith(top + os.sep)
+        if (inside and not real.startswith(folder + os.sep)) or real in seen:
+            again = f"{seen[real]} and {path} are one file" if real in seen else f"{path} is {real}, outside its class folder"
+            raise DataError(f"{again}: a symbolic link leads back into {root} (a link loop?); remove it, or each image "
+                            f"would count again, under another class")
+        seen[real] = path
+
+
 def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "error") -> tuple[Dataset, Dataset, DataInfo]:
     from torchvision.datasets import ImageFolder
+
+    from .images import open_image
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs --data-dir with train/<class>/* and val/<class>/* subfolders (got {data_dir})")
     mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
+    resize = int(image_size / 0.875)
     train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
-    val_tf = T.Compose([T.RGB(), T.Resize(int(image_size / 0.875), antialias=True), T.CenterCrop(image_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    val_tf = T.Compose([T.RGB(), T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    loader = lambda path: open_image(path, 3, resize)  # noqa: E731 - one reading of every file, as predict's
     try:
-        train, val = ImageFolder(str(data_dir / "train"), train_tf), ImageFolder(str(data_dir / "val"), val_tf)
-    except (FileNotFoundError, RuntimeError) as e:
+        train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
+    except (FileNotFoundError, RuntimeError, OSError) as e:
         raise DataError(f"cannot read the image folders under {data_dir}: {e}") from e
     if train.classes != val.classes:
         raise DataError(f"train and val class folders differ under {data_dir}")
-    skipped = sum(_screen_images(ds, bad_images) for ds in (train, val))
+    for ds in (train, val):
+        _check_links(ds, data_dir)
+    skipped = sum(_screen_images(ds, bad_images, resize) for ds in (train, val))
     for ds, split in ((train, "train"), (val, "val")):
         if not ds.samples:
             raise DataError(f"no readable images left in {data_dir / split}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from ..files import check_arch, read_checkpoint, tensors_sha256
+from ..files import check_is_file, check_arch, read_checkpoint, tensors_sha256
 
 __all__ = [
     "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights",
@@ -78,8 +78,7 @@ def verify_sha256(path: Union[str, Path], expected: str) -> str:
     if len(want) < 8 or len(want) > 64 or any(c not in "0123456789abcdef" for c in want):
         raise ValueError(f"--sha256 must be 8 to 64 hexadecimal digits, got {expected!r}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_is_file(path)
     digest = _sha256(path)
     if not digest.startswith(want):
         raise ValueError(f"{path} has sha256 {digest[:len(want)]}..., expected {want}: the file is corrupt or not the one published")

@@ -20,10 +20,12 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..data import DataInfo, build_datasets
+from ..files import write_text_atomically
 from ..models import plain_twin, sc_twin
 from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
+from .folder import own_folder
 from .runner import TrainingStopped, build_model_for, fit
 
 __all__ = ["StudyPlan", "compare", "paired_interval", "study_finished", "next_seed", "check_study_args", "verdict", "describe_difference"]
@@ -247,12 +249,12 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
                       train_seconds=metrics["train_seconds"], wall_seconds=time.perf_counter() - start, curve=_val_curve(run),
                       threads=torch.get_num_threads())  # results are exact for one CPU kind and thread count
         record = dict(config=cfg.to_dict(), result=result)
-        (run / DONE).write_text(json.dumps(record, indent=2))
+        write_text_atomically(run / DONE, json.dumps(record, indent=2))
     if "pointing" not in record["result"]:  # a run finished before its scores (or by an earlier version)
         scores = _localization(cfg, run)
         if scores is not None:
             record["result"].update(scores)
-            (run / DONE).write_text(json.dumps(record, indent=2))
+            write_text_atomically(run / DONE, json.dumps(record, indent=2))
     return record["result"]
 
 
@@ -360,18 +362,27 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads.
     """
     plan = plan.checked()
-    models, seeds, until_resolved, max_seeds = plan.models, plan.seeds, plan.until_resolved, plan.max_seeds
-    names = _twins(models)
+    names = _twins(plan.models)
     study = dict(models=names, recipe=_recipe(base.to_dict()))
-    if out.is_dir():
+    with own_folder(out):  # one study per folder: a second one on it is refused while this one runs
         _check_out(out, study)
+        try:
+            return _run_study(base, plan, study, out, command, show_progress)
+        except TrainingStopped as stopped:  # a run's own advice (--resume) does not apply to a study
+            where = str(stopped).partition("; checkpoint written")[0]
+            raise TrainingStopped(stopped.signum, f"{where}; checkpoint written: run the same scnet compare command again "
+                                                  f"to continue the study") from None
+
+
+def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: Path, command: str, show_progress: bool) -> dict[str, Any]:
+    """``compare``'s work in a folder it holds: pair after pair, the report rewritten after each, then the figures."""
+    names, seeds, until_resolved, max_seeds = study["models"], plan.seeds, plan.until_resolved, plan.max_seeds
     # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
     _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0)
     report = dict(data=info.name, models={n: dict(s, runs=[]) for n, s in _sizes(base, names, info).items()}, seeds=[],
                   recipe=study["recipe"], until_resolved=until_resolved, max_seeds=max_seeds, machine=describe_machine(_device()),
                   command=command)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(study, indent=2))
+    write_text_atomically(out / "study.json", json.dumps(study, indent=2))
     # Both members of a pair run back to back, so a slower stretch of the machine hits both alike, and an
     # interrupted study has whole pairs done.
     seed = next_seed(seeds, [], [], until_resolved, max_seeds)
@@ -463,11 +474,11 @@ def _cam_page(base: TrainConfig, names: Sequence[str], seed: int, out: Path, cou
 
 # ---- writing ---------------------------------------------------------------------------------------------------
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text_atomically(out / "report.json", json.dumps(report, indent=2))
     _plot(out / "report.png", report)
     if len(report.get("metrics", {})) > 1:
         _plot_localization(out / "localization.png", report)
-    (out / "report.md").write_text(_markdown(report))
+    write_text_atomically(out / "report.md", _markdown(report))
 
 
 # The recipe keys every report shows, whether or not they are defaults (the defaults may change later).

@@ -12,10 +12,26 @@ __all__ = ["TrainConfig", "ConfigError", "bundled_configs", "config_path", "load
 
 DEFAULT_EPOCHS = 5
 LR_PER_256 = 0.2  # the peak learning rate of a 256-image batch
+MAX_LR = 1000.0  # far above any sane rate (linear scaling at a 64k batch gives 51); 1e308 overflows the update
 
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it."""
+
+
+MAX_YAML_BYTES = 1 << 20  # a recipe is a few hundred bytes; a megabyte is no recipe
+MAX_YAML_NODES = 10_000  # values in a file once its aliases are expanded (an alias bomb expands to billions)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters without building the whole of it: a message never prints an
+    unbounded value (a YAML alias bomb is a few hundred bytes whose repr would exhaust memory)."""
+    import reprlib
+
+    cut = reprlib.Repr()
+    cut.maxlevel, cut.maxlist, cut.maxtuple, cut.maxdict, cut.maxstring, cut.maxother, cut.maxlong = 2, 4, 4, 4, limit, limit, 40
+    short = cut.repr(value)
+    return short if len(short) <= limit else short[: limit - 3] + "..."
 
 
 def _stem_types() -> tuple[str, ...]:
@@ -103,7 +119,8 @@ class TrainConfig:
     limit_train: Optional[int] = option(None, "use only the first N training images")
     limit_val: Optional[int] = option(None, "use only the first N validation images")
     out: Optional[str] = option(None, "run directory (default runs/<model>-<data>-seed<seed>)")
-    resume: Optional[str] = option(None, "run directory or checkpoint to continue from")
+    resume: Optional[str] = option(None, "run directory or checkpoint to continue from; the run continues in that "
+                                         "directory (or, with --out, in a copy of it), with its own recipe")
     checkpoint_every: Optional[int] = option(None, "also checkpoint every N steps inside an epoch (a crash loses at most N)")
     dist_timeout: float = option(600.0, "multi-process runs: seconds one collective waits for the other processes; a "
                                         "process that stops answering ends the run after this long (default {default:g})")
@@ -122,10 +139,10 @@ class TrainConfig:
         _number("frozen_stages", self.frozen_stages, low=-1, high=4, integer=True)
         if self.pretrained and self.checkpoint:
             raise ConfigError("give --pretrained or --checkpoint, not both: they are two starting points")
-        _number("seed", self.seed, low=0, integer=True)
+        _number("seed", self.seed, low=0, high=2**63 - 1, integer=True)  # what torch.manual_seed takes
         if self.lr is None:  # Goyal et al.'s rule: a smaller batch takes proportionally smaller steps
             self.lr = LR_PER_256 * self.batch_size / 256
-        _number("lr", self.lr, low=0, low_open=True)
+        _number("lr", self.lr, low=0, high=MAX_LR, low_open=True)
         _number("momentum", self.momentum, low=0, high=1, high_open=True)
         _number("weight_decay", self.weight_decay, low=0)
         _number("warmup_epochs", self.warmup_epochs, low=0)
@@ -148,13 +165,30 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name in ("model", "data"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
-        if self.out is None:
+                raise ConfigError(f"--{name} must be a name, got {shown(getattr(self, name))}")
+        _check_types(self)
+        if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_types(cfg: "TrainConfig") -> None:
+    """Booleans must be booleans (YAML's "false" in quotes is a string, and a non-empty string is true) and paths
+    and names strings (a YAML number or list is not a path)."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if hint is bool and not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be true or false, got {shown(value)}" +
+                              (" (a string: write it without quotes)" if isinstance(value, str) else ""))
+        if hint in (str, Optional[str]) and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{flag} must be a string, got {shown(value)}")
 
 
 def _number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, integer: bool = False,
@@ -163,12 +197,12 @@ def _number(name: str, value: Any, low: Optional[float] = None, high: Optional[f
     flag = f"--{name.replace('_', '-')}"
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise ConfigError(f"{flag} must be {'an integer' if integer else 'a finite number'}, got {value!r}")
+        raise ConfigError(f"{flag} must be {'an integer' if integer else 'a finite number'}, got {shown(value)}")
     if low is not None and (value < low or (low_open and value == low)):
         bound = "a positive integer" if integer and low == 1 else f"{'>' if low_open else '>='} {low:g}"
-        raise ConfigError(f"{flag} must be {bound}, got {value!r}")
+        raise ConfigError(f"{flag} must be {bound}, got {shown(value)}")
     if high is not None and (value > high or (high_open and value == high)):
-        raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high:g}, got {value!r}")
+        raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high if integer else format(high, 'g')}, got {shown(value)}")
 
 
 def _check_keys(values: dict[str, Any], source: str) -> None:
@@ -176,7 +210,7 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"unknown key {key!r} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ConfigError(f"unknown key {shown(key)} in {source}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 _BUNDLED = Path(__file__).resolve().parents[1] / "configs"  # the package's recipes (package data)
@@ -202,25 +236,61 @@ def config_path(name: str) -> Path:
     raise ConfigError(f"no config file {name!r}, and no bundled recipe of that name; bundled: {', '.join(bundled_configs())}")
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """The options in a YAML file or bundled recipe (``config_path``), with those of the file its ``base`` names."""
+def _expanded_nodes(node: Any, memo: dict[int, int]) -> int:
+    """How many values ``node`` holds once every alias is expanded, counted on the graph (linear time)."""
     import yaml
 
-    path = str(config_path(path))
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a node that contains itself counts once (PyYAML refuses to construct it anyway)
+    count = 1
+    if isinstance(node, yaml.SequenceNode):
+        count += sum(_expanded_nodes(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        count += sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    memo[id(node)] = count
+    return count
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's value, read within bounds: at most MAX_YAML_BYTES, at most MAX_YAML_NODES values after aliases."""
+    import yaml
+
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config file is at most {MAX_YAML_BYTES:,}")
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{path} holds more than {MAX_YAML_NODES:,} values once its aliases (&, *) are expanded; "
+                              f"a config file is a few options")
+        return yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def load_yaml(path: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The options in a YAML file or bundled recipe (``config_path``), with those of the file its ``base`` names."""
+    if not isinstance(path, str):
+        raise ConfigError(f"a config file is named by a path, got {shown(path)}")
+    resolved = config_path(path).resolve()
+    if resolved in _seen:
+        raise ConfigError(f"{resolved} is its own base (through {' -> '.join(p.name for p in (*_seen, resolved))}); "
+                          f"a base names another file")
+    values = _read_yaml(resolved) or {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of option: value")
+        raise ConfigError(f"{resolved} must hold a mapping of option: value")
+    named = next((k for k in values if not isinstance(k, str)), None)
+    if named is not None:
+        raise ConfigError(f"key {shown(named)} in {resolved} is not a name; options are named, e.g. epochs: 5")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     base = values.pop("base", None)  # a file's options over those of the file it names (relative to it)
-    _check_keys(values, path)
+    _check_keys(values, str(resolved))
     if base is None:
         return values
     if not isinstance(base, str):
-        raise ConfigError(f"base in {path} must name a YAML file, got {base!r}")
-    return {**load_yaml(str(Path(path).parent / base)), **values}
+        raise ConfigError(f"base in {resolved} must name a YAML file, got {shown(base)}")
+    return {**load_yaml(str(resolved.parent / base), (*_seen, resolved)), **values}
 
 
 def merge_config(yaml_values: Optional[dict[str, Any]] = None, flags: Optional[dict[str, Any]] = None) -> TrainConfig:

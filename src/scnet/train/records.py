@@ -11,11 +11,17 @@ LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "
 
 
 def write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    with open(out / "log.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+    """log.csv, one row per epoch, written whole (``files.write_text_atomically``)."""
+    import io
+
+    from ..files import write_text_atomically
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+    write_text_atomically(out / "log.csv", text.getvalue())
 
 
 def plot_curves(out: Path, history: list[dict[str, Any]], title: str) -> None:

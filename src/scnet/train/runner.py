@@ -7,8 +7,10 @@ exactly where the last completed epoch left off.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import os
 import random
 import signal
@@ -25,18 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
-from ..files import read_checkpoint, release_metadata, write_release
+from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
 from ..hostmem import keep_freed_memory
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
+from .folder import copy_run, own_folder
 from .records import plot_curves, tensorboard, write_log, yaml_text
 from .peers import PeerFailed, shared_failures
 from .signals import StopSignals, TrainingStopped
 from .engine import (EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
                      reduce_totals, save_checkpoint, train_one_epoch, lr_schedule)
 
-__all__ = ["TrainingStopped", "PeerFailed", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume"]
+__all__ = ["TrainingStopped", "PeerFailed", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume", "resume_conflicts",
+           "read_training_checkpoint", "RESUMABLE"]
 
 SHORT_RUN_STEPS = 100  # below this many steps in all, a run is told it is too short to learn much
 
@@ -269,18 +273,53 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
         keep_freed_memory()  # no step page-faults its activations anew: 15 % faster (docs/results/bench-cpu-targets)
     with shared_failures(rank, world, cfg.dist_timeout):  # one process's failure ends the run on every process
         run = _start(cfg, rank, world, device, show_progress, log)
-        _load_data(run)
-        _build_training(run)
-        _open_logs(run)
-        with StopSignals() as stop:
-            for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
-                _train_epoch(run, epoch, stop)
-        return _finish(run)
+        with own_folder(run.out, run.log) if run.main_process else contextlib.nullcontext():  # one run per folder
+            if run.main_process:
+                _adopt_folder(run)
+            _load_data(run)
+            _build_training(run)
+            _open_logs(run)
+            with StopSignals() as stop:
+                for epoch in range(run.start_epoch, min(run.cfg.epochs, stop_after_epoch or run.cfg.epochs)):
+                    _train_epoch(run, epoch, stop)
+            return _finish(run)
+
+
+# Options a resumed run may take from the command line; every other one is the run's own (a different value is an
+# error, ``resume_conflicts``): where it continues, for how long, how often it checkpoints, and where its data is.
+RESUMABLE = ("resume", "out", "epochs", "checkpoint_every", "dist_timeout", "data_dir", "download", "workers")
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint ``scnet train`` wrote, or a one-line error saying what the file is instead."""
+    state = read_checkpoint(path)
+    missing = [k for k in ("config", "model", "optimizer", "epoch", "history") if k not in state]
+    if missing:
+        kind = "released weights" if path.suffix == ".safetensors" else "a weights file"
+        raise ConfigError(f"--resume {path}: {kind}, not a training checkpoint of scnet train (no {missing[0]!r}): only "
+                          f"checkpoint-last.pth or checkpoint-best.pth continue a run; start a new run from these weights "
+                          f"with --checkpoint {path}")
+    return state
+
+
+def resume_conflicts(resume: str, given: dict[str, Any]) -> None:
+    """Refuse options that contradict the run being resumed (one line naming the first): a run keeps its recipe.
+
+    ``given``: the options the user set (flags and YAML), not the defaults.
+    """
+    saved = read_training_checkpoint(resolve_resume(resume))["config"]
+    for key, value in given.items():
+        if key not in RESUMABLE and value is not None and saved.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value!r} contradicts the resumed run ({key} is {saved.get(key)!r} there): a resumed "
+                              f"run keeps its recipe; only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE[1:])} "
+                              f"may change. Start a new run (--checkpoint {resume} starts from its weights) instead")
 
 
 def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfig, Optional[dict[str, Any]], Optional[Path]]:
     """The configuration to run and the checkpoint it continues: the run's own configuration wins; only the epoch
-    count and checkpoint interval may change (no --epochs: the run's own planned count)."""
+    count and checkpoint interval may change (no --epochs: the run's own planned count). The run continues in the
+    folder of its checkpoint, or in ``cfg.out`` when that is set (a copy is made there)."""
     restart = _restart_checkpoint(cfg)
     if restart is not None:
         log(f"torchrun restart {os.environ['TORCHELASTIC_RESTART_COUNT']}: continuing this job's last checkpoint")
@@ -288,12 +327,14 @@ def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfi
         cfg = replace(cfg, resume=str(path))
     elif cfg.resume:
         path = resolve_resume(cfg.resume)
-        state = read_checkpoint(path)
+        state = read_training_checkpoint(path)
     else:
         return cfg, None, None
     saved = state["config"]
-    cfg = TrainConfig(**{**saved, "resume": cfg.resume, "epochs": cfg.epochs or saved["epochs"], "dist_timeout": cfg.dist_timeout,
-                         "checkpoint_every": cfg.checkpoint_every or saved.get("checkpoint_every")}).validate()
+    out = cfg.out or str(path.parent)
+    cfg = TrainConfig(**{**saved, "resume": cfg.resume, "out": out, "epochs": cfg.epochs or saved["epochs"],
+                         "dist_timeout": cfg.dist_timeout, "checkpoint_every": cfg.checkpoint_every or saved.get("checkpoint_every"),
+                         "data_dir": cfg.data_dir or saved.get("data_dir"), "workers": cfg.workers}).validate()
     log(f"resuming {path} at epoch {state['epoch'] + 1}, step {int(state.get('step', 0))}")
     return cfg, state, path
 
@@ -312,9 +353,16 @@ def _start(cfg: TrainConfig, rank: int, world: int, device: torch.device, show_p
             run.totals = saved if run.main_process else EpochTotals({"steps": saved["steps"]})
     if run.main_process:
         _check_out_writable(run.out)
-        if state is None:
-            _check_run_directory(run.out)
     return run
+
+
+def _adopt_folder(run: Run) -> None:
+    """With the run folder held: a fresh run refuses another run's checkpoints; a run resumed into another folder
+    (``--resume A --out B``) copies A's run there first."""
+    if run.path is None:
+        _check_run_directory(run.out)
+    elif run.path.parent.resolve() != run.out.resolve():
+        copy_run(run.path.parent, run.out, run.log)
 
 
 def _load_data(run: Run) -> None:
@@ -339,6 +387,9 @@ def _build_training(run: Run) -> None:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.batch_size > len(run.train_set):  # one step an epoch, and the learning rate scaled for a batch never seen
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
+                          f"use at most {len(run.train_set)}")
     run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world)
     steps = cfg.epochs * run.steps_per_epoch
     if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
@@ -393,7 +444,7 @@ def _start_from_weights(run: Run) -> None:
 def _open_logs(run: Run) -> None:
     cfg, info = run.cfg, run.info
     if run.main_process:
-        (run.out / "config.yaml").write_text(yaml_text(cfg.to_dict()))
+        write_text_atomically(run.out / "config.yaml", yaml_text(cfg.to_dict()))
         run.writer = tensorboard(run.out)
     run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)} train / {len(run.val_set)} val images) for {cfg.epochs} epochs"
             f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
@@ -414,6 +465,9 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     train = train_one_epoch(run.parts, train_loader, epoch, run.show_progress, run.totals if skip else None,
                             functools.partial(run.check_step, epoch, stop))
     val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
+    if not math.isfinite(val["loss"]):  # finite weights whose outputs overflow: no checkpoint, and never "best"
+        raise FloatingPointError(f"validation loss is {val['loss']} after epoch {epoch + 1}: the model's outputs overflow; "
+                                 f"nothing was saved from this epoch (the last checkpoint is kept): lower --lr or set --clip-grad")
     row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
                images_per_s=train["images_per_s"], seconds=train["seconds"])
     if run.parts.ema is not None:
@@ -467,7 +521,7 @@ def _finish(run: Run) -> dict[str, Any]:
         if history:
             write_log(run.out, history)
             plot_curves(run.out, history, f"{cfg.model} on {run.info.name}")
-        (run.out / "metrics.json").write_text(json.dumps(final, indent=2))
+        write_text_atomically(run.out / "metrics.json", json.dumps(final, indent=2))
     if run.world > 1:
         dist.barrier()
     return final
@@ -484,12 +538,19 @@ def evaluate_checkpoint(
         loaded = None
     if loaded is None or loaded.checkpoint is None:
         raise ConfigError(f"{checkpoint} is not a training checkpoint of this tool (no config/model entries)")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     state = loaded.checkpoint
     cfg = TrainConfig(**state["config"])
     cfg.data = data or cfg.data
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
     _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images)
+    if tuple(info.classes) != tuple(loaded.info.classes):  # another label set: an accuracy would mean nothing
+        raise ConfigError(f"{checkpoint} was trained on {loaded.info.name} ({loaded.info.num_classes} classes: "
+                          f"{', '.join(loaded.info.classes[:4])}{', ...' if loaded.info.num_classes > 4 else ''}); "
+                          f"{info.name} has other classes ({info.num_classes}: {', '.join(info.classes[:4])}"
+                          f"{', ...' if info.num_classes > 4 else ''}); evaluate it on data with its own classes")
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
     result = evaluate(loaded.model, loader, torch.device("cpu"))
     return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)

@@ -1,0 +1,81 @@
+"""Image files read one way everywhere (training, evaluation, predict, cam, erf), with bounded work.
+
+Two limits are checked before any pixel is decoded or resized: the decoded size (Pillow's decompression-bomb limit,
+``Image.MAX_IMAGE_PIXELS``, as an error rather than Pillow's warning below twice it) and the size after resizing
+(a 373-byte PNG of 100000x1 pixels is 22400000x224 once its short side is 224: gigabytes). Deeper images are
+scaled, never clipped: a 16-bit grayscale file means the same thing to every tool.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .datasets import DataError
+
+__all__ = ["MAX_RESIZED_PIXELS", "ImageFileError", "check_resized", "open_image"]
+
+
+class ImageFileError(DataError):
+    """An image file that cannot be used; ``reason`` says why without the path (for lists of such files)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+MAX_RESIZED_PIXELS = 1 << 24  # 16.8 M pixels after resizing: a 256 px short side with a 65,536 px long side
+
+
+def check_resized(size: tuple[int, int], short_side: int, path: Union[str, Path]) -> None:
+    """Refuse an image (width, height) whose shorter side resized to ``short_side`` would exceed MAX_RESIZED_PIXELS."""
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        raise ImageFileError(f"{path} is empty ({width}x{height} px)", f"empty, {width}x{height} px")
+    resized_long = long * short_side / short
+    if resized_long * short_side > MAX_RESIZED_PIXELS:
+        reason = (f"{width}x{height} px: resizing its short side to {short_side} would make it {resized_long:,.0f} px long, "
+                  f"over the limit of {MAX_RESIZED_PIXELS:,} pixels")
+        raise ImageFileError(f"{path} is {reason}; crop it first", reason)
+
+
+def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] = None):
+    """A PIL image of ``channels`` (1: 8-bit grayscale "L", 3: "RGB"), decoded within Pillow's pixel limit and, when
+    it is to be resized to ``short_side``, refused before decoding if that would exceed MAX_RESIZED_PIXELS.
+
+    16-bit grayscale ("I;16*", and "I" holding 16-bit values) is scaled by 255/65535; alpha is dropped; palettes,
+    CMYK and the rest are converted by Pillow. Raises ``DataError`` with one line for every unreadable file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit is an error, not a warning
+            with Image.open(path) as img:
+                if short_side is not None:
+                    check_resized(img.size, short_side, path)
+                img.load()
+                img = _eight_bits(img)
+                return img.convert("L" if channels == 1 else "RGB")
+    except ImageFileError:  # the size checks' own words
+        raise
+    except FileNotFoundError:
+        raise ImageFileError(f"image not found: {path}", "not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        reason = f"declares more pixels than allowed ({str(err).splitlines()[0]})"
+        raise ImageFileError(f"{path} {reason}; refused before decoding", reason) from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'cannot decode'}"
+        raise ImageFileError(f"cannot read {path} as an image ({reason})", reason) from None
+
+
+def _eight_bits(img):
+    """16- and 32-bit integer grayscale to 8 bits by scaling (values above 65535 clip), not by Pillow's clipping."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)  # (H, W)
+    return Image.fromarray(np.round(np.clip(arr, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8), mode="L")

@@ -1,0 +1,132 @@
+"""A run folder is owned by one run: a lock file while a run writes there, and copying a run to continue elsewhere.
+
+Two runs writing one folder leave a mix of both (one's config beside the other's checkpoints), and a run resumed
+from a copy must not write back into the folder it was copied from. The lock is a file created exclusively
+(``O_CREAT | O_EXCL``: atomic on local filesystems and NFSv3+) holding the owner's pid, host and start time; the
+owner removes it when it ends, however it ends. A lock whose process is gone (killed by SIGKILL or the OOM killer)
+is detected on the same host and taken over with a line saying so; one from another host cannot be checked, so it
+is reported with the way out.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .config import ConfigError
+
+__all__ = ["LOCK", "RUN_FILES", "copy_run", "own_folder"]
+
+LOCK = ".lock"
+# What a run folder holds of a run (copied when a run is continued elsewhere); anything else is the user's.
+RUN_FILES = ("checkpoint-last.pth", "checkpoint-best.pth", "weights-best.safetensors", "log.csv", "config.yaml",
+             "metrics.json", "curves.png", "tensorboard")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads(path.read_text()[:4096])
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}  # half-written by an owner killed at once, or not ours: no owner known
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    started = owner.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "at an unknown time"
+    return f"process {owner.get('pid', '?')} on {owner.get('host', 'an unknown host')}, started {when}"
+
+
+def _take(path: Path) -> bool:
+    """Create the lock file if nobody has; True when this process now owns it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(pid=os.getpid(), host=socket.gethostname(), started=time.time()), f)
+    return True
+
+
+def _acquire(folder: Path, log: Callable[..., None]) -> Path:
+    path = folder / LOCK
+    for _ in range(3):  # a stale lock removed by us may be taken by another starter first: then it is theirs
+        if _take(path):
+            return path
+        owner = _read_lock(path)
+        here = owner.get("host") == socket.gethostname()
+        if here and isinstance(owner.get("pid"), int) and owner["pid"] != os.getpid() and not _alive(owner["pid"]):
+            log(f"note: {folder} was locked by {_describe(owner)}, which is no longer running (killed?); taking it over")
+            path.unlink(missing_ok=True)
+            continue
+        if not owner and time.time() - path.stat().st_mtime > 60:
+            raise ConfigError(f"{folder} holds a lock file that names no owner ({path}); if no run uses this folder, "
+                              f"remove {path} and start again")
+        who = _describe(owner) if owner else "a run that is just starting"
+        hint = "" if here else f"; if that process is gone (its machine failed), remove {path}"
+        raise ConfigError(f"{folder} is in use by another run ({who}); wait for it to end or choose another --out{hint}")
+    raise ConfigError(f"{folder}: could not take its lock ({path}); try again")
+
+
+@contextlib.contextmanager
+def own_folder(folder: Path, log: Callable[..., None] = print) -> Iterator[None]:
+    """Hold ``folder`` (made if missing) for one run: refuse when another live run holds it, take over a dead run's
+    lock with a note, remove the lock however the run ends, and remove the folder again if it was made here and the
+    run left nothing in it (a run that failed before writing anything)."""
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output directory {folder} is not writable ({e.strerror or e})") from e
+    try:
+        lock = _acquire(folder, log)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run's files stay
+                folder.rmdir()
+
+
+def copy_run(source: Path, target: Path, log: Callable[..., None] = print) -> None:
+    """Copy a run's files from ``source`` to ``target`` (made, and empty of any run) to continue it there, leaving
+    ``source`` as it was."""
+    held = [name for name in RUN_FILES if (target / name).exists()]
+    if held:
+        raise ConfigError(f"--out {target} already holds a run ({held[0]}); a resumed run is copied only into a new or "
+                          f"empty folder; choose another --out")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        src = source / name
+        if src.is_dir():
+            shutil.copytree(src, target / name)
+        elif src.is_file():
+            shutil.copy2(src, target / name)
+    log(f"copied the run in {source} to {target}; continuing there ({source} is left as it was)")
+
+
+def run_folder_of(resume: str) -> Optional[Path]:
+    """The folder a ``--resume`` value names: itself for a folder, the checkpoint's folder for a file."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
