@@ -332,7 +332,7 @@ def test_localization_is_compared_like_accuracy(tmp_path: Path, monkeypatch: pyt
     assert energy["ci95"] is not None and energy["verdict"] == "SC behind: the 95 % interval excludes zero"
     assert report["metrics"]["final_val_acc"]["mean_diff"] == pytest.approx(report["mean_diff"]) == pytest.approx(0.5)
     md = (out / "report.md").read_text()
-    assert "## Localization" in md and "| 1 | 51.00 | 54.30 | +3.30 | 39.00 | 38.00 | -1.00 |" in md
+    assert "## Localization" in md and "| 1 | 51.00 | 54.30 | +3.30 | 39.00 | 38.00 | -1.00 |" in md and "| seed | pointing: " in md
     assert "(cams.png)" in md and (out / "localization.png").stat().st_size > 10_000
 
 

@@ -37,8 +37,8 @@ DEFAULT_MAX_SEEDS = 10
 _ABSENT = object()
 # What a study compares, per run: result key -> what it is. Accuracy always; the localization scores when the test
 # set knows its objects' boxes (scnet.viz.localization). All in percent, so differences are in points.
-METRICS = {"final_val_acc": "test top-1 (%)", "pointing": "pointing game: Grad-CAM peak in the box (%)",
-           "energy_in_box": "Grad-CAM energy in the box (%)"}
+METRICS = {"final_val_acc": ("accuracy", "test top-1 (%)"), "pointing": ("pointing", "Grad-CAM peak in the box (% of images)"),
+           "energy_in_box": ("energy", "Grad-CAM energy in the box (%)")}
 
 
 # ---- the statistics: pure functions ---------------------------------------------------------------------------
@@ -413,20 +413,20 @@ def _tally(report: dict[str, Any], names: Sequence[str]) -> None:
         entry.update(mean=statistics.fmean(accs), std=statistics.stdev(accs) if len(accs) > 1 else None,
                      train_seconds=statistics.fmean(r["train_seconds"] for r in entry["runs"]))
     plain, sc = (report["models"][n]["runs"] for n in names)
-    report["metrics"] = {key: _paired(key, label, plain, sc, report["until_resolved"] if key == "final_val_acc" else None)
-                         for key, label in METRICS.items() if all(key in r for r in (*plain, *sc))}
+    report["metrics"] = {key: _paired(key, name, label, plain, sc, report["until_resolved"] if key == "final_val_acc" else None)
+                         for key, (name, label) in METRICS.items() if all(key in r for r in (*plain, *sc))}
     accuracy = report["metrics"]["final_val_acc"]
     report["pairs"] = accuracy["pairs"]
     report.update({k: accuracy[k] for k in ("mean_diff", "sd", "sem", "t", "half_width", "ci95", "verdict")})
 
 
-def _paired(key: str, label: str, plain: Sequence[dict[str, Any]], sc: Sequence[dict[str, Any]],
+def _paired(key: str, name: str, label: str, plain: Sequence[dict[str, Any]], sc: Sequence[dict[str, Any]],
             until_resolved: Optional[float]) -> dict[str, Any]:
     """One metric of a study: per-seed values of both models, their differences, the interval and the verdict."""
     pairs = [dict(seed=a["seed"], plain=a[key], sc=b[key], diff=b[key] - a[key]) for a, b in zip(plain, sc)]
     interval = paired_interval([p["diff"] for p in pairs])
     spread = lambda v: statistics.stdev(v) if len(v) > 1 else None  # noqa: E731
-    return dict(label=label, pairs=pairs, **{k: v for k, v in interval.items() if k != "n"},
+    return dict(name=name, label=label, pairs=pairs, **{k: v for k, v in interval.items() if k != "n"},
                 verdict=verdict(interval, until_resolved),
                 plain_mean=statistics.fmean(p["plain"] for p in pairs), plain_std=spread([p["plain"] for p in pairs]),
                 sc_mean=statistics.fmean(p["sc"] for p in pairs), sc_std=spread([p["sc"] for p in pairs]))
@@ -516,10 +516,11 @@ def _localization_lines(report: dict[str, Any]) -> list[str]:
         return []
     plain, sc = report["models"]
     blocks = [report["metrics"][k] for k in keys]
-    names = [b["label"].split(":")[0] for b in blocks]
+    names = [b["name"] for b in blocks]
     lines = ["## Localization: the true class's Grad-CAM against the object's box, on every test image", "",
-             "Pointing game: the share of test images whose Grad-CAM peak lies inside the object's box. Energy: the mean "
-             "share of the Grad-CAM's mass inside the box. Both at the last stage, for each run's final weights.", "",
+             "Pointing: the share of test images whose Grad-CAM peak lies inside the object's box (the pointing game). "
+             "Energy: the mean share of the Grad-CAM's mass inside the box. Both of the true class, at the last stage, for "
+             "each run's final weights.", "",
              "| seed | " + " | ".join(f"{n}: {plain} | {n}: {sc} | {n}: SC - plain" for n in names) + " |",
              "|---|" + "---|---|---|" * len(blocks)]
     for i, seed in enumerate(p["seed"] for p in blocks[0]["pairs"]):
@@ -527,7 +528,8 @@ def _localization_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, block in zip(names, blocks):
-        lines += [f"{name}: {plain} {block['plain_mean']:.2f} %, {sc} {block['sc_mean']:.2f} %. " + describe_difference(block), ""]
+        lines += [f"**{name}** ({block['label']}): {plain} {block['plain_mean']:.2f}, {sc} {block['sc_mean']:.2f}. "
+                  + describe_difference(block), ""]
     lines += ["![localization per seed and paired differences](localization.png)", ""]
     if report.get("cams"):
         lines += [f"Grad-CAM of the true class on the first test images (seed {report['cams']['seed']}), the object's box in white:", "",
@@ -614,8 +616,8 @@ def _plot_localization(path: Path, report: dict[str, Any]) -> None:
         fig, axes = plt.subplots(len(keys), 2, figsize=(12, 5.2 * len(keys)), squeeze=False, gridspec_kw=dict(width_ratios=(1, 1.3)))
         for row, key in zip(axes, keys):
             block = report["metrics"][key]
-            _plot_pairs(row[0], block["pairs"], names, colors, block["label"], f"{block['label'].split(':')[0]} per seed")
-            _plot_diffs(row[1], block, f"{block['label'].split(':')[0]}: paired differences")
+            _plot_pairs(row[0], block["pairs"], names, colors, block["label"], f"{block['name']} per seed (lines join a pair)")
+            _plot_diffs(row[1], block, f"{block['name']}: paired differences")
         fig.suptitle(f"Localization of the true class's Grad-CAM, {names[1]} vs {names[0]} on {report['data']}", fontsize=14)
         fig.tight_layout()
         fig.savefig(path, dpi=110, bbox_inches="tight")
