@@ -115,3 +115,28 @@ def test_timm_pretrained_from_a_local_file_adapts_classes_and_channels(tmp_path)
     assert gray.conv1.weight.shape == (64, 1, 7, 7) and gray.fc.out_features == 10
     torch.testing.assert_close(gray.layer3[0].scconv.k2[1].weight, state["layer3.0.scconv.k2.1.weight"])
     torch.testing.assert_close(gray.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+
+
+def test_a_pruned_model_trains_with_gradient_checkpointing() -> None:
+    """timm keeps a pruned stage as an empty Sequential, which ``checkpoint_seq`` can iterate (an Identity it cannot)."""
+    model = timm.create_model("scnet_demo", num_classes=3)
+    reference = copy.deepcopy(model)
+    take = model.prune_intermediate_layers([1, 2])
+    model.set_grad_checkpointing(True)
+    model.train()
+    reference.train()
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_intermediates(x, indices=take, intermediates_only=True)
+    expected = reference.forward_intermediates(x, indices=take, intermediates_only=True)
+    for got, want in zip(feats, expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model.forward_features(x), expected[-1])
+    sum(f.sum() for f in feats).backward()
+    assert all(p.grad is not None for p in model.layer1.parameters())
+
+
+def test_every_registered_name_is_a_function_of_its_module() -> None:
+    namespace: dict = {}
+    exec("from scnet.models.scnet import *", namespace)  # timm lists each builder in __all__
+    for name in scnet.list_models():
+        assert callable(namespace[name]) and namespace[name].__name__ == name

@@ -335,7 +335,7 @@ class ResNet(nn.Module):
         """Drop the stages after the last requested feature (and the head); returns the kept indices."""
         take, max_index = feature_take_indices(5, indices)
         for name in ("layer1", "layer2", "layer3", "layer4")[max_index:]:
-            setattr(self, name, nn.Identity())
+            setattr(self, name, nn.Sequential())  # empty, as timm keeps them: checkpoint_seq iterates a stage
         if max_index == 0:  # the stem tap is taken before the max-pool, so the features must end there too
             self.maxpool = nn.Identity()
         if prune_head:

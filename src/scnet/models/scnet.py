@@ -112,4 +112,6 @@ def _make_builder(name: str) -> Callable[..., ResNet]:
 
 
 for _name in _NAMES:
-    timm_register_model(register_model(_make_builder(_name)))
+    # Bound in this module as timm's builders are: timm's register_model lists each name in ``__all__``, so
+    # ``from scnet.models.scnet import *`` needs the attribute.
+    globals()[_name] = timm_register_model(register_model(_make_builder(_name)))
