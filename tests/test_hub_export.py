@@ -50,3 +50,25 @@ def test_hub_references_refuse_what_they_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="names architecture 'scnet_dmo', which is not an scnet model \\(did you mean scnet_demo"):
         scnet.create_model(f"local-dir:{tmp_path}")
     assert main(["export", "--model", "resnet18", "--format", "hf", "--out", str(tmp_path / "tv")]) == 2  # not a timm name
+
+
+def test_bare_weights_of_a_one_channel_model_export_with_their_normalisation(tmp_path: Path, capsys) -> None:
+    """Bare weights carry no mean/std: a 1-channel model gets the mean of ImageNet's (0.449, 0.226), or what is given."""
+    model = scnet.create_model("scnet_demo", in_chans=1, num_classes=7)
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    base = ["export", "--model", "scnet_demo", "--checkpoint", str(weights), "--format", "hf", "--in-chans", "1", "--num-classes", "7"]
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    cfg = json.loads((tmp_path / "default" / "config.json").read_text())["pretrained_cfg"]
+    imagenet_mean, imagenet_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert cfg["mean"] == pytest.approx([sum(imagenet_mean) / 3]) and cfg["std"] == pytest.approx([sum(imagenet_std) / 3])
+    assert main([*base, "--mean", "0.3", "--std", "0.4", "--out", str(tmp_path / "given")]) == 0
+    cfg = json.loads((tmp_path / "given" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["mean"] == [0.3] and cfg["std"] == [0.4]
+    rebuilt = scnet.create_model(f"local-dir:{tmp_path / 'given'}")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+    capsys.readouterr()
+    assert main([*base, "--mean", "0.3", "0.2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--mean needs one value per input channel (1), got 2" in capsys.readouterr().err

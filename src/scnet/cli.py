@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 
 def _command_line() -> str:
@@ -33,6 +33,20 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _with_stats(loaded: Any, mean: Optional[list[float]], std: Optional[list[float]]) -> Any:
+    """The loaded model described with the normalisation given on the command line (one value per input channel)."""
+    import dataclasses
+
+    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    for key, values in given.items():
+        if len(values) != loaded.info.in_chans:
+            raise ValueError(f"--{key} needs one value per input channel ({loaded.info.in_chans}), got {len(values)}: {values}")
+    if "std" in given and min(given["std"]) <= 0:
+        raise ValueError(f"--std values must be positive, got {given['std']}")
+    info = dataclasses.replace(loaded.info, **{k: tuple(v) for k, v in given.items()})
+    return dataclasses.replace(loaded, info=info)
+
+
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -44,6 +58,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.checkpoint and out.resolve() == Path(args.checkpoint).resolve():
         raise ValueError(f"--out {out} is the checkpoint being exported; choose another file name")
     loaded = load_model(args.model, args.checkpoint, num_classes=args.num_classes, in_chans=args.in_chans, stem_type=args.stem_type)
+    loaded = _with_stats(loaded, args.mean, args.std)
     model = loaded.model
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.int8:
@@ -292,6 +307,9 @@ def _add_export_command(sub: Any) -> None:
     exp.add_argument("--num-classes", type=int, help="classifier size (default: the model's 1000)")
     exp.add_argument("--in-chans", type=int, help="input channels (default 3)")
     exp.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem")
+    exp.add_argument("--mean", type=float, nargs="+", help="the inputs' per-channel mean to record (default: the "
+                     "checkpoint's, else the model's; bare weights of a 1-channel model get the mean of ImageNet's)")
+    exp.add_argument("--std", type=float, nargs="+", help="the inputs' per-channel standard deviation to record (as --mean)")
     exp.add_argument("--check-sizes", type=_size, nargs="+", default=[(97, 130), (193, 257), (224, 224)],
                      help="HxW sizes at which onnxruntime is compared with PyTorch (default 97x130 193x257 224x224)")
     exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")

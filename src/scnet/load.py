@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 
@@ -59,7 +59,20 @@ def data_info_of(model: nn.Module) -> DataInfo:
     if len(names) != classes:
         names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
     in_chans = int(getattr(model, "in_chans", 3))
-    return DataInfo("imagenet", classes, in_chans, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)), names)
+    mean, std = (channel_stats(cfg.get(key, default), in_chans) for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
+    return DataInfo("imagenet", classes, in_chans, size, mean, std, names)
+
+
+def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """RGB normalisation statistics for a model of ``in_chans`` channels: their mean for one channel (a grey
+    image's value is about the mean of its RGB ones), repeated cyclically for more (as timm adapts a first
+    convolution's weights to other channel counts)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    return tuple(values[i % len(values)] for i in range(in_chans))
 
 
 def _official_arch(path: Path) -> Optional[str]:
