@@ -350,3 +350,30 @@ def test_a_run_too_short_to_learn_says_so(tmp_path: Path) -> None:
     said: list[str] = []
     fit(_cfg(tmp_path / "run", epochs=1, batch_size=128), show_progress=False, log=said.append)  # 256 images: 2 steps
     assert any(line.startswith("note: 2 optimiser steps in all") for line in said)
+
+
+def test_predict_and_eval_give_one_image_the_same_logits(tmp_path: Path) -> None:
+    """An ImageNet-style model (short side to size / 0.875, centre crop): predict prepares a file exactly as the
+    evaluation of its folder does, so the logits are identical (predict used to crop the resized image whole)."""
+    import numpy as np
+    from PIL import Image
+
+    from scnet.predict import load_image, load_predictor
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (45, 70, 3), dtype=np.uint8)).save(tmp_path / "data" / split / cls / f"{i}.png")
+    fit(_cfg(tmp_path / "run", data="imagefolder", data_dir=str(tmp_path / "data"), image_size=32, epochs=1, batch_size=4),
+        show_progress=False, log=lambda *a: None)
+    model, info = load_predictor(str(tmp_path / "run" / "checkpoint-last.pth"))
+    assert info.crop_pct == 0.875
+    _, val, _ = build_datasets("imagefolder", str(tmp_path / "data"), image_size=32)
+    for index in (0, 5):
+        path, _ = val.samples[index]
+        from_eval, from_predict = val[index][0], load_image(path, info)
+        assert torch.equal(from_eval, from_predict)
+        with torch.no_grad():
+            assert torch.equal(model(from_eval[None]), model(from_predict[None]))

@@ -134,11 +134,9 @@ def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
     info, out = loaded.info, Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; the Hub layout is a folder")
-    # Our evaluation resizes the shorter side to the model's size and crops it whole, except on ImageNet-style
-    # folders (resize to size / 0.875, centre crop): the crop timm's preprocessing must reproduce.
-    crop_pct = 0.875 if info.name in ("imagenet", "imagefolder") else 1.0
+    # timm's preprocessing reproduces ours (data.eval_transform) from these: size, crop, interpolation, mean/std.
     data_config = dict(input_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std),
-                       crop_pct=crop_pct, interpolation="bilinear")
+                       crop_pct=info.crop_pct, interpolation="bilinear")
     labels = list(info.classes)  # at the top (timm's place) and inside pretrained_cfg (where readers look first)
     inner = dict(label_names=labels, num_classes=info.num_classes)  # timm drops label names of another class count
     save_for_hf(loaded.model, str(out), model_config=dict(label_names=labels, pretrained_cfg=inner),

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 
-from .data import DataInfo
+from .data import IMAGENET_CROP_PCT, DataInfo
 from .files import HUB_PREFIXES, is_training_checkpoint, read_checkpoint
 from .models import registry
 from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, load_pretrained, load_weights, state_dict_of
@@ -60,7 +60,7 @@ def data_info_of(model: nn.Module) -> DataInfo:
         names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
     in_chans = int(getattr(model, "in_chans", 3))
     mean, std = (channel_stats(cfg.get(key, default), in_chans) for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
-    return DataInfo("imagenet", classes, in_chans, size, mean, std, names)
+    return DataInfo("imagenet", classes, in_chans, size, mean, std, names, crop_pct=float(cfg.get("crop_pct", IMAGENET_CROP_PCT)))
 
 
 def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
@@ -88,7 +88,7 @@ def _trained(path: str, state: dict[str, Any], name: Optional[str], use_ema: boo
     key = "model_ema" if use_ema else "model"
     if not isinstance(state.get(key), dict):
         raise ValueError(f"{path} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
-    info = DataInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_info"].items()})
+    info = DataInfo.from_dict(state["data_info"])
     model = model_from_config(state["config"], info)
     load_weights(model, state[key], path, classifier=None, name=f"{arch} on {info.name}")
     args = {k: state["config"][k] for k in ("stem_type", "norm_layer") if state["config"].get(k)}

@@ -18,17 +18,14 @@ from .data import DataError, DataInfo
 __all__ = ["load_image", "load_predictor", "predict"]
 
 def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
-    """One image file as a normalised (C, S, S) tensor: shorter side resized to S, centre crop, mean/std."""
-    import torchvision.transforms.v2.functional as TF
-
+    """One image file as a normalised (C, S, S) tensor, prepared by ``data.eval_transform`` (short side to
+    S / crop_pct, centre crop, mean/std), as the model's own evaluation prepares one."""
+    from .data import eval_transform
     from .data.images import open_image
 
-    img = open_image(path, info.in_chans, short_side=info.image_size)  # bounded: checked before decoding or resizing
-    x = TF.pil_to_tensor(img)  # (C, H, W) uint8
-    x = TF.resize(x, [info.image_size], antialias=True)  # shorter side -> S
-    x = TF.center_crop(x, [info.image_size, info.image_size])  # (C, S, S)
-    x = TF.to_dtype(x, torch.float32, scale=True)
-    return TF.normalize(x, list(info.mean), list(info.std))
+    short_side = int(info.image_size / info.crop_pct)
+    img = open_image(path, info.in_chans, short_side=short_side)  # bounded: checked before decoding or resizing
+    return eval_transform(info)(img)  # (C, S, S): exactly as the model's evaluation prepares an image
 
 
 def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,

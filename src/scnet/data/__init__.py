@@ -1,7 +1,7 @@
 """Datasets for the training tools, and the generated tasks (Pathfinder, cluttered Fashion-MNIST)."""
 from .datasets import (BAD_IMAGE_POLICIES, DATASETS, FASHION_CLASSES, FASHION_MNIST_PAD, FASHION_MNIST_SYSTEM_DIR, BatchAugment,
-                       DataError, DataInfo, TensorImages, build_datasets)
+                       DataError, DataInfo, IMAGENET_CROP_PCT, TensorImages, build_datasets, eval_transform)
 from .pathfinder_gen import pathfinder
 
 __all__ = ["BAD_IMAGE_POLICIES", "BatchAugment", "DataError", "DataInfo", "DATASETS", "FASHION_CLASSES", "FASHION_MNIST_PAD",
-           "FASHION_MNIST_SYSTEM_DIR", "TensorImages", "build_datasets", "pathfinder"]
+           "FASHION_MNIST_SYSTEM_DIR", "IMAGENET_CROP_PCT", "TensorImages", "build_datasets", "eval_transform", "pathfinder"]

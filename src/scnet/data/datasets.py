@@ -10,6 +10,7 @@ import gzip
 import io
 import pickle
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2 as T
 
-__all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
+__all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "IMAGENET_CROP_PCT", "eval_transform", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
            "PATHFINDER_TRAIN", "PATHFINDER_VAL"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -48,11 +49,34 @@ class DataInfo:
     std: tuple[float, ...]
     classes: tuple[str, ...]
     skipped_images: int = 0  # unreadable image files left out (ImageFolder with bad_images="skip")
+    # The share of the resized image the centre crop keeps (timm's crop_pct): an image's short side is resized to
+    # image_size / crop_pct, then cropped to image_size. 0.875 for ImageNet-style folders, 1.0 for the sets whose
+    # images are already the model's size.
+    crop_pct: float = 1.0
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of the model's inputs, as timm's ``pretrained_cfg`` writes it."""
         return self.in_chans, self.image_size, self.image_size
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DataInfo":
+        """A description saved in a checkpoint (lists for tuples); saved before crop_pct was, an ImageNet-style
+        set's is the 0.875 its evaluation used."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        values.setdefault("crop_pct", IMAGENET_CROP_PCT if values.get("name") in ("imagenet", "imagefolder") else 1.0)
+        return cls(**values)
+
+
+IMAGENET_CROP_PCT = 0.875  # resize to 256, crop 224: the evaluation of the ImageNet literature (and the paper)
+
+
+def eval_transform(info: DataInfo):
+    """The one preparation of an image (PIL, already of the model's channels) for a model described by ``info``:
+    evaluation of an ImageNet-style folder, ``scnet predict``, ``scnet cam`` and the others all go through it, so one
+    image gets one set of logits. Short side to ``image_size / crop_pct``, centre crop, scale to [0, 1], mean/std."""
+    return T.Compose([T.Resize(int(info.image_size / info.crop_pct), antialias=True), T.CenterCrop(info.image_size),
+                      T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(info.mean), list(info.std))])
 
 
 @dataclass(frozen=True)
@@ -297,9 +321,10 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs --data-dir with train/<class>/* and val/<class>/* subfolders (got {data_dir})")
     mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
-    resize = int(image_size / 0.875)
+    described = DataInfo("imagefolder", 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)  # classes: below
+    resize = int(image_size / described.crop_pct)
     train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
-    val_tf = T.Compose([T.RGB(), T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    val_tf = eval_transform(described)
     loader = lambda path: open_image(path, 3, resize)  # noqa: E731 - one reading of every file, as predict's
     try:
         train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
@@ -313,7 +338,7 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
     for ds, split in ((train, "train"), (val, "val")):
         if not ds.samples:
             raise DataError(f"no readable images left in {data_dir / split}")
-    return train, val, DataInfo("imagefolder", len(train.classes), 3, image_size, mean, std, tuple(train.classes), skipped)
+    return train, val, dataclasses.replace(described, num_classes=len(train.classes), classes=tuple(train.classes), skipped_images=skipped)
 
 
 # ---- synthetic -------------------------------------------------------------------------------------------
