@@ -13,7 +13,7 @@ import torch
 
 from scnet.cli import main
 from scnet.train import TrainConfig
-from scnet.train.compare import next_seed, paired_interval, study_finished, verdict
+from scnet.train.study_stats import next_seed, paired_interval, study_finished, verdict
 
 SYNTHETIC = ["--data", "synthetic", "--epochs", "1", "--batch-size", "32"]
 PLAIN, SC = "scnet_demo_plain", "scnet_demo"

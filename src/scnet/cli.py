@@ -221,7 +221,8 @@ def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .train import compare, load_yaml, merge_config
-    from .train.compare import StudyPlan, describe_difference
+    from .train.compare import StudyPlan
+    from .train.study_stats import describe_difference
 
     for flag, instead in (("model", "--models"), ("seed", "--seeds"), ("resume", "the same --out: a study resumes by itself")):
         if getattr(args, flag) is not None:
