@@ -203,6 +203,7 @@ def _erf(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .hostmem import keep_freed_memory_on_cpu
     from .train import fit, load_yaml, merge_config
     from .train.runner import resume_conflicts
 
@@ -211,6 +212,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = merge_config(yaml_values, flags)
     if cfg.resume:  # what the user set, not the defaults, must agree with the run being resumed
         resume_conflicts(cfg.resume, {**(yaml_values or {}), **{k: v for k, v in flags.items() if v is not None}})
+    keep_freed_memory_on_cpu()  # the tool's process-wide choice (the library leaves it to its callers)
     result = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         print(f"best val accuracy {result['best_val_acc']:.2f}% after {result['epochs']} epochs; run in {result['out']}")
@@ -220,6 +222,7 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .hostmem import keep_freed_memory_on_cpu
     from .train import compare, load_yaml, merge_config
     from .train.compare import StudyPlan
     from .train.study_stats import describe_difference
@@ -232,7 +235,8 @@ def _compare(args: argparse.Namespace) -> int:
     base = merge_config(load_yaml(args.config) if args.config else None, flags)
     out = Path(args.out or "runs/compare")
     plan = StudyPlan(args.models, args.seeds, args.until_resolved, args.max_seeds, args.erf_samples, args.jobs)
-    report = compare(base, plan, out, command=_command_line())
+    keep_freed_memory_on_cpu()  # for the runs trained in this process; its workers are told to do the same
+    report = compare(base, plan, out, command=_command_line(), keep_memory=True)
     for name, entry in report["models"].items():
         spread = f" ± {entry['std']:.2f}" if entry["std"] is not None else ""
         print(f"{name:24s} {entry['mean']:6.2f}{spread} % ({len(entry['runs'])} seed(s))")

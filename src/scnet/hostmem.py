@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["keep_freed_memory", "map_large_blocks_directly"]
+__all__ = ["keep_freed_memory", "keep_freed_memory_on_cpu", "map_large_blocks_directly"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit machines
@@ -48,3 +48,12 @@ def map_large_blocks_directly() -> bool:
     for a process that measures peak memory, and nothing else.
     """
     return _mallopt((_M_MMAP_THRESHOLD, 64 * 1024))
+
+
+def keep_freed_memory_on_cpu() -> bool:
+    """``keep_freed_memory`` where training runs on the CPU (no CUDA device): the choice ``scnet train`` and
+    ``scnet compare`` make for their processes, so no step page-faults its activations anew. A program that imports
+    scnet makes it itself, or not: the library never changes its process's allocator."""
+    import torch
+
+    return False if torch.cuda.is_available() else keep_freed_memory()

@@ -17,6 +17,7 @@ import torch
 
 from ..data import DataInfo, build_datasets
 from ..files import write_text_atomically
+from ..hostmem import keep_freed_memory_on_cpu
 from ..models import plain_twin, sc_twin
 from ..models.weights import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
@@ -185,7 +186,7 @@ def _follow_parent(parent: int) -> None:
         threading.Thread(target=watch, name="scnet-follow-study", daemon=True).start()
 
 
-def _run_alone(config: dict[str, Any], threads: int, parent: int) -> dict[str, Any]:
+def _run_alone(config: dict[str, Any], threads: int, parent: int, keep_memory: bool = False) -> dict[str, Any]:
     """``_run`` in a worker process with ``threads`` torch threads (no progress bar: two would interleave)."""
     import os
     import sys
@@ -193,6 +194,8 @@ def _run_alone(config: dict[str, Any], threads: int, parent: int) -> dict[str, A
     _follow_parent(parent)
     sys.stdout.reconfigure(line_buffering=True)  # each epoch's line shows as it ends, not when the process exits
     torch.set_num_threads(threads)
+    if keep_memory:  # the caller's choice for its own process, made again in this one
+        keep_freed_memory_on_cpu()
     try:
         return _run(TrainConfig(**config), show_progress=False)
     except TrainingStopped as stopped:
@@ -202,7 +205,7 @@ def _run_alone(config: dict[str, Any], threads: int, parent: int) -> dict[str, A
         raise
 
 
-def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int) -> list[dict[str, Any]]:
+def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int, keep_memory: bool = False) -> list[dict[str, Any]]:
     """Both runs of a pair, one after the other, or at once in two processes with half the threads each.
 
     Why at once: both runs meet the same machine load, and small convolutions leave a second thread idle part of
@@ -217,7 +220,7 @@ def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int) -> li
     threads = max(1, torch.get_num_threads() // jobs)
     print(f"training {', '.join(c.model for c in cfgs)} (seed {cfgs[0].seed}) at once, {threads} thread(s) each")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_alone, cfg.to_dict(), threads, os.getpid()) for cfg in cfgs]
+        futures = [pool.submit(_run_alone, cfg.to_dict(), threads, os.getpid(), keep_memory) for cfg in cfgs]
         return [f.result() for f in futures]
 
 
@@ -248,13 +251,16 @@ class StudyPlan:
         return replace(self, seeds=list(self.seeds), max_seeds=limit)
 
 
-def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", show_progress: bool = True) -> dict[str, Any]:
+def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", show_progress: bool = True,
+            keep_memory: bool = False) -> dict[str, Any]:
     """Train the SC model of ``plan.models`` and its plain twin, pair by pair, with ``base``'s recipe; report in ``out``.
 
     The ``plan.seeds`` run first; with ``until_resolved`` more seeds follow (see ``next_seed``) up to ``max_seeds``
     pairs in all (default 10). report.md/json/png are rewritten after every pair. With ``erf_samples`` > 0 the
     trained pair of the first seed has its effective receptive fields measured on that many validation images
-    (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads.
+    (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads;
+    ``keep_memory`` makes those processes keep freed memory on a CPU (``hostmem.keep_freed_memory_on_cpu``), the
+    choice the caller made for its own.
     """
     plan = plan.checked()
     names = _twins(plan.models)
@@ -262,14 +268,15 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     with own_folder(out):  # one study per folder: a second one on it is refused while this one runs
         _check_out(out, study)
         try:
-            return _run_study(base, plan, study, out, command, show_progress)
+            return _run_study(base, plan, study, out, command, show_progress, keep_memory)
         except TrainingStopped as stopped:  # a run's own advice (--resume) does not apply to a study
             where = str(stopped).partition("; checkpoint written")[0]
             raise TrainingStopped(stopped.signum, f"{where}; checkpoint written: run the same scnet compare command again "
                                                   f"to continue the study") from None
 
 
-def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: Path, command: str, show_progress: bool) -> dict[str, Any]:
+def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: Path, command: str, show_progress: bool,
+               keep_memory: bool) -> dict[str, Any]:
     """``compare``'s work in a folder it holds: pair after pair, the report rewritten after each, then the figures."""
     names, seeds, until_resolved, max_seeds = study["models"], plan.seeds, plan.until_resolved, plan.max_seeds
     # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
@@ -283,7 +290,7 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
     seed = next_seed(seeds, [], [], until_resolved, max_seeds)
     while seed is not None:
         cfgs = [replace(base, model=name, seed=seed, out=str(out / _run_name(name, seed)), resume=None).validate() for name in names]
-        for name, result in zip(names, _run_pair(cfgs, show_progress, plan.jobs)):
+        for name, result in zip(names, _run_pair(cfgs, show_progress, plan.jobs, keep_memory)):
             report["models"][name]["runs"].append(result)
         report["seeds"].append(seed)
         report["threads_per_process"] = sorted({r["threads"] for e in report["models"].values() for r in e["runs"] if "threads" in r})

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
 from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
-from ..hostmem import keep_freed_memory
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
@@ -265,12 +264,10 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
     ``stop_after_epoch`` ends the run early while keeping the schedule of ``cfg.epochs`` (resume continues it).
     Checkpoints are written at every epoch end and, with ``cfg.checkpoint_every``, every N steps; SIGTERM or
     SIGINT writes one at the current step and raises ``TrainingStopped``. Resuming from any of them gives the
-    weights an uninterrupted run would have had. On a CPU it lets glibc keep freed memory for the rest of the
-    process (``hostmem.keep_freed_memory``; the user's own ``MALLOC_*_`` variables win).
+    weights an uninterrupted run would have had. Process-wide settings are the caller's: ``scnet train`` lets
+    glibc keep freed memory on a CPU (``hostmem.keep_freed_memory``), a program of yours may call it too.
     """
     rank, world, device = _init_distributed(cfg.dist_timeout)
-    if device.type == "cpu":
-        keep_freed_memory()  # no step page-faults its activations anew: 15 % faster (docs/results/bench-cpu-targets)
     with shared_failures(rank, world, cfg.dist_timeout):  # one process's failure ends the run on every process
         run = _start(cfg, rank, world, device, show_progress, log)
         with own_folder(run.out, run.log) if run.main_process else contextlib.nullcontext():  # one run per folder
