@@ -27,7 +27,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-KERNEL = "src/scnet/layers/gate_triton.py"
+KERNEL = "src/scnet/fast/gate_triton.py"
 TARGET = GPUTarget("cuda", 90, 32)
 
 

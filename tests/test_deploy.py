@@ -8,7 +8,8 @@ import torch.nn as nn
 import torchvision
 
 import scnet
-from scnet.deploy import FusedConv, FusedSCBottleneck, deploy, fold_conv_norm
+from scnet.fast import FusedConv, deploy, fold_conv_norm
+from scnet.fast.inference import FusedSCBottleneck
 from seeded import seeded_input, seeded_state_dict
 
 ALL_MODELS = scnet.list_models()

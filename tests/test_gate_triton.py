@@ -14,8 +14,8 @@ import scnet
 from scnet.models.blocks import Bottleneck, SCBottleneck
 from seeded import seeded_state_dict
 
-fusion = importlib.import_module("scnet.layers.fusion")  # the backends of every fused form
-gate = importlib.import_module("scnet.layers.gate")  # the gate and its Triton kernel, loaded on first use
+fusion = importlib.import_module("scnet.fast.fusion")  # the backends of every fused form
+gate = importlib.import_module("scnet.fast.gate")  # the fast gates and the Triton kernel, loaded on first use
 
 # (N, C, H, W) and the pooled (PH, PW): divisible maps, floor-pooled odd maps (the nearest rule's float scale
 # decides the source cell: 18 -> 4 puts h = 9 on a float32 boundary), one-cell maps and non-square ones.
@@ -28,16 +28,16 @@ def kernel():
     """``gate_product_triton`` imported with TRITON_INTERPRET=1 (the decorator reads it), then forgotten."""
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
-    sys.modules.pop("scnet.layers.gate_triton", None)
+    sys.modules.pop("scnet.fast.gate_triton", None)
     try:
-        module = importlib.import_module("scnet.layers.gate_triton")
+        module = importlib.import_module("scnet.fast.gate_triton")
     finally:
         if saved is None:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = saved
     yield module.gate_product_triton
-    sys.modules.pop("scnet.layers.gate_triton", None)
+    sys.modules.pop("scnet.fast.gate_triton", None)
 
 
 def _reference(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor) -> torch.Tensor:
@@ -74,13 +74,17 @@ def test_kernel_equals_the_formula_in_float64(kernel, shape: tuple, pooled: tupl
 
 @pytest.mark.parametrize("shape,pooled", SHAPES)
 def test_reference_gate_is_the_formula_and_the_kernel_equals_it(kernel, shape: tuple, pooled: tuple) -> None:
-    """``calibration_gate`` (what the eager layer and the fused forms compute, broadcast or not) is the formula
+    """The reference ``calibration_gate`` and the fast forms' ``broadcast_gate`` (broadcast or not) are the formula
     restated above, and the kernel computes the same product."""
+    from scnet.layers.gate import calibration_gate
+
     gen = torch.Generator().manual_seed(7 + sum(shape))
     features, x = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
     calib = torch.randn(shape[0], shape[1], *pooled, generator=gen, dtype=torch.float64)
+    reference = features * calibration_gate(x, calib, "nearest")
+    torch.testing.assert_close(reference, _reference(features, x, calib), rtol=1e-14, atol=1e-14)
     for broadcast in range(5):  # 0: never broadcast; else the pooling rate it may broadcast for (whenever valid)
-        reference = features * gate.calibration_gate(x, calib, "nearest", broadcast)
+        reference = features * gate.broadcast_gate(x, calib, "nearest", broadcast)
         torch.testing.assert_close(reference, _reference(features, x, calib), rtol=1e-14, atol=1e-14)
         torch.testing.assert_close(kernel(features, x, calib), reference, rtol=1e-12, atol=1e-12)
 
@@ -115,7 +119,7 @@ def test_each_optional_term_is_applied(kernel, terms: tuple) -> None:
 
 @pytest.fixture(scope="module")
 def backward_kernel(kernel):
-    return sys.modules["scnet.layers.gate_triton"].gate_product_backward_triton
+    return sys.modules["scnet.fast.gate_triton"].gate_product_backward_triton
 
 
 def _reference_backward(grad, features, x, calib):
@@ -236,12 +240,12 @@ def test_training_gate_takes_the_kernels_and_equals_the_eager_path(kernel, backw
     from scnet.layers import SelfCalibration
 
     torch.manual_seed(0)
-    layer = SelfCalibration(6, 8, stride=2, norm_layer=norm).double().train()
-    eager = copy.deepcopy(layer)
+    eager = SelfCalibration(6, 8, stride=2, norm_layer=norm).double().train()
+    layer = scnet.fast_train(copy.deepcopy(eager))
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(2, 6, 13, 17, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    want = eager(x)
+    want = eager(x)  # the reference form, plain autograd
     g = torch.randn(want.shape, generator=gen, dtype=torch.float64)
     want_grads = torch.autograd.grad(want, [x, *eager.parameters()], g)
     calls: dict = {}

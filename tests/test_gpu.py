@@ -15,8 +15,8 @@ from test_deploy import ODD, _rel, _seeded
 from test_gate_triton import SHAPES, _layouts, _reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-fusion = importlib.import_module("scnet.layers.fusion")
-gate = importlib.import_module("scnet.layers.gate")
+fusion = importlib.import_module("scnet.fast.fusion")
+gate = importlib.import_module("scnet.fast.gate")
 CUDA = torch.device("cuda")
 
 
@@ -46,7 +46,7 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_compiled_kernel_equals_the_formula(dtype: torch.dtype) -> None:
-    from scnet.layers.gate_triton import gate_product_triton
+    from scnet.fast.gate_triton import gate_product_triton
 
     for (shape, pooled) in [*SHAPES, ((8, 64, 56, 56), (14, 14)), ((4, 128, 14, 14), (3, 3))]:
         gen = torch.Generator().manual_seed(sum(shape))
@@ -113,7 +113,7 @@ def test_cuda_graph_replays_the_deployed_model() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_compiled_backward_kernel_equals_autograd_of_the_formula(dtype: torch.dtype) -> None:
-    from scnet.layers.gate_triton import gate_product_backward_triton
+    from scnet.fast.gate_triton import gate_product_backward_triton
 
     for (shape, pooled) in [*SHAPES, ((8, 64, 56, 56), (14, 14))]:
         gen = torch.Generator().manual_seed(3 + sum(shape))
@@ -133,7 +133,7 @@ def test_training_step_on_gpu_takes_the_kernels_and_matches(norm: str, exact_con
     from scnet.layers import SelfCalibration
 
     torch.manual_seed(0)
-    layer = SelfCalibration(32, 32, norm_layer=norm).to(CUDA).train()
+    layer = scnet.fast_train(SelfCalibration(32, 32, norm_layer=norm).to(CUDA).train())
     x = torch.randn(4, 32, 28, 28, device=CUDA).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     results = []
     for devices in (("cuda",), ()):  # the kernels, then the eager ops (no device counts as a GPU)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scnet
 from scnet import SCConv
 from seeded import seeded_input, seeded_state_dict
 
@@ -223,7 +224,7 @@ def test_torch_compile_matches_eager() -> None:
 
 @pytest.mark.parametrize("mode, size, pooled", [("nearest", (8, 8), (2, 2)), ("nearest", (7, 9), (1, 2)), ("bilinear", (8, 6), (2, 1))])
 def test_lean_calibrated_product_gradients(mode: str, size: tuple, pooled: tuple) -> None:
-    from scnet.layers.gate import _CalibratedProduct
+    from scnet.fast.gate import _CalibratedProduct
 
     g = torch.Generator().manual_seed(0)
     f, x = (torch.randn(2, 3, *size, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -238,11 +239,11 @@ def test_lean_calibrated_product_gradients(mode: str, size: tuple, pooled: tuple
 
 
 def test_lean_calibration_keeps_three_full_size_tensors_fewer() -> None:
-    """In training, the gate, K3's normalised output and the product (K4's input) are recomputed, not kept."""
+    """In training, the fast form recomputes the gate, K3's normalised output and the product (K4's input), not keeps them."""
     from scnet.layers.gate import upsample as _upsample
     from scnet.layers.scconv import SelfCalibration
 
-    layer = _seeded(SelfCalibration(8)).train()
+    layer = scnet.fast_train(_seeded(SelfCalibration(8)).train())
     x = torch.randn(2, 8, 16, 16, requires_grad=True)
     full, pooled = 2 * 8 * 16 * 16 * 4, 2 * 8 * 4 * 4 * 4  # float32 bytes of a full-size map and of K2's pooled map
 

@@ -1,9 +1,9 @@
-"""The fast training paths (stacked norms, the lean calibration) against plain autograd.
+"""The training fast forms (``scnet.fast_train``: stacked norms, the lean calibration) against plain autograd.
 
-In training the SC bottleneck runs conv1_a/conv1_b as one convolution with one norm, K1's and K4's norms as one,
-and K3's norm, the gate and K4's convolution as one autograd function that recomputes what it does not keep.
-Here the block is re-stated with plain PyTorch ops, one norm per layer as the official code has them, and the
-outputs, every gradient and the running statistics must agree.
+In training the SC bottleneck's fast form runs conv1_a/conv1_b as one convolution with one norm, K1's and K4's
+norms as one, and K3's norm, the gate and K4's convolution as one autograd function that recomputes what it does
+not keep. Here the block is re-stated with plain PyTorch ops, one norm per layer as the official code has them,
+and the outputs, every gradient and the running statistics of both the fast and the reference form must agree.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import scnet
-from scnet.layers import SelfCalibration
-from scnet.layers.gate import lean_calibrated_conv
-from scnet.layers.norm import stackable_norms, stacked_batch_norm
+import scnet.fast.training as training
+from scnet.fast.gate import lean_calibrated_conv
+from scnet.fast.norm import stackable_norms, stacked_batch_norm
+from scnet.fast.training import FastSCBottleneck, FastSelfCalibration, _trains_lean
 from scnet.models import SCBottleneck
 
 
@@ -48,7 +49,8 @@ def reference_block(blk: SCBottleneck, x: torch.Tensor) -> torch.Tensor:
     return F.relu(out + (x if blk.downsample is None else blk.downsample(x)))
 
 
-def _block(inplanes: int, planes: int, stride: int = 1, **kw) -> SCBottleneck:
+def _block(inplanes: int, planes: int, stride: int = 1, **kw) -> FastSCBottleneck:
+    """A seeded SC bottleneck in its training fast form (``scnet.fast_train(block, False)`` gives the reference)."""
     down = None
     if stride != 1 or inplanes != planes * 4:
         down = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
@@ -59,7 +61,7 @@ def _block(inplanes: int, planes: int, stride: int = 1, **kw) -> SCBottleneck:
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.5, 0.5)
             nn.init.uniform_(m.running_var, 0.5, 2.0)
-    return blk
+    return scnet.fast_train(blk)
 
 
 BLOCKS = [
@@ -74,15 +76,18 @@ BLOCKS = [
 
 @pytest.mark.parametrize("kwargs", BLOCKS)
 @pytest.mark.parametrize("shape, channels_last", [((3, 13, 15), False), ((2, 16, 16), True), ((2, 3, 2), False)])
-def test_block_training_step_equals_plain_autograd(kwargs: dict, shape: tuple, channels_last: bool) -> None:
-    blk = _block(**kwargs)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast form", "reference form"])
+def test_block_training_step_equals_plain_autograd(kwargs: dict, shape: tuple, channels_last: bool, fast: bool) -> None:
+    blk = scnet.fast_train(_block(**kwargs), enable=fast)
+    assert type(blk) is (FastSCBottleneck if fast else SCBottleneck)
     ref = copy.deepcopy(blk)
     n, h, w = shape
     x = torch.randn(n, kwargs["inplanes"], h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    assert blk._trains_stacked() and blk.scconv._trains_lean(x[:, :1])
+    if fast:
+        assert blk._trains_stacked() and _trains_lean(blk.scconv, x[:, :1])
     out, want = blk(x), reference_block(ref, x)
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
     g = torch.randn_like(out)
@@ -138,28 +143,26 @@ class _Conv:
         self.stride, self.padding, self.dilation, self.groups, self.weight = conv.stride, conv.padding, conv.dilation, conv.groups, weight
 
 
-def _sgd_steps(fast: bool, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, lr: float, steps: int = 3) -> nn.Module:
-    with monkeypatch.context() as mp:
-        if not fast:
-            mp.setattr(SCBottleneck, "_trains_stacked", lambda self: False)
-            mp.setattr(SelfCalibration, "_trains_lean", lambda self, x: False)
-        torch.manual_seed(0)
-        model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1).to(dtype).train()
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-        g = torch.Generator().manual_seed(4)
-        for _ in range(steps):
-            x, y = torch.randn(8, 1, 28, 28, generator=g, dtype=dtype), torch.randint(0, 10, (8,), generator=g)
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+def _sgd_steps(fast: bool, dtype: torch.dtype, lr: float, steps: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1).to(dtype).train()
+    if fast:
+        scnet.fast_train(model)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(steps):
+        x, y = torch.randn(8, 1, 28, 28, generator=g, dtype=dtype), torch.randint(0, 10, (8,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
     return model
 
 
 # Three steps on random labels amplify rounding: at lr 0.1 a 1e-6 change of the input moves float32 weights by
 # about 0.02 on the plain path alone. So float64 at lr 0.1, and float32 at lr 0.01, where that change is 1e-6.
 @pytest.mark.parametrize("dtype, lr, tol", [(torch.float64, 0.1, 1e-10), (torch.float32, 0.01, 1e-5)])
-def test_sgd_steps_match_the_plain_paths(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, lr: float, tol: float) -> None:
-    fast, plain = _sgd_steps(True, monkeypatch, dtype, lr), _sgd_steps(False, monkeypatch, dtype, lr)
+def test_sgd_steps_match_the_reference_forms(dtype: torch.dtype, lr: float, tol: float) -> None:
+    fast, plain = _sgd_steps(True, dtype, lr), _sgd_steps(False, dtype, lr)
     for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=tol, msg=lambda m: f"{name}: {m}")
 
@@ -198,7 +201,7 @@ def test_frozen_norms_take_the_plain_path() -> None:
     assert not blk._trains_stacked()
     ref = copy.deepcopy(blk)
     x = torch.randn(2, 32, 9, 9, dtype=torch.float64)
-    assert not blk.scconv._trains_lean(x)
+    assert not _trains_lean(blk.scconv, x)
     torch.testing.assert_close(blk(x), reference_block(ref, x), rtol=1e-10, atol=1e-10)
     for (name, a), b in zip(blk.named_buffers(), ref.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"buffer {name}: {m}")
@@ -211,7 +214,7 @@ def test_recomputed_keeps_a_recipe_not_the_tensor() -> None:
     recipe once for all its readers, and every gradient equals plain autograd's."""
     import weakref
 
-    from scnet.layers.recompute import recomputed
+    from scnet.fast.recompute import recomputed
 
     g = torch.Generator().manual_seed(5)
     y = torch.randn(2, 6, 5, 5, dtype=torch.float64, generator=g, requires_grad=True)
@@ -244,7 +247,7 @@ def test_recomputed_keeps_a_recipe_not_the_tensor() -> None:
 def test_recomputed_hands_backward_the_kept_geometry_and_type() -> None:
     """A recipe may compute in another layout or a wider type (here NCHW float64 for a channels_last bfloat16 map):
     backward still gets the values in the saved tensor's own layout and type, so the gradients equal plain autograd's."""
-    from scnet.layers.recompute import recomputed
+    from scnet.fast.recompute import recomputed
 
     g = torch.Generator().manual_seed(8)
     y = torch.randn(2, 4, 5, 5, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -264,7 +267,7 @@ def test_recomputed_hands_backward_the_kept_geometry_and_type() -> None:
 
 
 def test_recomputed_refuses_what_it_cannot_do() -> None:
-    from scnet.layers.recompute import can_recompute, recomputed
+    from scnet.fast.recompute import can_recompute, recomputed
 
     assert can_recompute()
     with torch.autograd.graph.save_on_cpu():  # another scope's hooks: the block keeps the plain path under them
@@ -284,14 +287,13 @@ def test_block_keeps_less_for_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SC block's training forward leaves one map of the 3x3 width less allocated (what backward keeps) with the
     recompute than without it, less the stacked norm's bias that the recipe holds (the norm's backward keeps its
     weight anyway): the profiler's count of live bytes."""
-    import scnet.models.blocks as blocks
     from torch.profiler import ProfilerActivity, profile
 
     blk = _block(32, 8)
     x = torch.randn(2, 32, 12, 12, dtype=torch.float64)
 
     def live_bytes_after_forward(recompute: bool) -> int:
-        monkeypatch.setattr(blocks, "can_recompute", lambda: recompute)
+        monkeypatch.setattr(training, "can_recompute", lambda: recompute)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             out = blk(x)  # noqa: F841 - kept alive, with the graph, until the count is taken
         return sum(e.cpu_memory_usage for e in prof.events())
@@ -306,17 +308,15 @@ def test_recomputed_map_gives_the_gradients_of_the_kept_one_bit_for_bit(monkeypa
     """The recipe runs the norm's own kernel on the same batch, so backward sees the very values it would have kept:
     a training step's gradients are identical, in float32 and under CPU bfloat16 autocast (where the map is
     bfloat16 and oneDNN refuses a mixed convolution in backward)."""
-    import scnet.models.blocks as blocks
-
     torch.manual_seed(0)
-    model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1).train()
+    model = scnet.fast_train(scnet.create_model("scnet_demo", num_classes=10, in_chans=1).train())
     twin = copy.deepcopy(model)
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g)
 
     def grads(net: nn.Module, recompute: bool) -> list[torch.Tensor]:
         if not recompute:
-            monkeypatch.setattr(blocks, "can_recompute", lambda: False)
+            monkeypatch.setattr(training, "can_recompute", lambda: False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(net(x), y)
         return list(torch.autograd.grad(loss, list(net.parameters())))
@@ -341,3 +341,43 @@ def test_block_under_activation_checkpointing_equals_the_plain_block(reentrant: 
     checkpoint(twin, x, use_reentrant=reentrant).square().sum().backward()
     for a, b in zip([x.grad, *(p.grad for p in twin.parameters())], want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---- the swap itself ---------------------------------------------------------------------------------------
+def test_fast_train_swaps_classes_in_place_and_back() -> None:
+    """The fast forms add no state: the same module objects, parameters, state-dict names and values; eval mode runs
+    the reference forward; ``enable=False`` restores the reference classes."""
+    torch.manual_seed(0)
+    model = scnet.create_model("scnet_demo", num_classes=10, in_chans=1)
+    params, keys = list(model.parameters()), list(model.state_dict())
+    assert scnet.fast_train(model) is model
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert {"FastSCBottleneck", "FastSelfCalibration"} <= kinds and "SCBottleneck" not in kinds
+    assert all(a is b for a, b in zip(model.parameters(), params)) and list(model.state_dict()) == keys
+    x = torch.randn(2, 1, 28, 28)
+    fast_out = model.eval()(x)
+    scnet.fast_train(model, enable=False)
+    assert not any(type(m).__name__.startswith("Fast") for m in model.modules())
+    assert torch.equal(model(x), fast_out)
+    with pytest.raises(TypeError, match="nn.Module"):
+        scnet.fast_train("scnet50")
+
+
+def test_fast_train_reaches_sc_layers_in_any_model() -> None:
+    """A converted torchvision ResNet holds SCConv layers, not our blocks: their calibration branches take the fast
+    form, and a training step gives the reference's gradients."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=4)
+    scnet.convert(ref)  # in place
+    ref.double().train()
+    fast = scnet.fast_train(copy.deepcopy(ref))
+    assert any(isinstance(m, FastSelfCalibration) for m in fast.modules())
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    a, b = ref(x), fast(x)
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), list(ref.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), list(fast.parameters()))
+    for (name, _), p, q in zip(ref.named_parameters(), ga, gb):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")

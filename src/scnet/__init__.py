@@ -5,7 +5,7 @@ from .models import (
 )
 from . import detection, segmentation
 from .convert import ConversionReport, convert
-from .deploy import cuda_graph, deploy
+from .fast import cuda_graph, deploy, fast_train
 from .int8 import quantize
 from .load import LoadedModel, load_model
 from .profile import count_macs, count_params
@@ -14,6 +14,6 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject.toml re
 
 __all__ = [
     "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SCConv1d", "SCConv3d", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",
-    "convert", "count_macs", "cuda_graph", "deploy", "detection", "segmentation", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin", "quantize",
+    "convert", "count_macs", "cuda_graph", "deploy", "fast_train", "detection", "segmentation", "count_params", "create_model", "list_models", "load_checkpoint", "load_model", "plain_twin", "quantize",
     "set_finite_check",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .data import DataError, DataInfo
+from .data import DataInfo
 
 __all__ = ["load_image", "load_predictor", "predict"]
 

@@ -90,7 +90,7 @@ def torch_settings(device: torch.device, freezing: bool = False) -> Iterator[Non
 
 def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """Build ``name`` for ``mode`` and return a function doing one timed call (inference or a training step)."""
-    from ..deploy import cuda_graph, deploy
+    from ..fast import cuda_graph, deploy, fast_train
     from ..load import load_model
 
     spec = MODES[mode]
@@ -98,7 +98,7 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if spec["train"]:
-        model.train()
+        fast_train(model.train())  # what scnet train runs: the training fast forms
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         net = torch.compile(model) if spec["compile"] else model
 

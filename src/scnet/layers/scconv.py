@@ -12,32 +12,31 @@ Every K is a 3x3 convolution followed by a norm. ``SelfCalibration`` is the K2/K
 ``SCConv`` module, same state-dict names); ``SCConv`` is the whole drop-in for a 3x3 ``nn.Conv2d``.
 
 The same classes take ``dims`` 1 or 3 (``SCConv1d``, ``SCConv3d``: drop-ins for ``nn.Conv1d``/``nn.Conv3d`` with
-kernel 3): convolutions, norms, pooling and upsampling of that dimension, the same formula and size rule. The
-2-D layer alone has the fused training and inference paths (oneDNN, cuDNN, Triton).
+kernel 3): convolutions, norms, pooling and upsampling of that dimension, the same formula and size rule.
+
+This module is the reference: each forward is the formula above and nothing else. The faster forms of these layers
+(training and inference) live in ``scnet.fast`` and are swapped in explicitly (``scnet.fast_train``, ``scnet.deploy``).
 """
-import copy
-# No ``from __future__ import annotations``: TorchScript reads the fused forms' annotations as real types.
+# No ``from __future__ import annotations``: TorchScript reads the annotations as real types.
 from typing import Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .fusion import FusedConv, Unfoldable, fold_conv_norm, running_eagerly
-from .gate import UPSAMPLE_MODES, calibrated_product, calibration_gate, lean_calibrated_conv, triton_gate_product
-from .norm import NormLayer, SafeBatchNorm2d, count_batch, get_norm_layer, stackable_norms
+from .gate import UPSAMPLE_MODES, calibration_gate
+from .norm import NormLayer, SafeBatchNorm2d, get_norm_layer
 from .validate import check_image_batch
 
-__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "SCConv1d", "SCConv3d", "FusedSelfCalibration", "FusedSCConv", "conv3x3_norm",
-           "UPSAMPLE_MODES", "SC_LAYERS"]
+__all__ = ["CalibrationPool", "SelfCalibration", "SCConv", "SCConv1d", "SCConv3d", "conv3x3_norm", "UPSAMPLE_MODES", "SC_LAYERS",
+           "CONVS"]
 
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # the convolution of each number of spatial dimensions
 
 
 def _dims(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in _CONVS:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in CONVS:
         raise ValueError(f"dims must be 1, 2 or 3 (spatial dimensions), got {value!r}")
     return value
 
@@ -62,7 +61,7 @@ def conv3x3_norm(
     Returned as ``Sequential(conv, norm)`` because the official checkpoints name these ``k1.0`` / ``k1.1``
     (weight compatibility requires the index keys). Without a norm the conv gets a bias, as a plain conv would.
     """
-    conv = _CONVS[dims](
+    conv = CONVS[dims](
         in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
         groups=groups, bias=norm_layer is None,
     )
@@ -135,44 +134,9 @@ class SelfCalibration(nn.Module):
         self.k3 = conv3x3_norm(in_channels, in_channels, 1, dilation, groups, norm_layer, dims)
         self.k4 = conv3x3_norm(in_channels, out_channels, stride, dilation, groups, norm_layer, dims)
 
-    def calibrated(self, x: torch.Tensor) -> torch.Tensor:
-        """``K3(x) * sigmoid(x + Up(K2(AvgPool_r(x))))``, the input of K4 (the SC bottleneck runs K4 itself in training)."""
-        calib = self.k2(x)  # (N, C, max(1, H//r), max(1, W//r))
-        return calibrated_product(self.k3(x), x, calib, self.upsample_mode)  # (N, C, H, W)
-
-    def calibrated_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """K4's convolution of ``calibrated(x)``, before K4's norm; in training, memory-lean (``lean_calibrated_conv``)."""
-        if self.training and self._trains_lean(x):
-            return self._lean_conv(x)
-        return self.k4[0](self.calibrated(x))  # (N, C_out, H/s, W/s)
-
-    @torch.jit.unused
-    def _lean_conv(self, x: torch.Tensor) -> torch.Tensor:
-        k3_conv, k3_norm = self.k3[0], self.k3[1]
-        count_batch(k3_norm)
-        r = self.k2[0].pooling_r if running_eagerly() else 0
-        return lean_calibrated_conv(k3_conv(x), x, self.k2(x), k3_norm, self.k4[0], self.upsample_mode, r)  # (N, C_out, H/s, W/s)
-
-    @torch.jit.unused
-    def _trains_lean(self, x: torch.Tensor) -> bool:
-        """The lean path needs a plain training batch norm after K3 that sees more than one value per channel."""
-        if torch.jit.is_scripting() or is_fx_symbolic_tracing():
-            return False
-        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
-            return False  # under autocast the plain ops choose each one's precision
-        k4_conv = self.k4[0]  # its weight and geometry are read directly
-        return (stackable_norms(self.k3[1]) and type(k4_conv) is nn.Conv2d and k4_conv.bias is None and k4_conv.padding_mode == "zeros"
-                and x.shape[0] * x.shape[-2] * x.shape[-1] > 1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.k4[1](self.calibrated_conv(x))  # (N, C_out, H/s, W/s)
-
-    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> nn.Module:
-        """The eval-mode form: norms folded, the gate product inside K3's call (see ``FusedSelfCalibration``); in
-        1-D and 3-D, a copy whose convolutions absorb their norms."""
-        if self.dims != 2:
-            return _folded_copy(self, relu_out)
-        return FusedSelfCalibration(self, relu_out, onednn)
+        calib = self.k2(x)  # K2 * AvgPool_r(x): (N, C, max(1, H//r), max(1, W//r))
+        return self.k4(self.k3(x) * calibration_gate(x, calib, self.upsample_mode))  # (N, C_out, H/s, W/s)
 
 
 class SCConv(nn.Module):
@@ -238,13 +202,6 @@ class SCConv(nn.Module):
         calibrated = self.scconv(x[:, half:])  # (N, C_out/2, H/s, W/s)
         return torch.cat([plain, calibrated], dim=1)  # (N, C_out, H/s, W/s)
 
-    def deploy_form(self, onednn: bool = True, relu_out: bool = False) -> nn.Module:
-        """The eval-mode form: K1 and the calibration folded and fused (see ``FusedSCConv``); in 1-D and 3-D, a copy
-        whose convolutions absorb their norms."""
-        if self.dims != 2:
-            return _folded_copy(self, relu_out)
-        return FusedSCConv(self, relu_out, onednn)
-
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
@@ -276,88 +233,3 @@ def _norm_for(norm_layer: Union[str, NormLayer, None], dims: int) -> NormLayer |
     if norm_layer is SafeBatchNorm2d and dims != 2:
         norm_layer = "batchnorm"
     return get_norm_layer(norm_layer, dims)
-
-
-def _folded_copy(layer: nn.Module, relu_out: bool) -> nn.Module:
-    """A copy of a 1-D/3-D SC layer in eval mode whose convolutions absorb their batch norms (``fold_conv_norm``):
-    the same forward, four fewer norm passes. A norm without running statistics (GroupNorm) raises ``Unfoldable``."""
-    folded = copy.deepcopy(layer)
-    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential) and len(m) >= 2 and isinstance(m[-2], tuple(_CONVS.values()))]:
-        conv, norm = seq[-2], seq[-1]
-        weight, bias = fold_conv_norm(conv, norm)
-        conv.weight = nn.Parameter(weight, requires_grad=False)
-        conv.bias = nn.Parameter(bias, requires_grad=False)
-        seq[-1] = nn.Identity()
-    return nn.Sequential(folded, nn.ReLU(inplace=True)) if relu_out else folded
-
-
-def _fold(seq: nn.Sequential, relu: bool = False, onednn: bool = True) -> FusedConv:
-    # conv3x3_norm's Sequential(conv, norm); K2 has the pool in front: Sequential(pool, conv, norm).
-    return FusedConv.fold(seq[-2], seq[-1], relu=relu, onednn=onednn)
-
-
-class FusedSelfCalibration(nn.Module):
-    """``SelfCalibration`` in eval mode: ``K4(K3(x) * calibration_gate(x, K2(pool(x))))`` with norms folded.
-
-    The upsample is a broadcast, never materialised, when each pooled cell maps to an r x r block (see
-    ``calibration_gate``). The product with the gate runs inside K3's convolution and ``relu_out`` (the
-    bottleneck's ReLU) inside K4's. On a GPU in eager mode (nearest upsampling), K2's and K3's biases, the sum,
-    the sigmoid and the product are one Triton kernel instead of five memory-bound passes.
-    """
-
-    def __init__(self, sc: SelfCalibration, relu_out: bool = False, onednn: bool = True) -> None:
-        super().__init__()
-        self.pooling_r = sc.k2[0].pooling_r
-        self.upsample_mode = sc.upsample_mode
-        self.k2 = _fold(sc.k2, onednn=onednn)
-        self.k3 = _fold(sc.k3, onednn=onednn)
-        self.k4 = _fold(sc.k4, relu=relu_out, onednn=onednn)
-
-    def _broadcast_r(self) -> int:
-        """r where Python may branch on sizes (eager, TorchScript), else 0: a recorded graph keeps the general path."""
-        if torch.jit.is_scripting():
-            return self.pooling_r  # TorchScript evaluates the size test at run time
-        return self._eager_r()
-
-    @torch.jit.unused
-    def _eager_r(self) -> int:
-        return self.pooling_r if running_eagerly() else 0
-
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """``sigmoid(x + Up(K2(pool(x))))``, the calibration weights, (N, C, H, W)."""
-        calib = self.k2(calibration_pool(x, self.pooling_r))  # (N, C, max(1, H//r), max(1, W//r))
-        return calibration_gate(x, calib, self.upsample_mode, self._broadcast_r())
-
-    def _use_triton(self, x: torch.Tensor) -> bool:
-        if torch.jit.is_scripting():
-            return False
-        return self._triton_eager(x)
-
-    @torch.jit.unused
-    def _triton_eager(self, x: torch.Tensor) -> bool:
-        return self.upsample_mode == "nearest" and self.k3.on_gpu(x) and triton_gate_product() is not None
-
-    @torch.jit.unused
-    def _triton_product(self, x: torch.Tensor) -> torch.Tensor:
-        calib = self.k2.conv_without_bias(calibration_pool(x, self.pooling_r))  # (N, C, max(1, H//r), max(1, W//r))
-        # K2's and K3's biases are added inside the kernel, which reads each tensor once anyway.
-        return triton_gate_product()(self.k3.conv_without_bias(x), x, calib, self.k3.bias, self.k2.bias)  # (N, C, H, W)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_triton(x):
-            return self.k4(self._triton_product(x))  # (N, C_out, H/s, W/s)
-        return self.k4(self.k3(x, self.gate(x), "mul"))  # (N, C_out, H/s, W/s)
-
-
-class FusedSCConv(nn.Module):
-    """``SCConv`` in eval mode: K1 and the fused calibration on the two channel halves, then one concat."""
-
-    def __init__(self, layer: SCConv, relu_out: bool = False, onednn: bool = True) -> None:
-        super().__init__()
-        self.half = layer.in_channels // 2
-        self.k1 = _fold(layer.k1, relu=relu_out, onednn=onednn)
-        self.scconv = FusedSelfCalibration(layer.scconv, relu_out=relu_out, onednn=onednn)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = self.k1(x[:, :self.half])  # (N, C_out/2, H/s, W/s)
-        return torch.cat([plain, self.scconv(x[:, self.half:])], dim=1)  # (N, C_out, H/s, W/s)

@@ -226,30 +226,6 @@ class ResNet(nn.Module):
                 if hasattr(m, "zero_init_last"):
                     m.zero_init_last()
 
-    @torch.jit.ignore
-    def deploy_form(self, onednn: bool = True) -> "ResNet":
-        """Fuse the stem in place (``deploy`` calls this on its copy): conv(s) + norm + ReLU as ``FusedConv``s.
-
-        The blocks are fused by their own ``deploy_form``; ``bn1`` and ``relu`` become identities, their work now
-        inside the last stem convolution.
-        """
-        from ..layers.fusion import FusedConv, require_relu
-
-        if isinstance(self.bn1, nn.Identity):  # already fused
-            return self
-        require_relu(self.relu, "the stem")
-        if isinstance(self.conv1, nn.Sequential):  # deep stem: conv, norm, act, conv, norm, act, conv (+ bn1, relu)
-            for m in self.conv1:
-                if not isinstance(m, nn.Conv2d) and hasattr(m, "inplace"):
-                    require_relu(m, "the stem")
-            convs = [m for m in self.conv1 if isinstance(m, nn.Conv2d)]
-            norms = [m for m in self.conv1 if not isinstance(m, (nn.Conv2d, nn.ReLU))] + [self.bn1]
-            self.conv1 = nn.Sequential(*[FusedConv.fold(c, n, relu=True, onednn=onednn) for c, n in zip(convs, norms)])
-        else:
-            self.conv1 = FusedConv.fold(self.conv1, self.bn1, relu=True, onednn=onednn)
-        self.bn1, self.relu = nn.Identity(), nn.Identity()
-        return self
-
     def _frozen_modules(self) -> list[nn.Module]:
         stem = [self.conv1, self.bn1] if self.frozen_stages >= 0 else []
         return stem + self._stages()[:max(self.frozen_stages, 0)]

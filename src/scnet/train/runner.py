@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
+from ..fast import fast_train
 from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
 from ..load import BareWeightsError, load_model, model_from_config
 from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
@@ -284,7 +285,7 @@ def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_aft
 
 # Options a resumed run may take from the command line; every other one is the run's own (a different value is an
 # error, ``resume_conflicts``): where it continues, for how long, how often it checkpoints, and where its data is.
-RESUMABLE = ("resume", "out", "epochs", "checkpoint_every", "dist_timeout", "data_dir", "download", "workers")
+RESUMABLE = ("resume", "out", "epochs", "checkpoint_every", "dist_timeout", "data_dir", "download", "workers", "fast_train")
 
 
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
@@ -384,6 +385,8 @@ def _build_training(run: Run) -> None:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.fast_train:
+        fast_train(model)
     if cfg.batch_size > len(run.train_set):  # one step an epoch, and the learning rate scaled for a batch never seen
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
                           f"use at most {len(run.train_set)}")

@@ -16,12 +16,11 @@ every norm is a fixed per-channel affine map, so the whole network can be rewrit
 - on a GPU, each convolution followed by a ReLU runs as one cuDNN call with the bias, the residual sum and the
   ReLU in its epilogue; the shortcut's bias moves into that epilogue too; the merged 1x1 runs as its two
   halves (cuDNN reads only contiguous inputs, so slicing its output would cost a copy); and the calibration's
-  gate (K2's and K3's biases, sum, sigmoid, product) is one Triton kernel (``layers/gate_triton.py``) instead
+  gate (K2's and K3's biases, sum, sigmoid, product) is one Triton kernel (``gate_triton.py``) instead
   of five memory-bound passes. Left to plain PyTorch, the bias adds alone took a third of a GPU's time.
 
-Each module that can be fused says how, next to its own definition: a ``deploy_form(onednn)`` method
-(``SelfCalibration``/``SCConv`` in ``layers/scconv.py``, the bottlenecks in ``models/blocks.py``, the stem in
-``models/resnet.py``), all built from ``layers/fusion.py``'s ``FusedConv``. ``deploy`` only walks the model,
+The fused form of each reference module (``SelfCalibration``/``SCConv``, the bottlenecks, a ResNet's stem) is in
+``inference.py`` (``deploy_form``), all built from ``fusion.py``'s ``FusedConv``. ``deploy`` only walks the model,
 swaps in those forms and picks the backend. Under ``torch.compile``, ``torch.export``/ONNX, TorchScript, or for
 other dtypes the fused modules run plain ``conv2d`` + element-wise ops (portable and still folded), which the
 compiler is free to fuse itself. ``backend="portable"`` forces that path.
@@ -38,11 +37,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .layers.fusion import FusedConv, Unfoldable, fold_conv_norm, onednn_fusion_available
-from .models.blocks import FusedBottleneck, FusedSCBottleneck
+from .fusion import Unfoldable
+from .inference import deploy_form, has_form
 
-__all__ = ["DeployReport", "FusedBottleneck", "FusedConv", "FusedSCBottleneck", "cuda_graph", "deploy", "fold_conv_norm",
-           "onednn_fusion_available"]
+__all__ = ["DeployReport", "cuda_graph", "deploy"]
 
 BACKENDS = ("auto", "portable")
 STEM = "stem"  # the report's name for a root module fused in place (a ResNet's stem)
@@ -68,9 +66,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def _fuse(name: str, module: nn.Module, onednn: bool, report: DeployReport, strict: bool) -> nn.Module:
     """``module``'s deploy form, recorded in ``report``; a part that cannot be folded is kept and reported as it
-    was, or raises if ``strict``."""
+    was, or raises if ``strict``. The caller knows that ``module`` has a form."""
     try:
-        made = module.deploy_form(onednn=onednn)
+        made = deploy_form(module, onednn)
     except Unfoldable as err:
         if strict:
             raise ValueError(f"deploy cannot fuse {name or STEM}: {err}") from None
@@ -125,9 +123,9 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
     report = DeployReport()
     # Outermost first; a fused module's children are no longer visited. The root comes last (a ResNet's stem).
     for name, module in list(fused_model.named_modules()):
-        if name and hasattr(module, "deploy_form") and not any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
+        if name and has_form(module) and not any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
             _set_module(fused_model, name, _fuse(name, module, onednn, report, strict))
-    if hasattr(fused_model, "deploy_form"):
+    if has_form(fused_model):
         fused_model = _fuse("", fused_model, onednn, report, strict)
     # Convolutions follow their weight's layout, so from the first convolution on every activation is in the
     # chosen layout too, without converting the input.

@@ -9,7 +9,7 @@ such passes are bound by memory bandwidth, so one kernel that reads ``features``
 smaller ``calib`` from cache, and writes the product once moves about a third of the bytes. It also computes
 the sum and the sigmoid in float32 and rounds once, where the eager ops round after every step in bf16/fp16.
 
-This module imports Triton at import time; ``scnet.layers.gate.triton_gate_product`` imports it only when the
+This module imports Triton at import time; ``scnet.fast.gate.triton_gate_product`` imports it only when the
 kernel is first used, so CPU-only installs never need Triton. The tests hold it to ``gate.calibration_gate``.
 With ``TRITON_INTERPRET=1`` set before the import, Triton runs the same kernel on CPU tensors (slowly), which
 is how the tests check it without a GPU.
