@@ -198,3 +198,21 @@ def test_pretrained_model_predicts_like_the_loaded_weights(tmp_path: Path) -> No
     x = seeded_input((1, 3, 64, 64))
     with torch.no_grad():
         torch.testing.assert_close(scnet.load_checkpoint(_tiny(), path)(x), ref(x))
+
+
+def test_create_model_pretrained_adapts_input_channels_and_head(tmp_path: Path, hub_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Published RGB weights into a grayscale, 10-class model through ``create_model``, as ``scnet train
+    --pretrained`` does: the first convolution summed over its input channels (timm's rule for one channel), the
+    head left at its initialisation, everything else loaded as it is ('wrong shape' for conv1 before)."""
+    src = tmp_path / "scnet_demo-rgb.pth"
+    state = _save_seeded(scnet.create_model("scnet_demo", in_chans=3, num_classes=1000), src)
+    monkeypatch.setitem(weights.PRETRAINED, "scnet_demo", _spec_for(src, src.as_uri()))
+    model = scnet.create_model("scnet_demo", pretrained=True, in_chans=1, num_classes=10)
+    own = model.state_dict()
+    torch.testing.assert_close(own["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
+    assert own["fc.weight"].shape == (10, state["fc.weight"].shape[1])
+    for k, v in own.items():
+        if k not in ("conv1.weight", "fc.weight", "fc.bias"):
+            assert torch.equal(v, state[k]), k
+    with pytest.raises(ValueError, match="wrong shape"):  # a resumed run keeps no allowance
+        weights.load_weights(model, state, str(src), classifier=None)

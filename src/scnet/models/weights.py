@@ -189,12 +189,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     """The one place weights enter a model: names from other writers remapped (``filter_state_dict``), every name and
     shape checked, then loaded.
 
-    A classifier (``classifier`` is its module name) of another size than the model's, e.g. ImageNet weights into
-    a 10-class model, is left at its initialisation, so pretrained backbones can be fine-tuned; every other
-    difference is a ``ValueError`` naming ``source`` and the model (``name``, else its class). ``classifier=None``
-    keeps no such allowance (a resumed run).
+    Two allowances make pretrained backbones fine-tunable: a classifier (``classifier`` is its module name) of
+    another size than the model's, e.g. ImageNet weights into a 10-class model, is left at its initialisation, and
+    a first convolution for other input channels is adapted (``adapt_input_channels``: RGB weights for grayscale
+    images). Every other difference is a ``ValueError`` naming ``source`` and the model (``name``, else its class).
+    ``classifier=None`` keeps neither allowance (a resumed run must fit exactly).
     """
     state = filter_state_dict(state)
+    if classifier is not None:
+        state = adapt_input_channels(state, model)
     own = model.state_dict()
     dropped = set()
     if classifier is not None:

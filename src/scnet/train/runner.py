@@ -30,7 +30,7 @@ from ..data import DataInfo, TensorImages, build_datasets
 from ..fast import fast_train
 from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
 from ..load import BareWeightsError, load_model, model_from_config
-from ..models.weights import adapt_input_channels, load_weights, pretrained_file, state_dict_of
+from ..models.weights import load_weights, pretrained_file, state_dict_of
 from .config import ConfigError, TrainConfig
 from .folder import copy_run, own_folder
 from .records import plot_curves, tensorboard, write_log, yaml_text
@@ -437,7 +437,7 @@ def _start_from_weights(run: Run) -> None:
     cfg = run.cfg
     path = pretrained_file(cfg.model) if cfg.pretrained else Path(cfg.checkpoint)
     state = state_dict_of(read_checkpoint(path), path, cfg.model)
-    load_weights(run.model, adapt_input_channels(state, run.model), str(path), name=cfg.model)
+    load_weights(run.model, state, str(path), name=cfg.model)  # adapts the input channels and leaves another head
     run.log(f"starting from the weights of {path}")
 
 
