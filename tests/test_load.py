@@ -66,3 +66,25 @@ def test_a_name_alone_and_a_dataset_shape() -> None:
     assert loaded.model.conv1.in_channels == 1 and loaded.model.fc.out_features == 3
     with pytest.raises(ValueError, match="give a model name or a checkpoint"):
         scnet.load_model()
+
+
+def test_the_spec_carries_the_resize_interpolation(tmp_path: Path) -> None:
+    """What a model expects travels as one object: a checkpoint's description with bicubic resizing comes back with
+    it, and the one preparation (``eval_transform``) resizes as it says: the image torchvision's bicubic resize and
+    centre crop make, normalised (restated here), not the bilinear one."""
+    from PIL import Image
+    from torchvision.transforms import v2 as T
+
+    from scnet.data import eval_transform
+
+    info = DataInfo("toy", 4, 3, 16, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), ("a", "b", "c", "d"), crop_pct=0.8, interpolation="bicubic")
+    model = scnet.create_model("scnet_demo", num_classes=4, in_chans=3)
+    torch.save(dict(model=model.state_dict(), config=dict(model="scnet_demo"), data_info=dataclasses.asdict(info)), tmp_path / "ck.pth")
+    assert scnet.load_model(file=str(tmp_path / "ck.pth")).info == info
+    image = Image.fromarray((torch.arange(31 * 47 * 3) % 251).reshape(31, 47, 3).to(torch.uint8).numpy())
+    pixels = T.CenterCrop(16)(T.Resize(20, interpolation=T.InterpolationMode.BICUBIC, antialias=True)(T.ToImage()(image)))
+    want = (pixels.float() / 255 - torch.tensor(info.mean).view(3, 1, 1)) / torch.tensor(info.std).view(3, 1, 1)
+    torch.testing.assert_close(eval_transform(info)(image), want)
+    assert not torch.allclose(eval_transform(dataclasses.replace(info, interpolation="bilinear"))(image), want)
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        dataclasses.replace(info, interpolation="lanczos")

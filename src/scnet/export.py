@@ -136,7 +136,7 @@ def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
         raise ValueError(f"--out {out} is a file; the Hub layout is a folder")
     # timm's preprocessing reproduces ours (data.eval_transform) from these: size, crop, interpolation, mean/std.
     data_config = dict(input_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std),
-                       crop_pct=info.crop_pct, interpolation="bilinear")
+                       crop_pct=info.crop_pct, interpolation=info.interpolation)
     labels = list(info.classes)  # at the top (timm's place) and inside pretrained_cfg (where readers look first)
     inner = dict(label_names=labels, num_classes=info.num_classes)  # timm drops label names of another class count
     save_for_hf(loaded.model, str(out), model_config=dict(label_names=labels, pretrained_cfg=inner),

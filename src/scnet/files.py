@@ -174,14 +174,14 @@ def release_metadata(arch: str, info: "DataInfo", **extra: Any) -> dict[str, str
     """The metadata of a released ``.safetensors`` file: what a user needs to rebuild the model and feed it.
 
     From ``info`` (the model's inputs and classes): the class count, input channels, ``input_size`` as (C, H, W)
-    like timm's ``pretrained_cfg``, mean and std. ``extra`` (a training run's config, data_info, epoch, val_acc) is
+    like timm's ``pretrained_cfg``, mean and std, crop_pct and interpolation. ``extra`` (a training run's config, data_info, epoch, val_acc) is
     stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
     """
     from . import __version__
 
     meta = dict(format="scnet", arch=arch, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
                 input_size=json.dumps(list(info.input_size)), mean=json.dumps(list(info.mean)), std=json.dumps(list(info.std)),
-                scnet_version=__version__)
+                crop_pct=str(info.crop_pct), interpolation=info.interpolation, scnet_version=__version__)
     for key, value in extra.items():
         meta[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
     return meta

@@ -60,7 +60,8 @@ def data_info_of(model: nn.Module) -> DataInfo:
         names = tuple(d.split(",")[0] for d in ImageNetInfo().label_descriptions()) if classes == 1000 else tuple(str(i) for i in range(classes))
     in_chans = int(getattr(model, "in_chans", 3))
     mean, std = (channel_stats(cfg.get(key, default), in_chans) for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)))
-    return DataInfo("imagenet", classes, in_chans, size, mean, std, names, crop_pct=float(cfg.get("crop_pct", IMAGENET_CROP_PCT)))
+    return DataInfo("imagenet", classes, in_chans, size, mean, std, names, crop_pct=float(cfg.get("crop_pct", IMAGENET_CROP_PCT)),
+                    interpolation=str(cfg.get("interpolation") or "bilinear"))
 
 
 def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:

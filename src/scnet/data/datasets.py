@@ -53,6 +53,13 @@ class DataInfo:
     # image_size / crop_pct, then cropped to image_size. 0.875 for ImageNet-style folders, 1.0 for the sets whose
     # images are already the model's size.
     crop_pct: float = 1.0
+    interpolation: str = "bilinear"  # of that resize: "bilinear" (the official evaluation's), "bicubic" or "nearest"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -69,13 +76,16 @@ class DataInfo:
 
 
 IMAGENET_CROP_PCT = 0.875  # resize to 256, crop 224: the evaluation of the ImageNet literature (and the paper)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
 def eval_transform(info: DataInfo):
     """The one preparation of an image (PIL, already of the model's channels) for a model described by ``info``:
     evaluation of an ImageNet-style folder, ``scnet predict``, ``scnet cam`` and the others all go through it, so one
-    image gets one set of logits. Short side to ``image_size / crop_pct``, centre crop, scale to [0, 1], mean/std."""
-    return T.Compose([T.Resize(int(info.image_size / info.crop_pct), antialias=True), T.CenterCrop(info.image_size),
+    image gets one set of logits. Short side to ``image_size / crop_pct`` (``info.interpolation``), centre crop, scale
+    to [0, 1], mean/std."""
+    resize = T.Resize(int(info.image_size / info.crop_pct), interpolation=T.InterpolationMode(info.interpolation), antialias=True)
+    return T.Compose([resize, T.CenterCrop(info.image_size),
                       T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(info.mean), list(info.std))])
 
 
