@@ -120,11 +120,11 @@ def test_messages_show_a_bounded_value() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ('amp: "false"\n', re.escape("--amp must be true or false, got 'false' (a string: write it without quotes)")),
-    ('channels_last: "no"\n', "--channels-last must be true or false, got 'no'"),
-    ("nesterov: 0\n", "--nesterov must be true or false, got 0"),
-    ("data_dir: 5\n", "--data-dir must be a string, got 5"),
-    ("out: [a, b]\n", re.escape("--out must be a string, got ['a', 'b']")),
+    ('amp: "false"\n', re.escape("amp must be true or false, got 'false' (a string: write it without quotes)")),
+    ('channels_last: "no"\n', "channels_last must be true or false, got 'no'"),
+    ("nesterov: 0\n", "nesterov must be true or false, got 0"),
+    ("data_dir: 5\n", "data_dir must be a string, got 5"),
+    ("out: [a, b]\n", re.escape("out must be a string, got ['a', 'b']")),
     ("1: x\n", "key 1 in .* is not a name"),
     ("base: c.yaml\nepochs: 2\n", "c.yaml is its own base"),
     ("base: 3\n", "base in .* must name a YAML file, got 3"),
@@ -153,5 +153,24 @@ def test_a_yaml_file_that_is_not_a_config_is_one_line(tmp_path) -> None:
 def test_an_oversized_seed_is_refused() -> None:
     from scnet.train.config import ConfigError, merge_config
 
-    with pytest.raises(ConfigError, match="--seed must be <= 9223372036854775807"):
+    with pytest.raises(ConfigError, match="^seed must be <= 9223372036854775807"):
         merge_config(flags=dict(seed=10 ** 24))
+
+
+def test_errors_name_keywords_for_the_library_and_flags_for_the_command_line(capsys) -> None:
+    """The library words an error about the value and names the setting as its caller did (the keyword); the CLI
+    words the same error with the flag. A worker process's error keeps both wordings."""
+    import pickle
+
+    from scnet.cli import main
+    from scnet.errors import flag
+    from scnet.train.config import ConfigError, merge_config
+
+    with pytest.raises(ConfigError) as caught:
+        merge_config(flags=dict(model="scnet_demo", data="synthetic", batch_size=0))
+    assert str(caught.value) == "batch_size must be a positive integer, got 0"
+    assert caught.value.worded(flag) == "--batch-size must be a positive integer, got 0"
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is ConfigError and again.worded(flag) == caught.value.worded(flag)
+    assert main(["train", "--data", "synthetic", "--batch-size", "0"]) == 2
+    assert "error: --batch-size must be a positive integer, got 0" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def _folder(root: Path, bad: Path | None = None) -> Path:
 def test_an_image_folder_screens_oversized_files_by_the_bad_images_policy(tmp_path: Path, make) -> None:
     bad = make(tmp_path / "bad.png")
     root = _folder(tmp_path / "data", bad)
-    with pytest.raises(DataError, match="bad.png cannot be read .*--bad-images skip"):
+    with pytest.raises(DataError, match="bad.png cannot be read .*pass bad_images skip"):
         build_datasets("imagefolder", str(root), image_size=32)
     train, val, info = build_datasets("imagefolder", str(root), image_size=32, bad_images="skip")
     assert (len(train), len(val), info.skipped_images) == (6, 6, 1)

@@ -242,7 +242,7 @@ def test_only_the_last_micro_batch_all_reduces() -> None:
     train_one_epoch(parts, batches, 0, show_progress=False, totals=totals)
     assert model.calls == [3, 3, 1, 1, 1]  # 7 as 3 + 3 + 1; a batch of 2 as two micro-batches
     assert model.unsynced == 2 + 1 and totals["steps"] == 2 and totals["seen"] == 9
-    with pytest.raises(ConfigError, match="--accum-steps must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="^accum_steps must be a positive integer, got 0"):
         merge_config(flags={**TINY, "accum_steps": 0})
 
 

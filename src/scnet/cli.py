@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+from .errors import SettingError, flag as as_flag
+
 
 def _command_line() -> str:
     """The command as the user typed it, for the reports that record how they were made."""
@@ -23,6 +25,11 @@ def _info(args: argparse.Namespace) -> int:
         return 2
     print(format_table(rows, args.format))
     return 0
+
+
+def _worded(error: BaseException) -> str:
+    """An error as a user of the command line reads it: each setting it names given as its flag (``--batch-size``)."""
+    return error.worded(as_flag) if isinstance(error, SettingError) else str(error)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -112,7 +119,7 @@ def _export_int8(args: argparse.Namespace, loaded: Any, out: Any) -> int:
     try:
         train, val, _ = build_datasets(data, data_dir, args.calibration_images, 256, loaded.info.image_size)
     except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"--int8 calibrates on images like those the model will see, and {data!r} gave none ({e}); "
+        raise ValueError(f"--int8 calibrates on images like those the model will see, and {data!r} gave none ({_worded(e)}); "
                          "give --calibration-data NAME (and --data-dir DIR)") from None
     quantized = quantize(loaded.model, calibration_batches(train, args.calibration_images), path=out, keep_fp32=args.keep_fp32)
     x = calibration_batches(val, 256, 256)[0]  # (N, C, H, W): validation images the calibration did not see
@@ -470,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     # User mistakes, a missing extra, weights that cannot be had (offline): one line.
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError, WeightsUnavailableError) as e:
-        print(f"scnet {args.command}: error: {who}{e}", file=sys.stderr)
+        print(f"scnet {args.command}: error: {who}{_worded(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scnet {args.command}: interrupted", file=sys.stderr)

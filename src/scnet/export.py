@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataInfo
+from .errors import SettingError
 from .files import write_atomically
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
                          "it from config.json")
     info, out = loaded.info, Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; the Hub layout is a folder")
+        raise SettingError(f"{{out}} {out} is a file; the Hub layout is a folder", "out")
     # timm's preprocessing reproduces ours (data.eval_transform) from these: size, crop, interpolation, mean/std.
     data_config = dict(input_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std),
                        crop_pct=info.crop_pct, interpolation=info.interpolation)

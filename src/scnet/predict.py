@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataInfo
+from .errors import SettingError
 
 __all__ = ["load_image", "load_predictor", "predict"]
 
@@ -34,7 +35,7 @@ def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None
     from .load import load_model
 
     if not (checkpoint or model):
-        raise ValueError("give --checkpoint (a training checkpoint) or --model NAME (ImageNet classes)")
+        raise SettingError("give {checkpoint} (a training checkpoint) or {model} NAME (ImageNet classes)", "checkpoint", "model")
     loaded = load_model(model, checkpoint or weights, pretrained=pretrained, use_ema=use_ema)
     return loaded.model, loaded.info
 

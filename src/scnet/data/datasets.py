@@ -22,6 +22,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2 as T
 
+from ..errors import SettingError
+
 __all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "IMAGENET_CROP_PCT", "eval_transform", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
            "PATHFINDER_TRAIN", "PATHFINDER_VAL"]
 
@@ -35,7 +37,7 @@ FASHION_MNIST_PAD = 2
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
-class DataError(ValueError):
+class DataError(SettingError):
     """A dataset cannot be read; the message says which file and how to get it."""
 
 
@@ -236,7 +238,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise DataError(f"{path} is missing; extract the python version of CIFAR (cifar-*-python.tar.gz) into --data-dir")
+        raise DataError(f"{path} is missing; extract the python version of CIFAR (cifar-*-python.tar.gz) into {{data_dir}}", "data_dir")
     try:
         batch = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
@@ -250,7 +252,7 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _cifar(name: str, data_dir: Optional[Path]) -> tuple[Dataset, Dataset, DataInfo]:
     if data_dir is None:
-        raise DataError(f"{name} needs --data-dir pointing at the extracted python version of the dataset")
+        raise DataError(f"{name} needs {{data_dir}} pointing at the extracted python version of the dataset", "data_dir")
     ten = name == "cifar10"
     folder = data_dir / ("cifar-10-batches-py" if ten else "cifar-100-python")
     folder = folder if folder.is_dir() else data_dir
@@ -294,7 +296,7 @@ def _screen_images(dataset, policy: str, short_side: int) -> int:
         reason = _unreadable(path, short_side)
         if reason is not None:
             if policy == "error":
-                raise DataError(f"{path} cannot be read ({reason}); remove it or pass --bad-images skip to leave such files out")
+                raise DataError(f"{path} cannot be read ({reason}); remove it or pass {{bad_images}} skip to leave such files out", "bad_images")
             bad.append(path)
     if bad:
         dropped = set(bad)
@@ -329,7 +331,7 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
     from .images import open_image
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
-        raise DataError(f"imagefolder needs --data-dir with train/<class>/* and val/<class>/* subfolders (got {data_dir})")
+        raise DataError(f"imagefolder needs {{data_dir}} with train/<class>/* and val/<class>/* subfolders (got {data_dir})", "data_dir")
     mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
     described = DataInfo("imagefolder", 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)  # classes: below
     resize = int(image_size / described.crop_pct)
@@ -441,10 +443,10 @@ def build_datasets(
     ``data_dir`` (default ``~/.cache/scnet/data``).
     """
     if bad_images not in BAD_IMAGE_POLICIES:
-        raise DataError(f"--bad-images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}")
+        raise DataError(f"{{bad_images}} must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}", "bad_images")
     folder = Path(data_dir).expanduser() if data_dir else None
     if folder is not None and not folder.is_dir() and not (PATHFINDER_PATTERN.fullmatch(name) and not folder.exists()):
-        raise DataError(f"--data-dir {folder} is not a directory")  # a cache folder for generated sets is made
+        raise DataError(f"{{data_dir}} {folder} is not a directory", "data_dir")  # a cache folder for generated sets is made
     if name == "fashion_mnist":
         train, val, info = _fashion_mnist(folder, download)
     elif name in ("cifar10", "cifar100"):

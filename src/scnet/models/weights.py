@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
+from ..errors import SettingError
 from ..files import check_is_file, check_arch, read_checkpoint, tensors_sha256
 
 __all__ = [
@@ -76,7 +77,7 @@ def verify_sha256(path: Union[str, Path], expected: str) -> str:
     """
     want = expected.strip().lower()
     if len(want) < 8 or len(want) > 64 or any(c not in "0123456789abcdef" for c in want):
-        raise ValueError(f"--sha256 must be 8 to 64 hexadecimal digits, got {expected!r}")
+        raise SettingError(f"{{sha256}} must be 8 to 64 hexadecimal digits, got {expected!r}", "sha256")
     path = Path(path)
     check_is_file(path)
     digest = _sha256(path)

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..data import DataInfo, build_datasets
+from ..errors import SettingError
 from ..files import write_text_atomically
 from ..hostmem import keep_freed_memory_on_cpu
 from ..models import plain_twin, sc_twin
@@ -71,7 +72,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} cannot be read ({e}); move it away or choose another --out") from e
+        raise SettingError(f"{path} cannot be read ({e}); move it away or choose another {{out}}", "out") from e
 
 
 def _run_name(model: str, seed: int) -> str:
@@ -109,8 +110,8 @@ def _twins(models: Sequence[str]) -> list[str]:
     """[plain, SC] for the one SC model a study is about (naming it, its twin or both is the same study)."""
     sc = list(dict.fromkeys(sc_twin(m) for m in models))
     if len(sc) != 1:
-        raise ValueError(f"--models: a study pairs one SC model with its plain twin, got {' '.join(models) or 'none'}; "
-                         f"run one study per model")
+        raise SettingError(f"{{models}}: a study pairs one SC model with its plain twin, got {' '.join(models) or 'none'}; "
+                           f"run one study per model", "models")
     return [plain_twin(sc[0]), sc[0]]
 
 
@@ -247,7 +248,7 @@ class StudyPlan:
         """The plan with its pair limit resolved; a plan that cannot run raises ``ValueError`` before anything is written."""
         limit = check_study_args(list(self.seeds), self.until_resolved, self.max_seeds, self.erf_samples)
         if self.jobs not in (1, 2):
-            raise ValueError(f"--jobs must be 1 or 2 (the two members of a pair), got {self.jobs!r}")
+            raise SettingError(f"{{jobs}} must be 1 or 2 (the two members of a pair), got {self.jobs!r}", "jobs")
         return replace(self, seeds=list(self.seeds), max_seeds=limit)
 
 

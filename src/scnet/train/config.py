@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from ..errors import SettingError
+
 __all__ = ["TrainConfig", "ConfigError", "bundled_configs", "config_path", "load_yaml", "merge_config", "option"]
 
 
@@ -15,8 +17,8 @@ LR_PER_256 = 0.2  # the peak learning rate of a 256-image batch
 MAX_LR = 1000.0  # far above any sane rate (linear scaling at a 64k batch gives 51); 1e308 overflows the update
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it."""
+class ConfigError(SettingError):
+    """A configuration value or key is wrong; the message names it (the option's keyword, or its flag in the CLI)."""
 
 
 MAX_YAML_BYTES = 1 << 20  # a recipe is a few hundred bytes; a megabyte is no recipe
@@ -128,7 +130,7 @@ class TrainConfig:
                                         "process that stops answering ends the run after this long (default {default:g})")
 
     def validate(self) -> "TrainConfig":
-        """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the flag and the value."""
+        """Check every value (a YAML file can hold any type); raise ``ConfigError`` naming the option and the value."""
         if self.epochs is None and not self.resume:
             self.epochs = DEFAULT_EPOCHS
         for name in ("batch_size", "image_size", "accum_steps"):
@@ -140,7 +142,7 @@ class TrainConfig:
         _number("dist_timeout", self.dist_timeout, low=0, low_open=True)
         _number("frozen_stages", self.frozen_stages, low=-1, high=4, integer=True)
         if self.pretrained and self.checkpoint:
-            raise ConfigError("give --pretrained or --checkpoint, not both: they are two starting points")
+            raise ConfigError("give {pretrained} or {checkpoint}, not both: they are two starting points", "pretrained", "checkpoint")
         _number("seed", self.seed, low=0, high=2**63 - 1, integer=True)  # what torch.manual_seed takes
         if self.lr is None:  # Goyal et al.'s rule: a smaller batch takes proportionally smaller steps
             self.lr = LR_PER_256 * self.batch_size / 256
@@ -153,7 +155,7 @@ class TrainConfig:
             self.lr_milestones = [30, 60, 90]  # the paper's recipe
         if self.lr_milestones is not None:
             if not isinstance(self.lr_milestones, list) or not self.lr_milestones:
-                raise ConfigError(f"--lr-milestones must be a list of epochs, got {self.lr_milestones!r}")
+                raise ConfigError(f"{{lr_milestones}} must be a list of epochs, got {self.lr_milestones!r}", "lr_milestones")
             for m in self.lr_milestones:
                 _number("lr_milestones", m, low=1, integer=True)
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
@@ -164,10 +166,10 @@ class TrainConfig:
         for name in ("opt", "bad_images", "schedule"):  # the choices of their flags, from the fields' metadata
             choices = choices_of(name)
             if getattr(self, name) not in choices:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{{{name}}} must be one of {', '.join(choices)}, got {getattr(self, name)!r}", name)
         for name in ("model", "data"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"--{name} must be a name, got {shown(getattr(self, name))}")
+                raise ConfigError(f"{{{name}}} must be a name, got {shown(getattr(self, name))}", name)
         _check_types(self)
         if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
@@ -185,26 +187,26 @@ def _check_types(cfg: "TrainConfig") -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         value, hint = getattr(cfg, f.name), hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
+        named = "{" + f.name + "}"
         if hint is bool and not isinstance(value, bool):
-            raise ConfigError(f"{flag} must be true or false, got {shown(value)}" +
-                              (" (a string: write it without quotes)" if isinstance(value, str) else ""))
+            raise ConfigError(f"{named} must be true or false, got {shown(value)}" +
+                              (" (a string: write it without quotes)" if isinstance(value, str) else ""), f.name)
         if hint in (str, Optional[str]) and value is not None and not isinstance(value, str):
-            raise ConfigError(f"{flag} must be a string, got {shown(value)}")
+            raise ConfigError(f"{named} must be a string, got {shown(value)}", f.name)
 
 
 def _number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None, integer: bool = False,
             low_open: bool = False, high_open: bool = False) -> None:
     """``value`` must be a finite number (an integer if ``integer``) within the bounds; booleans are not numbers."""
-    flag = f"--{name.replace('_', '-')}"
+    named = "{" + name + "}"
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise ConfigError(f"{flag} must be {'an integer' if integer else 'a finite number'}, got {shown(value)}")
+        raise ConfigError(f"{named} must be {'an integer' if integer else 'a finite number'}, got {shown(value)}", name)
     if low is not None and (value < low or (low_open and value == low)):
         bound = "a positive integer" if integer and low == 1 else f"{'>' if low_open else '>='} {low:g}"
-        raise ConfigError(f"{flag} must be {bound}, got {shown(value)}")
+        raise ConfigError(f"{named} must be {bound}, got {shown(value)}", name)
     if high is not None and (value > high or (high_open and value == high)):
-        raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high if integer else format(high, 'g')}, got {shown(value)}")
+        raise ConfigError(f"{named} must be {'<' if high_open else '<='} {high if integer else format(high, 'g')}, got {shown(value)}", name)
 
 
 def _check_keys(values: dict[str, Any], source: str) -> None:

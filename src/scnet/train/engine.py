@@ -257,9 +257,9 @@ def _skip_step(p: StepParts, loss: torch.Tensor, totals: EpochTotals, epoch: int
     lowers its scale), stopping only after 20 skips in a row (``skips`` counts them, this one included)."""
     if p.scaler is None:
         raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {int(totals['steps']) + 1}; "
-                                 "nothing was saved from this step on: lower --lr or set --clip-grad")
+                                 "nothing was saved from this step on: lower the learning rate or clip the gradient norm")
     if skips > 20:
-        raise FloatingPointError(f"non-finite loss for {skips} steps in a row at epoch {epoch + 1}; lower --lr")
+        raise FloatingPointError(f"non-finite loss for {skips} steps in a row at epoch {epoch + 1}; lower the learning rate")
     p.scaler.update(p.scaler.get_scale() / 2)  # what the scaler does after an overflowing step
     p.scheduler.step()
     totals["skipped"] += 1

@@ -79,7 +79,7 @@ def _acquire(folder: Path, log: Callable[..., None]) -> Path:
                               f"remove {path} and start again")
         who = _describe(owner) if owner else "a run that is just starting"
         hint = "" if here else f"; if that process is gone (its machine failed), remove {path}"
-        raise ConfigError(f"{folder} is in use by another run ({who}); wait for it to end or choose another --out{hint}")
+        raise ConfigError(f"{folder} is in use by another run ({who}); wait for it to end or choose another {{out}}{hint}", "out")
     raise ConfigError(f"{folder}: could not take its lock ({path}); try again")
 
 
@@ -114,8 +114,8 @@ def copy_run(source: Path, target: Path, log: Callable[..., None] = print) -> No
     ``source`` as it was."""
     held = [name for name in RUN_FILES if (target / name).exists()]
     if held:
-        raise ConfigError(f"--out {target} already holds a run ({held[0]}); a resumed run is copied only into a new or "
-                          f"empty folder; choose another --out")
+        raise ConfigError(f"{{out}} {target} already holds a run ({held[0]}); a resumed run is copied only into a new or "
+                          f"empty folder; choose another {{out}}", "out")
     target.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
         src = source / name

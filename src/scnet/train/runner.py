@@ -126,7 +126,7 @@ def resolve_resume(resume: str) -> Path:
     if path.is_dir():
         path = path / "checkpoint-last.pth"
     if not path.is_file():
-        raise ConfigError(f"--resume {resume}: no checkpoint found (looked for {path})")
+        raise ConfigError(f"{{resume}} {resume}: no checkpoint found (looked for {path})", "resume")
     return path
 
 
@@ -183,10 +183,10 @@ def _check_run_directory(out: Path) -> None:
         done, steps = int(state.get("epoch", 0)), int(state.get("step", 0))
         planned = int(state.get("config", {}).get("epochs", 0))
     except (ValueError, OSError) as e:
-        raise ConfigError(f"{out} holds a checkpoint that cannot be read ({e}); choose another --out") from e
+        raise ConfigError(f"{out} holds a checkpoint that cannot be read ({e}); choose another {{out}}", "out") from e
     if done >= planned and not steps:
-        raise ConfigError(f"{out} already holds a finished run ({done} epochs); choose another --out, or continue it "
-                          f"for more epochs with --resume {out} --epochs N")
+        raise ConfigError(f"{out} already holds a finished run ({done} epochs); choose another {{out}}, or continue it "
+                          f"for more epochs with {{resume}} {out} {{epochs}} N", "out", "resume", "epochs")
     where = f"epoch {done + 1}, step {steps}" if steps else f"after epoch {done}"
     raise ConfigError(f"{out} holds an unfinished run (stopped {where} of {planned} epochs); continue it with "
                       f"--resume {out}, or choose another --out")
@@ -294,9 +294,9 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in ("config", "model", "optimizer", "epoch", "history") if k not in state]
     if missing:
         kind = "released weights" if path.suffix == ".safetensors" else "a weights file"
-        raise ConfigError(f"--resume {path}: {kind}, not a training checkpoint of scnet train (no {missing[0]!r}): only "
+        raise ConfigError(f"{{resume}} {path}: {kind}, not a training checkpoint of scnet train (no {missing[0]!r}): only "
                           f"checkpoint-last.pth or checkpoint-best.pth continue a run; start a new run from these weights "
-                          f"with --checkpoint {path}")
+                          f"with {{checkpoint}} {path}", "resume", "checkpoint")
     return state
 
 
@@ -388,8 +388,8 @@ def _build_training(run: Run) -> None:
     if cfg.fast_train:
         fast_train(model)
     if cfg.batch_size > len(run.train_set):  # one step an epoch, and the learning rate scaled for a batch never seen
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
-                          f"use at most {len(run.train_set)}")
+        raise ConfigError(f"{{batch_size}} {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
+                          f"use at most {len(run.train_set)}", "batch_size")
     run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world)
     steps = cfg.epochs * run.steps_per_epoch
     if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
@@ -539,7 +539,7 @@ def evaluate_checkpoint(
     if loaded is None or loaded.checkpoint is None:
         raise ConfigError(f"{checkpoint} is not a training checkpoint of this tool (no config/model entries)")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"{{batch_size}} must be a positive integer, got {batch_size!r}", "batch_size")
     state = loaded.checkpoint
     cfg = TrainConfig(**state["config"])
     cfg.data = data or cfg.data

@@ -10,6 +10,8 @@ import math
 import statistics
 from typing import Any, Optional, Sequence
 
+from ..errors import SettingError
+
 __all__ = ["DEFAULT_MAX_SEEDS", "METRICS", "check_study_args", "describe_difference", "next_seed", "paired_interval",
            "study_finished", "tally", "verdict"]
 
@@ -97,24 +99,25 @@ def describe_difference(report: dict[str, Any]) -> str:
 def check_study_args(seeds: Sequence[int], until_resolved: Optional[float], max_seeds: Optional[int], erf_samples: int = 0) -> Optional[int]:
     """Refuse a study that cannot run as asked, before anything is written; returns the pair limit (None: just ``seeds``)."""
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"--seeds must be one or more integers >= 0, got {list(seeds)}")
+        raise SettingError(f"{{seeds}} must be one or more integers >= 0, got {list(seeds)}", "seeds")
     repeated = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
     if repeated is not None:
-        raise ValueError(f"--seeds repeats {repeated}: each seed is one pair of runs")
+        raise SettingError(f"{{seeds}} repeats {repeated}: each seed is one pair of runs", "seeds")
     if isinstance(erf_samples, bool) or not isinstance(erf_samples, int) or erf_samples < 0:
-        raise ValueError(f"--erf-samples must be an integer >= 0, got {erf_samples!r}")
+        raise SettingError(f"{{erf_samples}} must be an integer >= 0, got {erf_samples!r}", "erf_samples")
     if until_resolved is None:
         if max_seeds is not None:
-            raise ValueError(f"--max-seeds {max_seeds} needs --until-resolved HALF_WIDTH (it caps the seeds that flag adds)")
+            raise SettingError(f"{{max_seeds}} {max_seeds} needs {{until_resolved}} HALF_WIDTH (it caps the seeds that setting adds)",
+                               "max_seeds", "until_resolved")
         return None
     if isinstance(until_resolved, bool) or not isinstance(until_resolved, (int, float)) or not math.isfinite(until_resolved) \
             or until_resolved <= 0:
-        raise ValueError(f"--until-resolved must be a positive half-width in accuracy points, got {until_resolved!r}")
+        raise SettingError(f"{{until_resolved}} must be a positive half-width in accuracy points, got {until_resolved!r}", "until_resolved")
     limit = max(DEFAULT_MAX_SEEDS, len(seeds)) if max_seeds is None else max_seeds
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
-        raise ValueError(f"--max-seeds must be an integer >= 2 (an interval needs two pairs), got {max_seeds!r}")
+        raise SettingError(f"{{max_seeds}} must be an integer >= 2 (an interval needs two pairs), got {max_seeds!r}", "max_seeds")
     if limit < len(seeds):
-        raise ValueError(f"--max-seeds {limit} is fewer than the {len(seeds)} --seeds given")
+        raise SettingError(f"{{max_seeds}} {limit} is fewer than the {len(seeds)} {{seeds}} given", "max_seeds", "seeds")
     return limit
 
 

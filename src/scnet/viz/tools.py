@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DataInfo
+from ..errors import SettingError
 from .erf import FeatureMap, erf, erf_area_ratios, stage_names
 
 __all__ = ["ErfOptions", "run_cam", "run_erf"]
@@ -105,7 +106,7 @@ def run_erf(models: Sequence[ModelRef], options: ErfOptions = ErfOptions(), out:
             + f" at {side}x{side} px" + (f"; models at initialisation averaged over {o.inits} seeds" if o.inits > 1 else "")
         label = label if label not in maps else f"{label} (baseline)"
         if maps and list(summed) != list(next(iter(maps.values()))):
-            raise ValueError(f"{label} has stages {list(summed)}, the first model others; name common ones with --stages")
+            raise SettingError(f"{label} has stages {list(summed)}, the first model others; name common ones with {{stages}}", "stages")
         maps[label] = summed
         ratios[label] = {stage: erf_area_ratios(m) for stage, m in summed.items()}
     if not maps:

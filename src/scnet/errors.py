@@ -1,0 +1,44 @@
+"""Errors about values, worded for whoever made them.
+
+A library caller passes ``batch_size=0`` and should read "batch_size must be a positive integer"; a user of the
+command line typed ``--batch-size 0`` and should read the flag. So the library names a setting in a message as a
+``{name}`` field of a ``SettingError`` and never as a flag; ``str(error)`` fills in the keyword, and the CLI words
+the same error with flags (``error.worded(flag)``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["SettingError", "flag", "keyword"]
+
+
+def keyword(name: str) -> str:
+    """A setting as a library caller names it: the keyword argument itself."""
+    return name
+
+
+def flag(name: str) -> str:
+    """A setting as the command line names it: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+class SettingError(ValueError):
+    """A bad value of one or more named settings (or of none: then a plain ``ValueError`` message).
+
+    ``template`` marks each setting named in ``settings`` as ``{name}``; every other character is the message
+    as written (braces in a shown value are left alone).
+    """
+
+    def __init__(self, template: str, *settings: str) -> None:
+        self.template, self.settings = template, settings
+        super().__init__(self.worded(keyword))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The message with each setting named by ``name`` (``keyword`` or ``flag``)."""
+        text = self.template
+        for setting in self.settings:
+            text = text.replace("{" + setting + "}", name(setting))
+        return text
+
+    def __reduce__(self):  # across processes (a study's workers) the settings stay settings
+        return type(self), (self.template, *self.settings)
