@@ -7,6 +7,7 @@ imported on first use so that CPU-only installs never need Triton: the product, 
 forms on a GPU). The tests hold each to the reference ``calibration_gate``.
 """
 # No ``from __future__ import annotations``: TorchScript reads these annotations as real types.
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -99,6 +100,23 @@ class _CalibratedProduct(torch.autograd.Function):
         return *_product_grads(grad, features, gate, list(calib.shape), ctx.mode), None
 
 
+@dataclass(frozen=True)
+class LeanSettings:
+    """What ``_LeanCalibratedConv`` takes that has no gradient: K3's norm's running statistics (updated in place) and
+    constants, the gate's upsampling, and K4's convolution's geometry."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    momentum: float
+    eps: float
+    mode: str  # the upsampling of the gate
+    pooling_r: int  # > 0: Up as a broadcast where it tiles exactly (eager mode only)
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+
 class _LeanCalibratedConv(torch.autograd.Function):
     """``conv(norm(k3_out) * broadcast_gate(x, calib))`` in training: K3's batch norm, the gate and K4's conv.
 
@@ -111,29 +129,29 @@ class _LeanCalibratedConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, norm_weight: torch.Tensor,
-                norm_bias: torch.Tensor, conv_weight: torch.Tensor, spec: tuple) -> torch.Tensor:
-        # spec: what takes no gradient: the running statistics (updated in place), the gate's and the conv's settings.
-        (running_mean, running_var), mode, pooling_r, momentum, eps, stride, padding, dilation, groups = spec
+                norm_bias: torch.Tensor, conv_weight: torch.Tensor, settings: "LeanSettings") -> torch.Tensor:
+        s = settings
         # Updates the running statistics in place, as F.batch_norm does; mean and invstd are the batch's.
-        features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, running_mean, running_var, True, momentum, eps)
-        ctx.spec, ctx.triton = spec, _triton_trains(x, mode)
+        features, mean, invstd = torch.native_batch_norm(k3_out, norm_weight, norm_bias, s.running_mean, s.running_var, True,
+                                                         s.momentum, s.eps)
+        ctx.settings, ctx.triton = s, _triton_trains(x, s.mode)
         ctx.save_for_backward(k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd)
         if ctx.triton:  # one pass instead of the gate's three or four
             product = triton_gate_product()(features, x, calib)
         else:
-            product = features.mul_(broadcast_gate(x, calib, mode, pooling_r))  # in place: the features are not kept
-        return F.conv2d(product, conv_weight, None, stride, padding, dilation, groups)
+            product = features.mul_(broadcast_gate(x, calib, s.mode, s.pooling_r))  # in place: the features are not kept
+        return F.conv2d(product, conv_weight, None, s.stride, s.padding, s.dilation, s.groups)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         k3_out, x, calib, norm_weight, norm_bias, conv_weight, mean, invstd = ctx.saved_tensors
-        _, mode, pooling_r, _, eps, stride, padding, dilation, groups = ctx.spec
+        s = ctx.settings
         scale = norm_weight * invstd  # (C,): the norm as k3_out * scale + shift
         shift = norm_bias - mean * scale
 
         def conv_backward(product: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             d_product, d_weight, _ = torch.ops.aten.convolution_backward(
-                grad, product, conv_weight, None, stride, padding, dilation, False, [0, 0], groups,
+                grad, product, conv_weight, None, s.stride, s.padding, s.dilation, False, [0, 0], s.groups,
                 [True, ctx.needs_input_grad[5], False],
             )
             return d_product, d_weight
@@ -141,15 +159,15 @@ class _LeanCalibratedConv(torch.autograd.Function):
         if ctx.triton:  # the features never materialised: the kernels apply the norm's scale and shift as they read
             d_product, d_conv_weight = conv_backward(triton_gate_product()(k3_out, x, calib, features_bias=shift, features_scale=scale))
             d_features, d_x = triton_gate_backward()(d_product, k3_out, x, calib, scale, shift)
-            d_calib = upsample_adjoint(d_x, list(calib.shape), mode)
+            d_calib = upsample_adjoint(d_x, list(calib.shape), s.mode)
         else:
             shape = (1, -1, 1, 1)
             features = torch.addcmul(shift.view(shape), k3_out, scale.view(shape))  # (N, C, H, W)
-            gate = _gate_for_backward(x, calib, mode, pooling_r)
+            gate = _gate_for_backward(x, calib, s.mode, s.pooling_r)
             d_product, d_conv_weight = conv_backward(features * gate)
-            d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), mode, owned=True)
+            d_features, d_x, d_calib = _product_grads(d_product, features, gate, list(calib.shape), s.mode, owned=True)
         d_k3, d_norm_weight, d_norm_bias = torch.ops.aten.native_batch_norm_backward(
-            d_features, k3_out, norm_weight, None, None, mean, invstd, True, eps,
+            d_features, k3_out, norm_weight, None, None, mean, invstd, True, s.eps,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]],
         )
         return d_k3, d_x, d_calib, d_norm_weight, d_norm_bias, d_conv_weight, None
@@ -162,9 +180,9 @@ def lean_calibrated_conv(k3_out: torch.Tensor, x: torch.Tensor, calib: torch.Ten
     The caller has checked the norm with ``stackable_norms`` and counts its batch; ``conv`` has no bias. With
     ``pooling_r`` (eager mode only: the test is on sizes) Up is a broadcast where it tiles exactly.
     """
-    spec = ((norm.running_mean, norm.running_var), mode, pooling_r, norm.momentum, norm.eps, conv.stride, conv.padding,
-            conv.dilation, conv.groups)
-    return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, conv.weight, spec)
+    settings = LeanSettings(norm.running_mean, norm.running_var, norm.momentum, norm.eps, mode, pooling_r, conv.stride,
+                            conv.padding, conv.dilation, conv.groups)
+    return _LeanCalibratedConv.apply(k3_out, x, calib, norm.weight, norm.bias, conv.weight, settings)
 
 
 def calibrated_product(features: torch.Tensor, x: torch.Tensor, calib: torch.Tensor, mode: str) -> torch.Tensor:
