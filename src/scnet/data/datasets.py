@@ -212,8 +212,8 @@ def _fashion_mnist(data_dir: Optional[Path], download: bool) -> tuple[Dataset, D
         where = str(data_dir) if data_dir else str(FASHION_MNIST_SYSTEM_DIR)
         raise DataError(
             f"Fashion-MNIST not found in {where} (expected train-images-idx3-ubyte[.gz] and the three other IDX files); "
-            f"install it with `apt-get install dataset-fashion-mnist`, pass --data-dir, or add --download on a machine with internet"
-        )
+            f"install it with `apt-get install dataset-fashion-mnist`, pass {{data_dir}}, or add {{download}} on a machine with "
+            f"internet", "data_dir", "download")
     info = DataInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), FASHION_CLASSES)
     train, val = (_fashion_split(folder, s) for s in ("train", "val"))
     return (
@@ -470,9 +470,9 @@ def build_datasets(
 
 
 def _check_limits(limit_train: Optional[int], limit_val: Optional[int]) -> None:
-    for label, limit in (("--limit-train", limit_train), ("--limit-val", limit_val)):
+    for name, limit in (("limit_train", limit_train), ("limit_val", limit_val)):
         if limit is not None and limit < 1:
-            raise DataError(f"{label} must be at least 1, got {limit}")
+            raise DataError(f"{{{name}}} must be at least 1, got {limit}", name)
 
 
 def _head(dataset: Dataset, limit: Optional[int]) -> Dataset:

@@ -64,8 +64,8 @@ def _refuse_other(where: Path, what: str, there: dict[str, Any], here: dict[str,
     difference = _first_difference(_with_defaults(there), here)
     if difference is not None:
         key, a, b = difference
-        raise ValueError(f"{where} holds {what}: {key} is {_shown(a)} there, {_shown(b)} here; nothing was changed, "
-                         f"choose another --out")
+        raise SettingError(f"{where} holds {what}: {key} is {_shown(a)} there, {_shown(b)} here; nothing was changed, "
+                           f"choose another {{out}}", "out")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def _check_out(out: Path, study: dict[str, Any]) -> None:
         if config is None:
             continue
         if config.get("model") not in study["models"] or run.name != _run_name(config["model"], config.get("seed")):
-            raise ValueError(f"{run} holds a run of {config.get('model')!r} with seed {config.get('seed')!r}, not one of this "
-                             f"study's ({' and '.join(study['models'])}); nothing was changed, choose another --out")
+            raise SettingError(f"{run} holds a run of {config.get('model')!r} with seed {config.get('seed')!r}, not one of this "
+                               f"study's ({' and '.join(study['models'])}); nothing was changed, choose another {{out}}", "out")
         _refuse_other(run, "a run with another recipe", _recipe(config), study["recipe"])
 
 

@@ -327,7 +327,7 @@ def check_finite_weights(state_dict: dict[str, torch.Tensor], where: str) -> Non
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise FloatingPointError(f"weights became non-finite {where} ({len(bad)} tensors, e.g. {bad[0]}); "
-                                 "not saved, the last checkpoint is kept: lower --lr or set --clip-grad")
+                                 "not saved, the last checkpoint is kept: lower the learning rate or clip the gradient norm")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -189,7 +189,7 @@ def _check_run_directory(out: Path) -> None:
                           f"for more epochs with {{resume}} {out} {{epochs}} N", "out", "resume", "epochs")
     where = f"epoch {done + 1}, step {steps}" if steps else f"after epoch {done}"
     raise ConfigError(f"{out} holds an unfinished run (stopped {where} of {planned} epochs); continue it with "
-                      f"--resume {out}, or choose another --out")
+                      f"{{resume}} {out}, or choose another {{out}}", "resume", "out")
 
 
 @dataclass
@@ -308,10 +308,10 @@ def resume_conflicts(resume: str, given: dict[str, Any]) -> None:
     saved = read_training_checkpoint(resolve_resume(resume))["config"]
     for key, value in given.items():
         if key not in RESUMABLE and value is not None and saved.get(key) != value:
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{flag} {value!r} contradicts the resumed run ({key} is {saved.get(key)!r} there): a resumed "
-                              f"run keeps its recipe; only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE[1:])} "
-                              f"may change. Start a new run (--checkpoint {resume} starts from its weights) instead")
+            allowed = ", ".join("{" + k + "}" for k in RESUMABLE[1:])
+            raise ConfigError(f"{{{key}}} {value!r} contradicts the resumed run ({key} is {saved.get(key)!r} there): a resumed "
+                              f"run keeps its recipe; only {allowed} may change. Start a new run ({{checkpoint}} {resume} "
+                              f"starts from its weights) instead", key, *RESUMABLE[1:], "checkpoint")
 
 
 def _resume_from(cfg: TrainConfig, log: Callable[..., None]) -> tuple[TrainConfig, Optional[dict[str, Any]], Optional[Path]]:
@@ -467,7 +467,8 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     val = evaluate(run.model, val_loader, run.device, cfg.amp, cfg.channels_last)
     if not math.isfinite(val["loss"]):  # finite weights whose outputs overflow: no checkpoint, and never "best"
         raise FloatingPointError(f"validation loss is {val['loss']} after epoch {epoch + 1}: the model's outputs overflow; "
-                                 f"nothing was saved from this epoch (the last checkpoint is kept): lower --lr or set --clip-grad")
+                                 f"nothing was saved from this epoch (the last checkpoint is kept): lower the learning rate or clip the "
+                                 f"gradient norm")
     row = dict(epoch=epoch + 1, lr=lr, train_loss=train["loss"], train_acc=train["acc"], val_loss=val["loss"], val_acc=val["acc"],
                images_per_s=train["images_per_s"], seconds=train["seconds"])
     if run.parts.ema is not None:
