@@ -114,8 +114,9 @@ class TrainConfig:
     ema_decay: Optional[float] = option(None, "keep an EMA of the weights with this decay, e.g. 0.999")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 with a grad scaler on GPU)")
     channels_last: bool = option(False, "NHWC memory format")
-    fast_train: bool = option(True, "train through the fast forms of the SC layers and bottlenecks (scnet.fast_train: the "
-                                    "same numbers, faster and in less memory); --no-fast-train runs the reference forms")
+    fast_train: bool = option(True, "train through the fast forms of the SC layers and bottlenecks (scnet.fast_train: "
+                                    "the reference's numbers up to float rounding, faster and in less memory); "
+                                    "--no-fast-train runs the reference forms")
     compile: bool = option(False, "torch.compile the model for training (inductor; the first steps compile; needs a C++ "
                                   "compiler on CPU)")
     workers: int = option(0, "data-loading processes (default {default})")
