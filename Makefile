@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo test docs clean
 
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,10 @@ test: setup data
 	$(PY) -m pytest -q
 	bash scripts/smoke_wheel.sh $(PY)
 
+# The documentation site (guides, results, the API reference from the docstrings), built offline into site/; strict:
+# a broken link, a missing page or an unresolved reference fails the build (tests/test_docs.py builds it in CI).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build site src/*.egg-info

@@ -106,7 +106,9 @@ def convert(
             converted is an error.
         input_size: (C, H, W) for the multiply-add count in the report ((C, L) or (C, D, H, W) for 1-D/3-D
             models), or None to skip counting.
-        pooling_r, norm_layer, upsample_mode: passed to every ``SCConv``.
+        pooling_r: passed to every ``SCConv``.
+        norm_layer: passed to every ``SCConv``.
+        upsample_mode: passed to every ``SCConv``.
 
     The new layers start from SCConv's own initialisation (the 3x3 weights cannot carry over), so a converted
     pretrained model needs fine-tuning. Raises ``ValueError`` when nothing is eligible.

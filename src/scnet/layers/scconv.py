@@ -152,9 +152,11 @@ class SCConv(nn.Module):
     code requires out == in.
 
     Args:
-        in_channels, out_channels: even channel counts (out defaults to in); each half must divide by groups.
+        in_channels: an even channel count; each half must divide by groups.
+        out_channels: an even channel count (defaults to in_channels); each half must divide by groups.
         stride: applied by K1 and K4 only, as in the official code.
-        dilation, groups: as for ``nn.Conv2d``, applied to all four convolutions.
+        dilation: as for ``nn.Conv2d``, applied to all four convolutions.
+        groups: as for ``nn.Conv2d``, applied to all four convolutions.
         pooling_r: the calibration pooling rate r (the paper's 4); maps smaller than r are pooled whole.
         norm_layer: norm after each K (a callable, a name such as "groupnorm", or None for a BN-free net).
         upsample_mode: "nearest" (what the official weights were trained with) or "bilinear" (the paper's text).

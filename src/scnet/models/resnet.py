@@ -107,7 +107,8 @@ class ResNet(nn.Module):
         layers: blocks per stage.
         num_classes: classifier outputs; 0 gives pooled features.
         in_chans: input image channels.
-        cardinality, base_width: the 3x3 width rule ``int(planes * base_width / 64) * cardinality``.
+        cardinality: groups of the 3x3s; with ``base_width`` the width rule ``int(planes * base_width / 64) * cardinality``.
+        base_width: the 3x3 width per group at planes 64 (see ``cardinality``).
         stem_type: "" (7x7/2 + max-pool), "deep" (three 3x3, v1d), "small" (3x3/1, no max-pool, 28-32 px) or
             "small_pool" (3x3/1, then a 2x2 max-pool).
         stem_width: first width of the deep stem.
@@ -127,8 +128,8 @@ class ResNet(nn.Module):
         norm_eval: keep every norm in eval mode while training (running statistics frozen, as with small
             detection batches), the affine parameters still trained unless frozen.
         block_args: extra keyword arguments for every block (e.g. ``pooling_r``, ``upsample_mode``).
-        device, dtype: where and in which precision to create the parameters (``device="meta"`` allocates
-            nothing), as timm's factory keyword arguments.
+        device: where to create the parameters (``device="meta"`` allocates nothing), as timm's factory argument.
+        dtype: the parameters' precision, as timm's factory argument.
     """
 
     def __init__(
