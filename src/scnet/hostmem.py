@@ -30,9 +30,8 @@ def keep_freed_memory() -> bool:
     """Let glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the system.
 
     Why: each training step frees and re-allocates the same activations; returned to the system, they are
-    page-faulted in again, zeroed, on every step. On the 2-core machine of docs/results/bench-cpu-targets this took
-    SCNet-50's CPU training step from 10.5 to 12.1 img/s and ResNet-50's from 11.2 to 13.1. The cost: the process
-    keeps its peak memory mapped until it exits. Does nothing where the user set glibc's own ``MALLOC_*_`` variables.
+    page-faulted in again, zeroed, on every step (what that costs: docs/results/bench-cpu-targets). The cost: the
+    process keeps its peak memory mapped until it exits. Does nothing where the user set glibc's own ``MALLOC_*_`` variables.
     """
     if any(v in os.environ for v in _GLIBC_VARIABLES):
         return False

@@ -1,6 +1,6 @@
 """Inference fast path: ``deploy(model)`` rewrites an eval-mode model into fewer, fused kernels.
 
-Why: SC-Conv does ~4% less arithmetic than the 3x3 convolution it replaces, but the training-time graph runs
+Why: SC-Conv does a little less arithmetic than the 3x3 convolution it replaces, but the training-time graph runs
 about twice as many convolutions (half-width), a norm after each, and five element-wise passes for the
 calibration gate. On a CPU those extra passes over memory, not the multiply-adds, set the speed. In eval mode
 every norm is a fixed per-channel affine map, so the whole network can be rewritten with the same outputs:
@@ -17,7 +17,8 @@ every norm is a fixed per-channel affine map, so the whole network can be rewrit
   ReLU in its epilogue; the shortcut's bias moves into that epilogue too; the merged 1x1 runs as its two
   halves (cuDNN reads only contiguous inputs, so slicing its output would cost a copy); and the calibration's
   gate (K2's and K3's biases, sum, sigmoid, product) is one Triton kernel (``gate_triton.py``) instead
-  of five memory-bound passes. Left to plain PyTorch, the bias adds alone took a third of a GPU's time.
+  of five memory-bound passes (left to plain PyTorch, the bias adds alone were a large share of a GPU's time:
+  docs/results/bench-gpu).
 
 The fused form of each reference module (``SelfCalibration``/``SCConv``, the bottlenecks, a ResNet's stem) is in
 ``inference.py`` (``deploy_form``), all built from ``fusion.py``'s ``FusedConv``. ``deploy`` only walks the model,

@@ -6,7 +6,7 @@ training norm's scale and shift applied to ``features``; and its backward, also 
 Why: in eager PyTorch the gate costs four element-wise passes over full-resolution tensors (upsample or
 broadcast add, sigmoid, product), each reading and writing memory, while the arithmetic is trivial. On a GPU
 such passes are bound by memory bandwidth, so one kernel that reads ``features`` and ``x`` once, the r^2-times
-smaller ``calib`` from cache, and writes the product once moves about a third of the bytes. It also computes
+smaller ``calib`` from cache, and writes the product once moves a fraction of the bytes. It also computes
 the sum and the sigmoid in float32 and rounds once, where the eager ops round after every step in bf16/fp16.
 
 This module imports Triton at import time; ``scnet.fast.gate.triton_gate_product`` imports it only when the

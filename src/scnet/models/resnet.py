@@ -63,8 +63,8 @@ def _make_stem_pool(stem_type: str) -> nn.Module:
     """The pool after the stem: none for "small", 2x2 for "small_pool", ResNet's 3x3/2 otherwise.
 
     Why "small_pool": a 28 px image keeps its full-resolution first conv but the stages run at 14-2 px, a quarter
-    of the positions of "small", so a small net trains several times faster (the demo model: 92% on Fashion-MNIST
-    after 5 epochs).
+    of the positions of "small", so a small net trains several times faster (the demo model's results:
+    docs/results/fashion-mnist-demo).
     """
     conv_stride, pool_stride = STEM_STRIDES[stem_type]
     if pool_stride == 1:

@@ -38,8 +38,8 @@ ARCHS: dict[str, tuple[dict[str, Any], str]] = {
     "scnext101_32x4d": (dict(**_R101, **_32X4D), "SCNeXt-101 32x4d"),
     "sescnet50": (dict(**_R50, attn_layer="se"), "SE-SCNet-50: SCNet-50 with squeeze-and-excitation (reduction 16)"),
     # The training tools' demo model: one block per stage for 28-32 px images, stages at 14-2 px after the stem's
-    # max-pool. Widths 24-48-96-192 give SC halves of 12+ channels (oneDNN runs 8-channel convs poorly), so a 2-core
-    # CPU trains it at 1,593 img/s (docs/results/demo-throughput): 92% on Fashion-MNIST in 5 epochs.
+    # max-pool. Widths 24-48-96-192 give SC halves of 12+ channels, because oneDNN runs 8-channel convs poorly
+    # (its speed and accuracy: docs/results/demo-throughput, docs/results/fashion-mnist-demo).
     "scnet_demo": (dict(layers=(1, 1, 1, 1), widths=(24, 48, 96, 192), stem_type="small_pool"), "Small demo SCNet for 28-32 px images (1.1 M params)"),
 }
 

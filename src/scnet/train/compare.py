@@ -210,7 +210,7 @@ def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int, keep_
     """Both runs of a pair, one after the other, or at once in two processes with half the threads each.
 
     Why at once: both runs meet the same machine load, and small convolutions leave a second thread idle part of
-    the time (for the demo pair the gain is small, ~5 %, since the plain run ends first and frees its core).
+    the time (for the demo pair the gain is small, since the plain run ends first and frees its core).
     """
     if jobs == 1 or any((Path(cfg.out) / DONE).is_file() for cfg in cfgs):  # a finished run is only read back
         return [_run(cfg, show_progress) for cfg in cfgs]
