@@ -16,6 +16,8 @@ def test_info_json(capsys: pytest.CaptureFixture) -> None:
     assert set(rows) == {"scnet50", "scnet50_plain", "scnet50_v1d", "scnet50_v1d_plain"}
     assert rows["scnet50"]["params"] == 25_564_584 and rows["scnet50"]["GMACs"] == 3.925
     assert rows["scnet50_v1d"]["weights"] == "scnet50_v1d-4109d1e1.pth" and rows["scnet50_plain"]["top1"] is None
+    assert rows["scnet50_v1d"]["official"] == "same outputs" and rows["scnet50_plain"]["official"] is None
+    assert rows["scnet50"]["recipe"] == "imagenet/scnet50"  # the bundled config of that name
 
 
 def test_info_markdown_and_errors(capsys: pytest.CaptureFixture) -> None:

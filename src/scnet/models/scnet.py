@@ -19,12 +19,15 @@ from .registry import register_model
 from .resnet import STEM_STRIDES, ResNet
 from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
 
-__all__ = ["ARCHS", "build_model", "plain_twin", "sc_twin"]
+__all__ = ["ARCHS", "OFFICIAL_CODE", "build_model", "plain_twin", "sc_twin"]
 
 _R50 = dict(layers=(3, 4, 6, 3))
 _R101 = dict(layers=(3, 4, 23, 3))
 _V1D = dict(stem_type="deep", avg_down=True, avd=True)
 _32X4D = dict(cardinality=32, base_width=4)
+
+# The architectures of the official code (MCG-NKU/SCNet): their state-dict names, shapes and outputs are tested equal.
+OFFICIAL_CODE = ("scnet50", "scnet101", "scnet50_v1d", "scnet101_v1d")
 
 # name -> (trunk arguments, one-line description). The plain twins are derived, not listed.
 ARCHS: dict[str, tuple[dict[str, Any], str]] = {
