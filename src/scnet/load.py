@@ -106,6 +106,9 @@ def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretra
     ``file`` is a training checkpoint or release (``name``, if given, must match it), an official ``.pth``
     (``name`` may be left out), or bare weights for ``name``. ``use_ema`` takes a checkpoint's EMA weights.
     Other keyword arguments go to the builder (e.g. ``num_classes``, ``in_chans``, ``stem_type``).
+
+    Raises ``BareWeightsError`` for bare weights without a model name, ``ValueError`` for an unknown name, a file of
+    another model or weights that do not fit, ``FileNotFoundError`` for a missing file.
     """
     if file is not None:
         state = read_checkpoint(file)  # the one read of the file

@@ -13,6 +13,7 @@ __all__ = ["count_params", "count_macs", "describe_machine"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameter values in ``model`` (only those that require gradients with ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

@@ -441,6 +441,9 @@ def build_datasets(
     every such file out and counts them in ``info.skipped_images``. ``pathfinder{size}-{length}`` (e.g.
     ``pathfinder32-14``) is generated, ``limit_*`` images of it (default 160,000 and 20,000), and cached in
     ``data_dir`` (default ``~/.cache/scnet/data``).
+
+    Raises ``DataError`` (a ``ValueError``) naming the file or setting when a dataset is unknown, missing, damaged
+    or asked for with impossible limits.
     """
     if bad_images not in BAD_IMAGE_POLICIES:
         raise DataError(f"{{bad_images}} must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}", "bad_images")

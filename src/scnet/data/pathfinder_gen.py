@@ -497,6 +497,9 @@ def pathfinder(n: int, size: int = 32, contour_length: int = 14, seed: int = 0, 
     read from ``cache_dir`` (default ``default_cache_dir()``) or made and written there (``cache=False`` neither
     reads nor writes); missing chunks are made by ``workers`` forked processes (default: one per CPU core when more
     than one chunk is missing; one process outside Linux).
+
+    Raises ``ValueError`` for a size other than 32 or 64, a contour length outside 3-20, a non-positive ``n`` or a
+    negative seed.
     """
     import torch
 

@@ -133,6 +133,7 @@ def fast_train(model: nn.Module, enable: bool = True) -> nn.Module:
 
     Only modules of exactly a reference class are swapped (a subclass of ours may have its own forward), anywhere in
     the model: an SCNet, its plain twin, or any model holding ``SCConv`` layers (e.g. a converted torchvision ResNet).
+    Raises ``TypeError`` for anything but an ``nn.Module``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fast_train expects an nn.Module, got {type(model).__name__}")

@@ -28,6 +28,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder function registered as ``name``; raises ``ValueError`` naming the closest known names otherwise."""
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, _BUILDERS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(list_models())}"
@@ -43,6 +44,9 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Non
     layout (``scnet export --format hf``), built and loaded from its ``config.json`` and ``model.safetensors``.
     ``pretrained=True`` loads the official weights of ``name``; ``checkpoint_path``
     then loads a local ``.pth``/``.safetensors`` file over them (or over the random init).
+
+    Raises ``ValueError`` for an unknown name (naming the closest ones) or a weight file that does not fit the model,
+    ``WeightsUnavailableError`` for ``pretrained=True`` where no weights were published or they cannot be fetched.
     """
     from ..files import HUB_PREFIXES
     from .weights import load_checkpoint, load_pretrained
