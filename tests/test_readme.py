@@ -1,4 +1,4 @@
-"""The Python snippets of the README and the guides run as written, and the model table is what `scnet info` prints."""
+"""The Python snippets of the README, the site's home page and the guides run as written, and the model table is what `scnet info` prints."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from scnet.info import format_table, model_table
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
-PAGES = [REPO / "README.md", *sorted((REPO / "docs" / "guides").glob("*.md"))]
+PAGES = [REPO / "README.md", REPO / "docs" / "index.md", *sorted((REPO / "docs" / "guides").glob("*.md"))]
 SNIPPETS = [(page.relative_to(REPO).as_posix(), i, code) for page in PAGES
             for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))]
 
