@@ -287,7 +287,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
-        flag = "--" + f.name.replace("_", "-")
+        flag = as_flag(f.name)
         help_text = meta["help"].format(default=f.default)
         if hints[f.name] is bool:  # --amp / --no-amp: either can override a YAML file
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -24,8 +24,7 @@ def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
     from .data import eval_transform
     from .data.images import open_image
 
-    short_side = int(info.image_size / info.crop_pct)
-    img = open_image(path, info.in_chans, short_side=short_side)  # bounded: checked before decoding or resizing
+    img = open_image(path, info.in_chans, short_side=info.resize_side)  # bounded: checked before decoding or resizing
     return eval_transform(info)(img)  # (C, S, S): exactly as the model's evaluation prepares an image
 
 

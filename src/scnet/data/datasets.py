@@ -64,6 +64,11 @@ class DataInfo:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
 
     @property
+    def resize_side(self) -> int:
+        """The short side an image is resized to before the centre crop: ``image_size / crop_pct``."""
+        return int(self.image_size / self.crop_pct)
+
+    @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of the model's inputs, as timm's ``pretrained_cfg`` writes it."""
         return self.in_chans, self.image_size, self.image_size
@@ -86,7 +91,7 @@ def eval_transform(info: DataInfo):
     evaluation of an ImageNet-style folder, ``scnet predict``, ``scnet cam`` and the others all go through it, so one
     image gets one set of logits. Short side to ``image_size / crop_pct`` (``info.interpolation``), centre crop, scale
     to [0, 1], mean/std."""
-    resize = T.Resize(int(info.image_size / info.crop_pct), interpolation=T.InterpolationMode(info.interpolation), antialias=True)
+    resize = T.Resize(info.resize_side, interpolation=T.InterpolationMode(info.interpolation), antialias=True)
     return T.Compose([resize, T.CenterCrop(info.image_size),
                       T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(info.mean), list(info.std))])
 
@@ -334,10 +339,9 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
         raise DataError(f"imagefolder needs {{data_dir}} with train/<class>/* and val/<class>/* subfolders (got {data_dir})", "data_dir")
     mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
     described = DataInfo("imagefolder", 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)  # classes: below
-    resize = int(image_size / described.crop_pct)
     train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
     val_tf = eval_transform(described)
-    loader = lambda path: open_image(path, 3, resize)  # noqa: E731 - one reading of every file, as predict's
+    loader = lambda path: open_image(path, 3, described.resize_side)  # noqa: E731 - one reading of every file, as predict's
     try:
         train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
     except (FileNotFoundError, RuntimeError, OSError) as e:
@@ -346,7 +350,7 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
         raise DataError(f"train and val class folders differ under {data_dir}")
     for ds in (train, val):
         _check_links(ds, data_dir)
-    skipped = sum(_screen_images(ds, bad_images, resize) for ds in (train, val))
+    skipped = sum(_screen_images(ds, bad_images, described.resize_side) for ds in (train, val))
     for ds, split in ((train, "train"), (val, "val")):
         if not ds.samples:
             raise DataError(f"no readable images left in {data_dir / split}")

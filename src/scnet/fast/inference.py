@@ -6,7 +6,7 @@ reference module it replaces.
 """
 # No ``from __future__ import annotations``: TorchScript reads the fused forms' annotations as real types.
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ __all__ = ["FusedSelfCalibration", "FusedSCConv", "FusedSCBottleneck", "FusedBot
            "folded_copy", "fuse_stem"]
 
 
-def folded_copy(layer: nn.Module, relu_out: bool) -> nn.Module:
+def folded_copy(layer: nn.Module) -> nn.Module:
     """A copy of a 1-D/3-D SC layer in eval mode whose convolutions absorb their batch norms (``fold_conv_norm``):
     the same forward, four fewer norm passes. A norm without running statistics (GroupNorm) raises ``Unfoldable``."""
     folded = copy.deepcopy(layer)
@@ -32,7 +32,7 @@ def folded_copy(layer: nn.Module, relu_out: bool) -> nn.Module:
         conv.weight = nn.Parameter(weight, requires_grad=False)
         conv.bias = nn.Parameter(bias, requires_grad=False)
         seq[-1] = nn.Identity()
-    return nn.Sequential(folded, nn.ReLU(inplace=True)) if relu_out else folded
+    return folded
 
 
 def _fold(seq: nn.Sequential, relu: bool = False, onednn: bool = True) -> FusedConv:
@@ -216,12 +216,9 @@ def fuse_stem(model: ResNet, onednn: bool = True) -> ResNet:
     return model
 
 
-def _self_calibration_form(sc: SelfCalibration, onednn: bool) -> nn.Module:
-    return folded_copy(sc, relu_out=False) if sc.dims != 2 else FusedSelfCalibration(sc, onednn=onednn)
-
-
-def _sc_conv_form(layer: SCConv, onednn: bool) -> nn.Module:
-    return folded_copy(layer, relu_out=False) if layer.dims != 2 else FusedSCConv(layer, onednn=onednn)
+def _sc_form(fused: type) -> Callable[[nn.Module, bool], nn.Module]:
+    """An SC layer's form: ``fused`` (oneDNN/cuDNN/Triton) in 2-D, a copy with its norms folded in 1-D and 3-D."""
+    return lambda layer, onednn: fused(layer, onednn=onednn) if layer.dims == 2 else folded_copy(layer)
 
 
 # The reference class (or a subclass of it, such as a training fast form) -> its inference form. The blocks and the
@@ -229,8 +226,8 @@ def _sc_conv_form(layer: SCConv, onednn: bool) -> nn.Module:
 _FORMS = (
     (SCBottleneck, FusedSCBottleneck),
     (Bottleneck, FusedBottleneck),
-    (SCConv, _sc_conv_form),
-    (SelfCalibration, _self_calibration_form),
+    (SCConv, _sc_form(FusedSCConv)),
+    (SelfCalibration, _sc_form(FusedSelfCalibration)),
     (ResNet, fuse_stem),
 )
 
