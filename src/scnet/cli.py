@@ -170,13 +170,28 @@ def _predict(args: argparse.Namespace) -> int:
 
     _verify(args.checkpoint or args.weights, args.sha256)
     model, info = load_predictor(args.checkpoint, args.model, args.pretrained, args.weights, args.ema)
-    results = predict(model, info, args.images, args.topk)
+    results = predict(_on_engine(model, args.engine), info, args.images, args.topk)
     if args.format == "json":
         print(json.dumps(results, indent=2, allow_nan=False))  # valid JSON, always
         return 0
     for r in results:
         print(r["image"] + ": " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))
     return 0
+
+
+def _on_engine(model: Any, engine: str) -> Any:
+    from .engines import EngineModel
+
+    return model if engine == "torch" else EngineModel(model, engine)
+
+
+def _add_engine_option(p: argparse.ArgumentParser) -> None:
+    from .engines import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="what runs the model: eager PyTorch (default), its fused form (deploy), ONNX Runtime or OpenVINO "
+                        "(float32, checked against eager PyTorch on the first batch; docs/results/engines says which is "
+                        "fastest)")
 
 
 def _cam(args: argparse.Namespace) -> int:
@@ -266,8 +281,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     _verify(args.checkpoint, args.sha256)
 
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.limit_val, args.batch_size, args.workers, args.ema)
-    print(f"{r['model']} (epoch {r['epoch']}) on {r['data']}: top-1 {r['acc']:.2f}% ({r['count']} images), loss {r['loss']:.4f}")
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.limit_val, args.batch_size, args.workers, args.ema,
+                            engine=args.engine)
+    engine = "" if r["engine"] == "torch" else f" run by {r['engine']}"
+    print(f"{r['model']} (epoch {r['epoch']}){engine} on {r['data']}: top-1 {r['acc']:.2f}% ({r['count']} images), loss {r['loss']:.4f}")
     return 0
 
 
@@ -392,6 +409,7 @@ def _add_predict_command(sub: Any) -> None:
     pr.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     pr.add_argument("--topk", type=int, default=3)
     pr.add_argument("--format", choices=("text", "json"), default="text")
+    _add_engine_option(pr)
     pr.set_defaults(func=_predict)
 
 
@@ -435,6 +453,7 @@ def _add_eval_command(sub: Any) -> None:
     ev.add_argument("--batch-size", type=int, help="default: the training batch size")
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    _add_engine_option(ev)
     ev.set_defaults(func=_eval)
 
 

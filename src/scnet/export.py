@@ -81,17 +81,16 @@ def export_torchscript(model: nn.Module, path: Union[str, Path]) -> None:
 
 def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:
     """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: relative error and argmax agreement."""
-    import onnxruntime as ort
+    from .engines import OnnxModel
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    run = OnnxModel(Path(path))
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for h, w in sizes:
         x = torch.randn(batch, in_chans, h, w, generator=gen)
         with torch.no_grad():
             ref = model.eval()(x).numpy()
-        out = session.run(None, {name: x.numpy()})[0]
+        out = run(x).numpy()
         rel = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
         rows.append(dict(size=f"{h}x{w}", rel_error=rel, argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
     return rows

@@ -17,7 +17,7 @@ has more than one output node"), so there is nothing to measure on that side yet
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .engines import OnnxModel, onnx_model  # noqa: F401  (onnx_model: the float32 baseline, importable here too)
 from .layers.validate import check_image_batch
 
-__all__ = ["quantize", "QuantizedModel", "OnnxModel", "onnx_model", "KEEP_FP32", "calibration_batches"]
+__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches"]
 
 KEEP_FP32 = ("none", "gate", "convs")  # what stays in float: nothing, the gate, all but the convolutions
 DEFAULT_KEEP = "none"
@@ -36,50 +37,11 @@ _CONV_OPS = ("Conv", "Gemm", "MatMul")  # the convolutions and the classifier
 
 
 @dataclass
-class OnnxModel:
-    """An ONNX file in an ONNX Runtime session (CPU), called like the PyTorch model it came from: tensors in and out."""
-
-    path: Path
-    threads: int = 0  # ONNX Runtime's intra-op threads (0: its default)
-    _session: object = field(default=None, repr=False)
-    _folder: Optional[tempfile.TemporaryDirectory] = field(default=None, repr=False)  # removed with the object
-
-    @classmethod
-    def in_temporary_folder(cls) -> tuple[Path, tempfile.TemporaryDirectory]:
-        """A file path in a fresh temporary folder that the model made there will own (and remove when collected)."""
-        folder = tempfile.TemporaryDirectory(prefix="scnet-onnx-")
-        return Path(folder.name) / "model.onnx", folder
-
-    @property
-    def session(self):
-        if self._session is None:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        return self._session
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {"input": array})[0])
-
-
-@dataclass
 class QuantizedModel(OnnxModel):
     """An int8 ONNX model (see ``quantize``): what was kept in float and how many images calibrated it."""
 
     keep_fp32: str = DEFAULT_KEEP
     calibration_images: int = 0
-
-
-def onnx_model(model: nn.Module, example: torch.Tensor, path: Union[str, Path, None] = None, threads: int = 0) -> OnnxModel:
-    """The float32 ONNX export of an eval-mode model in an ONNX Runtime session: the baseline int8 is compared with."""
-    from .export import export_onnx
-
-    out, folder = (Path(path), None) if path is not None else OnnxModel.in_temporary_folder()
-    export_onnx(model.eval(), out, in_chans=example.shape[1], example_size=max(example.shape[-2:]))
-    return OnnxModel(out, threads, _folder=folder)
 
 
 def _input_channels(model: nn.Module) -> int:
@@ -128,13 +90,15 @@ def _quantized_ops(keep_fp32: str) -> list[str]:
 
 def quantize(
     model: nn.Module, calibration_batches: Iterable[torch.Tensor], path: Union[str, Path, None] = None,
-    keep_fp32: str = DEFAULT_KEEP, threads: int = 0,
+    keep_fp32: str = DEFAULT_KEEP, threads: int = 0, engine: str = "onnxruntime", spin: Optional[bool] = None,
 ) -> QuantizedModel:
     """An int8 copy of an eval-mode image model, calibrated on ``calibration_batches`` (normalised (N, C, H, W) tensors).
 
     ``path``: where the int8 ONNX file is written (default: a temporary folder). ``keep_fp32``: "none", "gate"
-    or "convs" (see the module's docstring). Raises ``ValueError`` for a model in training mode (its norms
-    would not be the ones it is deployed with) and for calibration data of another shape than the model takes.
+    or "convs" (see the module's docstring). ``engine``: what runs the int8 file, ONNX Runtime or OpenVINO
+    (``engines.OnnxModel``; both turn the quantize/dequantize pairs into int8 kernels). Raises ``ValueError``
+    for a model in training mode (its norms would not be the ones it is deployed with) and for calibration data
+    of another shape than the model takes.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -155,7 +119,7 @@ def quantize(
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # the dynamic sizes defeat its symbolic pass
         quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32))
-    return QuantizedModel(out, threads, _folder=folder, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
+    return QuantizedModel(out, threads, engine, spin, _folder=folder, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
 
 
 def calibration_batches(dataset, count: int = 512, batch_size: int = 64) -> list[torch.Tensor]:

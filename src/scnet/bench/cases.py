@@ -24,11 +24,14 @@ MODES: dict[str, dict[str, Any]] = {
     "compiled": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=True, train=False),  # inductor + freezing
     "graph": dict(channels_last=True, deploy=None, compile=False, train=False, graph=True),  # CUDA graph replay
     "deploy_graph": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False, graph=True),
-    # ONNX Runtime (CPU): the float32 export, and int8 static quantization with what ``keep_fp32`` keeps in float.
+    # ONNX Runtime (CPU): the float32 export, and int8 static quantization with what ``keep_fp32`` keeps in float;
+    # OpenVINO (CPU) running the same two files.
     "onnx": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32"),
     "int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none"),
     "int8_gate": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="gate"),
     "int8_convs": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="convs"),
+    "openvino": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino"),
+    "openvino_int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino"),
     "train": dict(channels_last=False, deploy=None, compile=False, train=True),
     "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
     "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
@@ -112,7 +115,7 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
         return step
     model.eval()
     if spec.get("onnx"):
-        return _onnx_runner(model, spec["onnx"], device, dtype)
+        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype)
     if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
         model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
@@ -136,24 +139,26 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
     return infer
 
 
-def _onnx_runner(model: torch.nn.Module, kind: str, device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """ONNX Runtime on the CPU with torch's thread count, made on the first (warm-up) call at its input's size; int8
-    is calibrated on 4 seeded random batches of that shape (timing does not depend on the values)."""
+def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.device,
+                 dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """ONNX Runtime or OpenVINO on the CPU with torch's thread count, made on the first (warm-up) call at its input's
+    size; int8 is calibrated on 4 seeded random batches of that shape (timing does not depend on the values).
+    ONNX Runtime's threads do not spin between calls: spinning would take the CPU from the case timed next."""
     from ..int8 import onnx_model, quantize
 
     if device.type != "cpu" or dtype != torch.float32:
-        raise ValueError(f"the ONNX Runtime modes run in float32 on the CPU, not {dtype} on {device.type}")
+        raise ValueError(f"the ONNX modes run in float32 on the CPU, not {dtype} on {device.type}")
     made: dict[str, Callable] = {}
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         if "run" not in made:
-            threads = torch.get_num_threads()
+            how = dict(threads=torch.get_num_threads(), engine=engine, spin=False)
             if kind == "fp32":
-                made["run"] = onnx_model(model, x, threads=threads)
+                made["run"] = onnx_model(model, x, **how)
             else:
                 gen = torch.Generator().manual_seed(1)
                 batches = [torch.randn(x.shape, generator=gen) for _ in range(4)]
-                made["run"] = quantize(model, batches, keep_fp32=kind, threads=threads)
+                made["run"] = quantize(model, batches, keep_fp32=kind, **how)
         made["run"](x)
 
     return infer

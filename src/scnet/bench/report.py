@@ -20,7 +20,8 @@ def describe_mode(spec: dict[str, Any]) -> str:
     if spec.get("graph"):
         parts.append("CUDA graph replay")
     if spec.get("onnx"):
-        parts.append("ONNX Runtime" + ("" if spec["onnx"] == "fp32" else f" int8 (kept in float: {spec['onnx']})"))
+        engine = "OpenVINO" if spec.get("engine") == "openvino" else "ONNX Runtime"
+        parts.append(engine + ("" if spec["onnx"] == "fp32" else f" int8 (kept in float: {spec['onnx']})"))
     return " + ".join(parts)
 
 

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets
+from ..engines import EngineModel
 from ..fast import fast_train
 from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
 from ..load import BareWeightsError, load_model, model_from_config
@@ -530,9 +531,10 @@ def _finish(run: Run) -> dict[str, Any]:
 
 def evaluate_checkpoint(
     checkpoint: str, data: Optional[str] = None, data_dir: Optional[str] = None, limit_val: Optional[int] = None,
-    batch_size: Optional[int] = None, workers: int = 0, use_ema: bool = False,
+    batch_size: Optional[int] = None, workers: int = 0, use_ema: bool = False, engine: str = "torch",
 ) -> dict[str, Any]:
-    """Accuracy of a training checkpoint on its dataset's validation split (or another one given by name)."""
+    """Accuracy of a training checkpoint on its dataset's validation split (or another one given by name), its model
+    run by ``engine`` (``scnet.engines``: eager PyTorch, its fused form, ONNX Runtime or OpenVINO)."""
     try:
         loaded = load_model(file=checkpoint, use_ema=use_ema)
     except BareWeightsError:
@@ -553,5 +555,6 @@ def evaluate_checkpoint(
                           f"{info.name} has other classes ({info.num_classes}: {', '.join(info.classes[:4])}"
                           f"{', ...' if info.num_classes > 4 else ''}); evaluate it on data with its own classes")
     loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
-    result = evaluate(loaded.model, loader, torch.device("cpu"))
-    return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), **result)
+    model = loaded.model if engine == "torch" else EngineModel(loaded.model, engine)
+    result = evaluate(model, loader, torch.device("cpu"))
+    return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), engine=engine, **result)
