@@ -108,3 +108,28 @@ def test_bench_times_onnx_runtime_and_int8_beside_the_torch_paths() -> None:
                        show_progress=False, memory=False)
     assert [r["mode"] for r in report["results"]] == ["deploy", "onnx", "int8", "int8_gate"]
     assert all(r["error"] is None and r["images_per_s"] > 0 for r in report["results"])
+
+
+def test_logit_fidelity_and_top2_margins_restated() -> None:
+    """Agreement, relative error and margins on hand-made logits whose answers are known without the library."""
+    from scnet.int8 import logit_fidelity, top2_margins
+
+    ref = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [1.0, 0.0, 4.0], [2.0, 2.5, 0.0]])
+    out = ref.clone()
+    out[1] += torch.tensor([0.2, -0.2, 0.0])  # image 1: top class 1 stays (1.8 against 1.5)
+    out[3] += torch.tensor([0.6, 0.0, 0.0])  # image 3: 2.6 > 2.5, the top class flips from 1 to 0
+    fid = logit_fidelity(ref, out)
+    assert fid["images"] == 4 and fid["top1_agreement"] == pytest.approx(75.0)
+    diff = (0.2 ** 2 * 2 + 0.6 ** 2) ** 0.5
+    assert fid["rel_error"] == pytest.approx(diff / float(ref.pow(2).sum().sqrt()), rel=1e-6)
+
+    m = top2_margins(ref, out)
+    assert m["margin"].tolist() == pytest.approx([2.0, 0.5, 3.0, 0.5])
+    rms = [0.0, (0.08 / 3) ** 0.5, 0.0, (0.36 / 3) ** 0.5]
+    assert m["change_rms"].tolist() == pytest.approx(rms, abs=1e-6)
+    assert float(m["ratio"][1]) == pytest.approx(0.5 / rms[1], rel=1e-5)
+    assert float(m["ratio"][3]) < float(m["ratio"][1])  # the flipped image had the smaller margin per unit of change
+    with pytest.raises(ValueError, match=r"\(4, 3\) and \(4, 2\)"):
+        logit_fidelity(ref, out[:, :2])
+    with pytest.raises(ValueError, match="classes >= 2"):
+        top2_margins(ref[:, :1], out[:, :1])

@@ -109,7 +109,7 @@ def _export_int8(args: argparse.Namespace, loaded: Any, out: Any) -> int:
     import torch
 
     from .data import build_datasets
-    from .int8 import calibration_batches, quantize
+    from .int8 import calibration_batches, logit_fidelity, quantize
 
     if args.format != "onnx":
         raise ValueError(f"--int8 writes ONNX (ONNX Runtime runs it), not --format {args.format}")
@@ -125,12 +125,10 @@ def _export_int8(args: argparse.Namespace, loaded: Any, out: Any) -> int:
     x = calibration_batches(val, 256, 256)[0]  # (N, C, H, W): validation images the calibration did not see
     with torch.no_grad():
         ref = loaded.model(x)
-    got = quantized(x)
-    agree = 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean())
-    rel = float((got - ref).norm() / ref.norm())
+    fid = logit_fidelity(ref, quantized(x))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): int8 ONNX (kept in float: {args.keep_fp32}), calibrated on "
-          f"{quantized.calibration_images} {data} images; against float32 on {len(ref)} validation images: top-1 agreement "
-          f"{agree:.1f} %, logits' relative error {rel:.3f}")
+          f"{quantized.calibration_images} {data} images; against float32 on {fid['images']} validation images: top-1 agreement "
+          f"{fid['top1_agreement']:.1f} %, logits' relative error {fid['rel_error']:.3f}")
     return 0
 
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .engines import OnnxModel, onnx_model  # noqa: F401  (onnx_model: the float32 baseline, importable here too)
+from .engines import OnnxModel, onnx_model, relative_error  # noqa: F401  (onnx_model: the float32 baseline, importable here too)
 from .layers.validate import check_image_batch
 
-__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches"]
+__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches", "logit_fidelity", "top2_margins"]
 
 KEEP_FP32 = ("none", "gate", "convs")  # what stays in float: nothing, the gate, all but the convolutions
 DEFAULT_KEEP = "none"
@@ -130,3 +130,29 @@ def calibration_batches(dataset, count: int = 512, batch_size: int = 64) -> list
     if hasattr(dataset, "batch"):  # TensorImages: whole batches in one call
         return [dataset.batch(torch.arange(i, min(i + batch_size, count)))[0] for i in range(0, count, batch_size)]
     return [torch.stack([dataset[j][0] for j in range(i, min(i + batch_size, count))]) for i in range(0, count, batch_size)]
+
+
+def logit_fidelity(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
+    """How far int8 logits ``out`` are from float32 logits ``ref`` (both (N, classes)): the percentage of images whose
+    top class is the same, and the relative error of the whole batch (``engines.relative_error``)."""
+    if ref.shape != out.shape or ref.dim() != 2:
+        raise ValueError(f"logit_fidelity compares two (N, classes) tensors of one shape, got {tuple(ref.shape)} and {tuple(out.shape)}")
+    agree = 100.0 * float((out.argmax(1) == ref.argmax(1)).float().mean())
+    return dict(top1_agreement=agree, rel_error=relative_error(out, ref), images=int(ref.shape[0]))
+
+
+def top2_margins(ref: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image: the float32 model's margin between its two highest logits, the RMS of what int8 changed in that
+    image's logits, and their ratio.
+
+    Why: int8 flips an image's top class when its change is as large as the margin, so two models with the same
+    relative error can agree on top-1 at different rates if their margins differ. The ratio is the margin measured
+    in units of the int8 change: below about 1 a flip is likely, far above it impossible.
+    """
+    if ref.shape != out.shape or ref.dim() != 2 or ref.shape[1] < 2:
+        raise ValueError(f"top2_margins needs two (N, classes >= 2) tensors of one shape, got {tuple(ref.shape)} and {tuple(out.shape)}")
+    ref, out = ref.detach().float(), out.detach().float()
+    top2 = ref.topk(2, dim=1).values  # (N, 2)
+    margin = top2[:, 0] - top2[:, 1]  # (N,)
+    change = (out - ref).pow(2).mean(1).sqrt()  # (N,) RMS over the classes
+    return dict(margin=margin, change_rms=change, ratio=margin / change.clamp_min(1e-12))
