@@ -5,11 +5,18 @@ so they live here rather than in the installed package. The measurement is ``scn
 is ``bench.md`` with a "Targets" table before the rows.
 
     python scripts/bench_targets.py --repeats 5 --warmup 2 --out docs/results/bench-cpu
+
+Two versions of the code are compared from runs made alternately on one machine (each run's own folder), with
+the spread between runs of the same code as the noise a difference must exceed:
+
+    python scripts/bench_targets.py --compare old=RUN1,RUN3 new=RUN2,RUN4 --out DIR
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +78,98 @@ def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def compare_runs(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target's ratio in every run of two groups (label -> bench.json reports), with each group's median and
+    spread, and whether the second group is worse than the first beyond the noise.
+
+    Why the spread: on a small shared machine a ratio of one code version moves by several hundredths from run to
+    run. A difference counts only when the medians differ by more than the larger of the two groups' spreads
+    (max - min of a group's ratios) and in the direction the target calls worse.
+    """
+    if len(groups) != 2 or any(not runs for runs in groups.values()):
+        raise ValueError(f"compare needs two labelled groups of runs, got {[(k, len(v)) for k, v in groups.items()]}")
+    (first, a_runs), (second, b_runs) = groups.items()
+    rated = {label: [evaluate_targets(r) for r in runs] for label, runs in groups.items()}
+    rows = []
+    for i, t in enumerate(TARGETS):
+        row: dict[str, Any] = dict(goal=t["goal"], bound=rated[first][0][i]["bound"])
+        for label in (first, second):
+            ratios = [r[i]["ratio"] for r in rated[label] if r[i]["ratio"] is not None]
+            row[label] = dict(ratios=ratios, median=statistics.median(ratios) if ratios else None,
+                              spread=max(ratios) - min(ratios) if len(ratios) > 1 else None)
+        a, b = row[first], row[second]
+        worse = None
+        if a["median"] is not None and b["median"] is not None:
+            noise = max(a["spread"] or 0.0, b["spread"] or 0.0)
+            change = b["median"] - a["median"]
+            worse = (change < -noise) if "min" in t else (change > noise)
+            row.update(change=change, noise=noise)
+        row["worse_beyond_noise"] = worse
+        rows.append(row)
+    return rows
+
+
+def case_medians(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Throughput of every case, the median over each group's runs, and the second group's change in percent."""
+    (first, _), (second, _) = groups.items()
+    medians: dict[str, dict[tuple, float]] = {}
+    for label, runs in groups.items():
+        values: dict[tuple, list[float]] = {}
+        for report in runs:
+            for r in report["results"]:
+                if r.get("images_per_s"):
+                    values.setdefault((r["model"], r["mode"], r["batch"], r["size"]), []).append(r["images_per_s"])
+        medians[label] = {k: statistics.median(v) for k, v in values.items()}
+    keys = [k for k in medians[first] if k in medians[second]]
+    return [dict(case=k, **{first: medians[first][k], second: medians[second][k]},
+                 change_pct=100.0 * (medians[second][k] / medians[first][k] - 1)) for k in keys]
+
+
+def compare_markdown(groups: dict[str, list[dict[str, Any]]], sources: dict[str, list[str]]) -> list[str]:
+    (first, _), (second, _) = groups.items()
+    rows = compare_runs(groups)
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"# Targets: {first} against {second}", "",
+             "Runs: " + "; ".join(f"{label}: " + ", ".join(f"`{s}`" for s in srcs) for label, srcs in sources.items()) + ".",
+             f"A ratio counts as worse only if the {second} median is on the wrong side of the {first} median by more than "
+             "the noise, the larger spread (max - min) of the two groups' ratios.", "",
+             f"| goal | target | {first}: each run | median | {second}: each run | median | change | noise | worse beyond noise |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r[first], r[second]
+        verdict = {True: "**yes**", False: "no", None: "-"}[r["worse_beyond_noise"]]
+        lines.append(f"| {r['goal']} | {r['bound']} | {', '.join(fmt(v) for v in a['ratios'])} | {fmt(a['median'])} | "
+                     f"{', '.join(fmt(v) for v in b['ratios'])} | {fmt(b['median'])} | {r.get('change', 0):+.2f} | "
+                     f"{fmt(r.get('noise'))} | {verdict} |")
+    lines += ["", "## Every case: images per second, median over the runs", "",
+              f"| model | mode | batch | size | {first} | {second} | change |", "|---|---|---|---|---|---|---|"]
+    for c in case_medians(groups):
+        model, mode, batch, size = c["case"]
+        lines.append(f"| {model} | {mode} | {batch} | {size} | {c[first]:.1f} | {c[second]:.1f} | {c['change_pct']:+.1f} % |")
+    return lines + [""]
+
+
+def _compare_main(specs: list[str], out: Path) -> int:
+    sources: dict[str, list[str]] = {}
+    for spec in specs:
+        label, sep, folders = spec.partition("=")
+        if not sep or not label or not folders:
+            raise SystemExit(f"bench_targets: --compare takes LABEL=RUN[,RUN...], got {spec!r}")
+        sources[label] = folders.split(",")
+    groups = {}
+    for label, folders in sources.items():
+        missing = [f for f in folders if not (Path(f) / "bench.json").is_file()]
+        if missing:
+            raise SystemExit(f"bench_targets: no bench.json in {', '.join(missing)}")
+        groups[label] = [json.loads((Path(f) / "bench.json").read_text()) for f in folders]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("\n".join(compare_markdown(groups, sources)))
+    for r in compare_runs(groups):
+        print(f"{r['goal']}: {'WORSE beyond noise' if r['worse_beyond_noise'] else 'not worse beyond noise'}")
+    print(f"report: {out / 'compare.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     Rounds.add_options(p)
@@ -79,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--keep-freed-memory", action="store_true", help="time with glibc keeping freed memory, as scnet train runs")
     p.add_argument("--out", type=Path, default=Path("runs/bench-targets"))
+    p.add_argument("--compare", nargs=2, metavar="LABEL=RUN,RUN", help="compare two groups of earlier runs instead of measuring")
     args = p.parse_args(argv)
+    if args.compare:
+        return _compare_main(args.compare, args.out)
     report = run_bench(target_cases(), Rounds.from_options(args), args.device, args.dtype,
                        memory=not args.no_memory, keep_memory=args.keep_freed_memory)
     report["targets"] = evaluate_targets(report)

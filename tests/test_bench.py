@@ -10,7 +10,7 @@ from scnet.bench import BenchCase, Rounds, grid, run_bench, write_report
 from scnet.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_targets import evaluate_targets  # noqa: E402  (the project's targets live beside the benchmark scripts)
+from bench_targets import compare_runs, evaluate_targets  # noqa: E402  (the project's targets live beside the benchmark scripts)
 
 
 def test_grid_and_bad_arguments() -> None:
@@ -98,6 +98,32 @@ def test_targets_are_rated_from_the_rows() -> None:
     assert growth["ratio"] == pytest.approx((1 / 3.0) / (1 / 16.0)) and growth["met"] is False
     assert rated["scnet50 training peak memory / resnet50's (same mode, channels_last), batch 8"]["met"] is True
     assert rated["compiled deploy(scnet50) vs compiled resnet50 (inductor, freezing, channels_last), batch 8"]["met"] is None
+
+
+def test_two_code_versions_are_compared_beyond_their_noise(tmp_path: Path) -> None:
+    """Deploy vs eager at batch 1 (a min target): old 1.60/1.70, new 1.40/1.45. Noise is the larger spread (0.10),
+    the medians differ by -0.225: worse. At batch 8 old 1.30/1.40, new 1.32/1.36: -0.01 is within 0.10: not worse.
+    Latency growth (a max target) rises from 3.0 to 3.05: within its noise, not worse."""
+    def report(b1: float, b8: float, growth: float) -> dict:
+        rows = [dict(model="scnet50", mode="eager", batch=b, size=224, images_per_s=10.0) for b in (1, 8)]
+        rows += [dict(model="scnet50", mode="deploy", batch=1, size=224, images_per_s=10.0 * b1, latency_ms=100.0 / b1),
+                 dict(model="scnet50", mode="deploy", batch=8, size=224, images_per_s=10.0 * b8),
+                 dict(model="scnet50", mode="deploy", batch=1, size=448, images_per_s=10.0 * b1 / growth,
+                      latency_ms=100.0 / b1 * growth)]
+        return dict(results=rows)
+
+    groups = {"old": [report(1.60, 1.30, 3.0), report(1.70, 1.40, 3.0)],
+              "new": [report(1.40, 1.32, 3.1), report(1.45, 1.36, 3.0)]}
+    rows = {r["goal"]: r for r in compare_runs(groups)}
+    b1 = rows["deploy(scnet50) vs scnet50 eager, batch 1"]
+    assert b1["old"]["median"] == pytest.approx(1.65) and b1["new"]["median"] == pytest.approx(1.425)
+    assert b1["noise"] == pytest.approx(0.10) and b1["worse_beyond_noise"] is True
+    assert rows["deploy(scnet50) vs scnet50 eager, batch 8"]["worse_beyond_noise"] is False
+    growth = rows["deploy(scnet50) latency growth 224 -> 448 px, batch 1"]
+    assert growth["new"]["median"] == pytest.approx(3.05) and growth["worse_beyond_noise"] is False
+    assert rows["scnet50 training step vs resnet50's, both channels_last, batch 8"]["worse_beyond_noise"] is None  # not measured
+    with pytest.raises(ValueError, match="two labelled groups"):
+        compare_runs({"old": groups["old"]})
 
 
 def test_cpu_peak_memory_is_measured_in_a_fresh_process() -> None:
