@@ -202,3 +202,40 @@ def test_torch_settings_are_restored_after_a_measurement() -> None:
     with pytest.raises(RuntimeError), torch_settings(torch.device("cuda"), freezing=True):
         raise RuntimeError("a failing case")
     assert (torch.backends.cudnn.benchmark, inductor_config.freezing) == before
+
+
+def test_engine_table_rates_scnet_against_resnet_and_marks_the_fastest(tmp_path: Path) -> None:
+    from bench_engines import ENGINES, engine_table, write
+
+    speeds = {"eager_cl": 10.0, "deploy": 14.0, "compiled": 15.0, "onnx": 16.0, "openvino": 12.0, "int8": 30.0, "openvino_int8": 35.0}
+    rows = [dict(model=m, mode=e, batch=8, size=224, images_per_s=v * (0.9 if m == "scnet50" else 1.0))
+            for e, v in speeds.items() for m in ("scnet50", "scnet50_plain")]
+    rows[0] = dict(rows[0], images_per_s=None, error="boom")  # scnet50 eager_cl failed
+    rows.append(dict(model="resnet50", mode="eager_cl", batch=8, size=224, images_per_s=11.0))
+    table = engine_table(rows)
+    by = {r["engine"]: r for r in table["rows"]}
+    assert by["onnx"]["ratio"] == pytest.approx(0.9) and by["eager_cl"]["ratio"] is None
+    assert table["fastest"]["scnet50/8/float32"] == "onnx" and table["fastest"]["scnet50_plain/8/int8"] == "openvino_int8"
+    assert table["errors"] == [dict(model="scnet50", mode="eager_cl", batch=8, error="boom")]
+    write(tmp_path, dict(command="c", bench=dict(machine="m", repeats=1, warmup=1), table=table))
+    md = (tmp_path / "engines.md").read_text()
+    assert "| onnx | **14.4** | **16.0** | 0.90x |" in md and "| eager_cl | failed | 10.0 | - |" in md
+    assert (tmp_path / "engines.png").stat().st_size > 0 and len(ENGINES) == 7
+
+
+def test_engine_profiles_are_attributed_to_the_networks_parts() -> None:
+    """Kernel names as the engines write them, given to parts through the exporter's module paths."""
+    from bench_engines import attribute, groups, part_of
+
+    assert part_of(["", "layer2", "layer2.0", "layer2.0.k3", "conv"]) == "layer2.0"
+    assert part_of(["", "conv1", "_conv"]) == "stem" and part_of(["", "fc", "linear"]) == "head"
+    assert part_of(["_empty_nn_module_stack_from_metadata_hook", "sym_size"]) == "other"
+    names = {"node_Conv_1": "stem", "relu_1": "layer1.0", "relu_10": "layer1.1", "getitem_3": "layer2.0", "output": "head"}
+    kernels = [("node_Conv_1", 1.0), ("relu_10_nchwc", 2.0), ("relu_1_nchwc", 0.5),  # ONNX Runtime's NCHWc forms
+               ("getitem_3_QuantizeLinear", 0.25), ("input_abcd_acdb_node_Conv_1", 0.125),  # quantize's, OpenVINO's
+               ("ReorderOutput_token_5", 4.0), ("output", 8.0)]
+    per_part = attribute(kernels, names)
+    assert per_part == {"stem": 1.125, "layer1.1": 2.0, "layer1.0": 0.5, "layer2.0": 0.25, "reorders": 4.0, "head": 8.0}
+    g = groups(per_part)
+    assert g["first blocks (layer1.0, stride-2 layer2-4.0)"] == 0.75 and g["other blocks"] == 2.0
+    assert sum(g.values()) == pytest.approx(sum(per_part.values()))
