@@ -123,14 +123,14 @@ def part_names(path: Path) -> dict[str, str]:
     return names
 
 
-def attribute(kernels: list[tuple[str, float]], names: dict[str, str]) -> dict[str, float]:
-    """Seconds per part from (engine's node name, seconds) pairs. Engines rename what they fuse or insert: a name is
+def attribute(kernels: list[Kernel], names: dict[str, str]) -> dict[str, float]:
+    """Seconds per part from (engine's node name, op, seconds). Engines rename what they fuse or insert: a name is
     matched to the longest known name it starts with (ONNX Runtime's ``<tensor>_nchwc``, quantize's
     ``<tensor>_QuantizeLinear``), else the longest it ends with (OpenVINO's ``input_abcd_acdb_<node>`` reorders),
     else it is a layout reorder of the engine's own ("reorders")."""
     known = sorted(names, key=len, reverse=True)
     out: dict[str, float] = {}
-    for name, seconds in kernels:
+    for name, _, seconds in kernels:
         part = names.get(name)
         if part is None:
             hit = next((k for k in known if name.startswith(k) and name[len(k)] == "_"), None)
@@ -140,8 +140,27 @@ def attribute(kernels: list[tuple[str, float]], names: dict[str, str]) -> dict[s
     return out
 
 
-def profile_onnxruntime(path: Path, x: torch.Tensor, calls: int, threads: int) -> list[tuple[str, float]]:
-    """(node, seconds) for every kernel of ``calls`` timed runs after one untimed run, ONNX Runtime's profiler."""
+Kernel = tuple[str, str, float]  # (engine's node name, op type, seconds)
+
+OP_KINDS = {  # op type as each engine names it -> what it computes
+    "convolutions and classifier": ("Conv", "QLinearConv", "FusedConv", "Convolution", "FullyConnected", "Gemm", "MatMul",
+                                    "QGemm", "FullyConnectedQuantizedLegacy"),
+    "pooling and upsampling (K2's pool, Up)": ("AveragePool", "AvgPool", "MaxPool", "Resize", "Interpolate", "ReduceMean",
+                                               "GlobalAveragePool", "QLinearAveragePool", "QLinearGlobalAveragePool", "Pooling",
+                                               "NhwcMaxPool"),
+    "element-wise (gate, ReLU, residual add)": ("Sigmoid", "Mul", "Add", "Relu", "Subgraph", "Eltwise", "QLinearSigmoid",
+                                                "QLinearMul", "QLinearAdd", "Math"),
+    "concatenation": ("Concat", "QLinearConcat"),
+    "quantize / dequantize": ("QuantizeLinear", "DequantizeLinear", "FakeQuantize", "DynamicQuantizeLinear"),
+}
+
+
+def op_kind(op: str) -> str:
+    return next((kind for kind, ops in OP_KINDS.items() if op in ops), "reorders, other")
+
+
+def profile_onnxruntime(path: Path, x: torch.Tensor, calls: int, threads: int) -> list[Kernel]:
+    """(node, op, seconds) for every kernel of ``calls`` timed runs after one untimed run, ONNX Runtime's profiler."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -154,14 +173,14 @@ def profile_onnxruntime(path: Path, x: torch.Tensor, calls: int, threads: int) -
         for _ in range(calls + 1):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [(e["name"][: -len("_kernel_time")], e["dur"] * 1e-6) for e in events
+    kernels = [(e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", ""), e["dur"] * 1e-6) for e in events
                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     per_call = len(kernels) // (calls + 1)
     return kernels[per_call:]  # the first call's kernels are not timed
 
 
-def profile_openvino(path: Path, x: torch.Tensor, calls: int, threads: int) -> list[tuple[str, float]]:
-    """(node, seconds) for every executed node over ``calls`` runs after one untimed run, OpenVINO's counters."""
+def profile_openvino(path: Path, x: torch.Tensor, calls: int, threads: int) -> list[Kernel]:
+    """(node, op, seconds) for every executed node over ``calls`` runs after one untimed run, OpenVINO's counters."""
     import openvino as ov
 
     core = ov.Core()
@@ -173,7 +192,7 @@ def profile_openvino(path: Path, x: torch.Tensor, calls: int, threads: int) -> l
     kernels = []
     for _ in range(calls):
         request.infer({0: x.numpy()})
-        kernels += [(p.node_name, p.real_time.total_seconds()) for p in request.get_profiling_info() if p.real_time.total_seconds() > 0]
+        kernels += [(p.node_name, p.node_type, p.real_time.total_seconds()) for p in request.get_profiling_info() if p.real_time.total_seconds() > 0]
     return kernels
 
 
@@ -203,6 +222,7 @@ def where_time_goes(batch: int, calls: int, threads: int, calibration: int = 4) 
     calib = [torch.randn(batch, 3, 224, 224, generator=gen) for _ in range(calibration)]
     profilers: dict[str, Callable] = {"onnx": profile_onnxruntime, "openvino": profile_openvino}
     out: dict[str, Any] = {}
+    ops: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as work:
         for model_name in (SC, PLAIN):
             torch.manual_seed(0)
@@ -213,11 +233,14 @@ def where_time_goes(batch: int, calls: int, threads: int, calibration: int = 4) 
             names = part_names(fp32)
             for engine, profile in profilers.items():
                 for kind, path in (("float32", fp32), ("int8", int8)):
-                    per_part = attribute(profile(path, x, calls, threads), names)
-                    ms = {p: 1e3 * s / calls for p, s in per_part.items()}
+                    kernels = profile(path, x, calls, threads)
+                    ms = {p: 1e3 * s / calls for p, s in attribute(kernels, names).items()}
                     out.setdefault(f"{engine}/{kind}", {})[model_name] = ms
+                    by_op = ops.setdefault(f"{engine}/{kind}", {}).setdefault(model_name, {})
+                    for _, op, s in kernels:
+                        by_op[op_kind(op)] = by_op.get(op_kind(op), 0.0) + 1e3 * s / calls
                     print(f"profiled {model_name} on {engine} {kind}: {sum(ms.values()):.1f} ms per call")
-    return dict(batch=batch, calls=calls, threads=threads, parts=out)
+    return dict(batch=batch, calls=calls, threads=threads, parts=out, ops=ops)
 
 
 def parts_markdown(profile: dict[str, Any]) -> list[str]:
@@ -228,6 +251,17 @@ def parts_markdown(profile: dict[str, Any]) -> list[str]:
             lines.append(f"| {engine} | {part} | {sc[part]:.1f} | {plain[part]:.1f} | {sc[part] - plain[part]:+.1f} |")
         total_sc, total_plain = sum(sc.values()), sum(plain.values())
         lines.append(f"| {engine} | **all kernels** | {total_sc:.1f} | {total_plain:.1f} | {total_sc - total_plain:+.1f} |")
+    return lines
+
+
+def ops_markdown(profile: dict[str, Any]) -> list[str]:
+    """Kernel time by what the op computes, the whole network: where SCNet's extra or saved time sits."""
+    lines = ["| engine | op kind | SCNet-50 ms | ResNet-50 ms | SCNet - ResNet ms |", "|---|---|---|---|---|"]
+    for engine, by_model in profile.get("ops", {}).items():
+        for kind in [*OP_KINDS, "reorders, other"]:
+            sc, plain = by_model[SC].get(kind, 0.0), by_model[PLAIN].get(kind, 0.0)
+            if sc or plain:
+                lines.append(f"| {engine} | {kind} | {sc:.1f} | {plain:.1f} | {sc - plain:+.1f} |")
     return lines
 
 
@@ -268,7 +302,8 @@ def plot(table: dict[str, Any], path: Path) -> None:
     right.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
     right.set_xticks(list(xs), engines, rotation=30, ha="right")
     right.set_ylabel("SCNet-50 / ResNet-50 throughput")
-    right.legend()
+    right.set_ylim(0, 1.25)
+    right.legend(ncol=len(batches), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -289,6 +324,7 @@ def write(out: Path, report: dict[str, Any]) -> None:
         lines += [f"## Where the time goes: kernel time per part at batch {profile['batch']}", "",
                   f"Each engine's own profiler over {profile['calls']} calls ({profile['threads']} threads), per call; "
                   "kernel times add up to a little less than a call's wall time.", "", *parts_markdown(profile), "",
+                  "### By op kind, the whole network", "", *ops_markdown(profile), "",
                   "### Every bottleneck", "", *blocks_markdown(profile), ""]
     (out / "engines.md").write_text("\n".join(lines))
     (out / "engines.json").write_text(json.dumps(report, indent=2))
@@ -302,9 +338,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--profile-calls", type=int, default=5, help="calls profiled per engine at batch 8 (0: no profile)")
     p.add_argument("--out", type=Path, default=Path("runs/engines"))
     p.add_argument("--rewrite", action="store_true", help="only write the report again from OUT/engines.json")
+    p.add_argument("--profile-only", action="store_true", help="keep OUT/engines.json's timings, profile again")
     args = p.parse_args(argv)
-    if args.rewrite:
-        write(args.out, json.loads((args.out / "engines.json").read_text()))
+    if args.rewrite or args.profile_only:
+        report = json.loads((args.out / "engines.json").read_text())
+        if args.profile_only:
+            report["profile"] = where_time_goes(8, args.profile_calls, torch.get_num_threads())
+        write(args.out, report)
         return 0
     command = "python scripts/bench_engines.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     bench = run_bench(engine_cases(args.batches), Rounds.from_options(args), baseline=PLAIN, memory=False)

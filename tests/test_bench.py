@@ -225,17 +225,20 @@ def test_engine_table_rates_scnet_against_resnet_and_marks_the_fastest(tmp_path:
 
 def test_engine_profiles_are_attributed_to_the_networks_parts() -> None:
     """Kernel names as the engines write them, given to parts through the exporter's module paths."""
-    from bench_engines import attribute, groups, part_of
+    from bench_engines import attribute, groups, op_kind, part_of
 
     assert part_of(["", "layer2", "layer2.0", "layer2.0.k3", "conv"]) == "layer2.0"
     assert part_of(["", "conv1", "_conv"]) == "stem" and part_of(["", "fc", "linear"]) == "head"
     assert part_of(["_empty_nn_module_stack_from_metadata_hook", "sym_size"]) == "other"
     names = {"node_Conv_1": "stem", "relu_1": "layer1.0", "relu_10": "layer1.1", "getitem_3": "layer2.0", "output": "head"}
-    kernels = [("node_Conv_1", 1.0), ("relu_10_nchwc", 2.0), ("relu_1_nchwc", 0.5),  # ONNX Runtime's NCHWc forms
-               ("getitem_3_QuantizeLinear", 0.25), ("input_abcd_acdb_node_Conv_1", 0.125),  # quantize's, OpenVINO's
-               ("ReorderOutput_token_5", 4.0), ("output", 8.0)]
+    kernels = [("node_Conv_1", "Conv", 1.0), ("relu_10_nchwc", "Conv", 2.0), ("relu_1_nchwc", "Conv", 0.5),  # ONNX Runtime's NCHWc forms
+               ("getitem_3_QuantizeLinear", "QuantizeLinear", 0.25), ("input_abcd_acdb_node_Conv_1", "Reorder", 0.125),  # quantize's, OpenVINO's
+               ("ReorderOutput_token_5", "ReorderOutput", 4.0), ("output", "FullyConnected", 8.0)]
     per_part = attribute(kernels, names)
     assert per_part == {"stem": 1.125, "layer1.1": 2.0, "layer1.0": 0.5, "layer2.0": 0.25, "reorders": 4.0, "head": 8.0}
     g = groups(per_part)
     assert g["first blocks (layer1.0, stride-2 layer2-4.0)"] == 0.75 and g["other blocks"] == 2.0
     assert sum(g.values()) == pytest.approx(sum(per_part.values()))
+    assert [op_kind(op) for _, op, _ in kernels[3:]] == ["quantize / dequantize", "reorders, other", "reorders, other",
+                                                         "convolutions and classifier"]
+    assert op_kind("Interpolate") == op_kind("Resize") and op_kind("Subgraph") == op_kind("QLinearMul")
