@@ -125,11 +125,15 @@ def trained_run(checkpoint: Path, images: int) -> dict:
 
 
 def trained_runs(folders: list[Path], images: int) -> list[dict]:
-    checkpoints = sorted(c for f in folders for c in f.glob("*/checkpoint-best.pth"))
+    checkpoints = sorted(c for f in folders for c in f.glob("*/checkpoint-best.pth"))  # every seed's SC and plain run
     missing = [str(f) for f in folders if not any(f.glob("*/checkpoint-best.pth"))]
     if missing:
         sys.exit(f"int8_report: no run with a checkpoint-best.pth in {', '.join(missing)}")
-    return [trained_run(c, images) for c in tqdm(checkpoints, desc="trained runs", leave=False)]
+    rows = [trained_run(c, images) for c in tqdm(checkpoints, desc="trained runs", leave=False)]
+    for row in rows:  # how each was trained, from its study's recipe
+        recipe = json.loads((Path(row["checkpoint"]).parents[1] / "study.json").read_text()).get("recipe", {})
+        row["recipe"] = {k: recipe.get(k) for k in ("epochs", "limit_train", "batch_size")}
+    return rows
 
 
 def speed(rounds: Rounds) -> dict:
@@ -178,7 +182,7 @@ def _margin_finding(sc: dict, plain: dict) -> str:
     a, b = sc["margins"], plain["margins"]
     gap = plain["none"]["top1_agreement"] - sc["none"]["top1_agreement"]
     closer = a["ratio_median"] < b["ratio_median"]
-    return (f"SCNet-50 agrees with its float32 self on {gap:+.1f} points fewer images than ResNet-50 does. Measured per image, "
+    return (f"SCNet-50 agrees with its float32 self on {gap:.1f} points fewer images than ResNet-50 does. Measured per image, "
             f"its top-2 margin is {a['ratio_median']:.2f} times int8's change in the median, against {b['ratio_median']:.2f} "
             f"for ResNet-50, and {a['below_one_pct']:.1f} % of its images have a margin smaller than the change against "
             f"{b['below_one_pct']:.1f} %: " + ("the gap is explained by closer top classes of the random-weight logits, "
@@ -190,9 +194,24 @@ def trained_table(rows: list[dict]) -> list[str]:
              "margin < change |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["margins"]
-        lines.append(f"| {r['data']} | {r['model']} | {r['fp32']:.2f} % | {r['int8']:.2f} % ({r['int8'] - r['fp32']:+.2f}) | "
+        lines.append(f"| {r['data']} ({r.get('recipe', {}).get('epochs', '?')} epochs) | {r['model']} | {r['fp32']:.2f} % | {r['int8']:.2f} % ({r['int8'] - r['fp32']:+.2f}) | "
                      f"{r['top1_agreement']:.2f} % | {r['rel_error']:.4f} | {m['ratio_median']:.1f} | {m['below_one_pct']:.2f} % |")
     return lines
+
+
+def _trained_finding(rows: list[dict]) -> str:
+    """SC against plain twins over the trained runs: top-1 change and agreement, from the numbers."""
+    sc = [r for r in rows if not r["model"].endswith("_plain")]
+    plain = [r for r in rows if r["model"].endswith("_plain")]
+    changes = [r["int8"] - r["fp32"] for r in rows]
+    mean = lambda rs, k: sum(r[k] for r in rs) / max(1, len(rs))  # noqa: E731
+    return (f"On trained models int8 moves top-1 by {min(changes):+.2f} to {max(changes):+.2f} points and agrees with float32 on "
+            f"{min(r['top1_agreement'] for r in rows):.2f}-{max(r['top1_agreement'] for r in rows):.2f} % of the images. "
+            f"The SC models agree on {mean(sc, 'top1_agreement'):.2f} % on average, their plain twins on "
+            f"{mean(plain, 'top1_agreement'):.2f} %, with logit errors of {mean(sc, 'rel_error'):.4f} and {mean(plain, 'rel_error'):.4f}: "
+            + (f"trained top-2 margins are {min(r['margins']['ratio_median'] for r in rows):.0f} or more times int8's change in the "
+               "median, so the random-weight gap above does not carry over." if min(r["margins"]["ratio_median"] for r in rows) >= 10
+               else "some trained models have margins close to int8's change."))
 
 
 def plot_margins(sc: dict, plain: dict, path: Path) -> None:
@@ -253,7 +272,7 @@ def write(out: Path, report: dict) -> None:
         lines += ["## Trained models: int8 against float32 on their own tasks", "",
                   f"Every checkpoint of `{' '.join(report['runs'])}` (SC and plain twins), everything in int8, calibrated on "
                   f"the first 512 training images, compared on the first {report['trained'][0]['images']:,} test images.", "",
-                  *trained_table(report["trained"]), ""]
+                  *trained_table(report["trained"]), "", _trained_finding(report["trained"]), ""]
     plot_margins(sc, plain, out / "margins.png")
     (out / "README.md").write_text("\n".join(lines))
 
