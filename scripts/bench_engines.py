@@ -119,7 +119,6 @@ def part_names(path: Path) -> dict[str, str]:
         names[node.name] = part
         for out in node.output:
             names[out] = part
-    names["output"] = "head"
     return names
 
 
@@ -163,9 +162,9 @@ def profile_onnxruntime(path: Path, x: torch.Tensor, calls: int, threads: int) -
     """(node, op, seconds) for every kernel of ``calls`` timed runs after one untimed run, ONNX Runtime's profiler."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from scnet.engines import onnxruntime_options
+
+    options = onnxruntime_options(threads, spin=False)
     with tempfile.TemporaryDirectory() as work:
         options.enable_profiling, options.profile_file_prefix = True, str(Path(work) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -183,11 +182,10 @@ def profile_openvino(path: Path, x: torch.Tensor, calls: int, threads: int) -> l
     """(node, op, seconds) for every executed node over ``calls`` runs after one untimed run, OpenVINO's counters."""
     import openvino as ov
 
+    from scnet.engines import openvino_request
+
     core = ov.Core()
-    network = core.read_model(str(path))
-    network.reshape({network.inputs[0].get_any_name(): ov.PartialShape(list(x.shape))})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True, "INFERENCE_NUM_THREADS": threads}
-    request = core.compile_model(network, "CPU", config).create_infer_request()
+    request = openvino_request(core.read_model(str(path)), tuple(x.shape), threads, profile=True, core=core)
     request.infer({0: x.numpy()})
     kernels = []
     for _ in range(calls):
@@ -244,7 +242,7 @@ def where_time_goes(batch: int, calls: int, threads: int, calibration: int = 4) 
 
 
 def parts_markdown(profile: dict[str, Any]) -> list[str]:
-    lines = [f"| engine | part | SCNet-50 ms | ResNet-50 ms | SCNet - ResNet ms |", "|---|---|---|---|---|"]
+    lines = ["| engine | part | SCNet-50 ms | ResNet-50 ms | SCNet - ResNet ms |", "|---|---|---|---|---|"]
     for engine, by_model in profile["parts"].items():
         sc, plain = groups(by_model[SC]), groups(by_model[PLAIN])
         for part in sc:

@@ -88,7 +88,7 @@ def compare_runs(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     """
     if len(groups) != 2 or any(not runs for runs in groups.values()):
         raise ValueError(f"compare needs two labelled groups of runs, got {[(k, len(v)) for k, v in groups.items()]}")
-    (first, a_runs), (second, b_runs) = groups.items()
+    first, second = groups
     rated = {label: [evaluate_targets(r) for r in runs] for label, runs in groups.items()}
     rows = []
     for i, t in enumerate(TARGETS):
@@ -111,7 +111,7 @@ def compare_runs(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
 
 def case_medians(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Throughput of every case, the median over each group's runs, and the second group's change in percent."""
-    (first, _), (second, _) = groups.items()
+    first, second = groups
     medians: dict[str, dict[tuple, float]] = {}
     for label, runs in groups.items():
         values: dict[tuple, list[float]] = {}
@@ -125,9 +125,9 @@ def case_medians(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
                  change_pct=100.0 * (medians[second][k] / medians[first][k] - 1)) for k in keys]
 
 
-def compare_markdown(groups: dict[str, list[dict[str, Any]]], sources: dict[str, list[str]]) -> list[str]:
-    (first, _), (second, _) = groups.items()
-    rows = compare_runs(groups)
+def compare_markdown(groups: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], sources: dict[str, list[str]]) -> list[str]:
+    """compare.md: ``rows`` (``compare_runs(groups)``) as a table, then every case's median throughput."""
+    first, second = groups
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"# Targets: {first} against {second}", "",
              "Runs: " + "; ".join(f"{label}: " + ", ".join(f"`{s}`" for s in srcs) for label, srcs in sources.items()) + ".",
@@ -138,8 +138,9 @@ def compare_markdown(groups: dict[str, list[dict[str, Any]]], sources: dict[str,
     for r in rows:
         a, b = r[first], r[second]
         verdict = {True: "**yes**", False: "no", None: "-"}[r["worse_beyond_noise"]]
+        change = f"{r['change']:+.2f}" if "change" in r else "-"
         lines.append(f"| {r['goal']} | {r['bound']} | {', '.join(fmt(v) for v in a['ratios'])} | {fmt(a['median'])} | "
-                     f"{', '.join(fmt(v) for v in b['ratios'])} | {fmt(b['median'])} | {r.get('change', 0):+.2f} | "
+                     f"{', '.join(fmt(v) for v in b['ratios'])} | {fmt(b['median'])} | {change} | "
                      f"{fmt(r.get('noise'))} | {verdict} |")
     lines += ["", "## Every case: images per second, median over the runs", "",
               f"| model | mode | batch | size | {first} | {second} | change |", "|---|---|---|---|---|---|---|"]
@@ -162,9 +163,10 @@ def _compare_main(specs: list[str], out: Path) -> int:
         if missing:
             raise SystemExit(f"bench_targets: no bench.json in {', '.join(missing)}")
         groups[label] = [json.loads((Path(f) / "bench.json").read_text()) for f in folders]
+    rows = compare_runs(groups)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.md").write_text("\n".join(compare_markdown(groups, sources)))
-    for r in compare_runs(groups):
+    (out / "compare.md").write_text("\n".join(compare_markdown(groups, rows, sources)))
+    for r in rows:
         print(f"{r['goal']}: {'WORSE beyond noise' if r['worse_beyond_noise'] else 'not worse beyond noise'}")
     print(f"report: {out / 'compare.md'}")
     return 0

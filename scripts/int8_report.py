@@ -30,19 +30,28 @@ import scnet
 from scnet.bench import Rounds, run_bench
 from scnet.bench.cases import grid
 from scnet.data import build_datasets
-from scnet.profile import describe_machine
 from scnet.int8 import KEEP_FP32, calibration_batches, logit_fidelity, quantize, top2_margins
 
 CHOICES = list(KEEP_FP32)
 
 
-def _top1(run, dataset, batch: int = 500) -> float:
-    correct = 0
+def _logits(run, dataset, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run``'s logits for every image of a dataset of this package, and the labels, in dataset order."""
+    outs, labels = [], []
     with torch.no_grad():
         for i in range(0, len(dataset), batch):
             x, y = dataset.batch(torch.arange(i, min(i + batch, len(dataset))))
-            correct += int((run(x).argmax(1) == y).sum())
-    return 100.0 * correct / len(dataset)
+            outs.append(run(x))
+            labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+
+def _top1(run, dataset) -> float:
+    return _accuracy(*_logits(run, dataset))
 
 
 def fashion_mnist(checkpoint: Path) -> dict:
@@ -110,30 +119,21 @@ def trained_run(checkpoint: Path, images: int) -> dict:
     model = loaded.model.eval()
     config = (loaded.checkpoint or {}).get("config", {})
     train, test, _ = build_datasets(config["data"], config.get("data_dir"), 512, images, loaded.info.image_size)
-    q = quantize(model, calibration_batches(train, 512))
-    refs, outs, labels = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(test), 250):
-            x, y = test.batch(torch.arange(i, min(i + 250, len(test))))
-            refs.append(model(x))
-            outs.append(q(x))
-            labels.append(y)
-    ref, out, y = torch.cat(refs), torch.cat(outs), torch.cat(labels)
+    ref, y = _logits(model, test)
+    out, _ = _logits(quantize(model, calibration_batches(train, 512)), test)
     return dict(checkpoint=str(checkpoint), model=loaded.arch, data=config["data"],
-                fp32=100.0 * float((ref.argmax(1) == y).float().mean()), int8=100.0 * float((out.argmax(1) == y).float().mean()),
-                **logit_fidelity(ref, out), margins=_margin_summary(top2_margins(ref, out)))
+                recipe={k: config.get(k) for k in ("epochs", "limit_train", "batch_size")},  # how it was trained
+                fp32=_accuracy(ref, y), int8=_accuracy(out, y), **logit_fidelity(ref, out), margins=_margin_summary(top2_margins(ref, out)))
 
 
 def trained_runs(folders: list[Path], images: int) -> list[dict]:
-    checkpoints = sorted(c for f in folders for c in f.glob("*/checkpoint-best.pth"))  # every seed's SC and plain run
-    missing = [str(f) for f in folders if not any(f.glob("*/checkpoint-best.pth"))]
+    """Every seed's SC and plain run of each ``scnet compare`` folder."""
+    checkpoints = {f: sorted(f.glob("*/checkpoint-best.pth")) for f in folders}
+    missing = [str(f) for f, found in checkpoints.items() if not found]
     if missing:
         sys.exit(f"int8_report: no run with a checkpoint-best.pth in {', '.join(missing)}")
-    rows = [trained_run(c, images) for c in tqdm(checkpoints, desc="trained runs", leave=False)]
-    for row in rows:  # how each was trained, from its study's recipe
-        recipe = json.loads((Path(row["checkpoint"]).parents[1] / "study.json").read_text()).get("recipe", {})
-        row["recipe"] = {k: recipe.get(k) for k in ("epochs", "limit_train", "batch_size")}
-    return rows
+    every = sorted(c for found in checkpoints.values() for c in found)
+    return [trained_run(c, images) for c in tqdm(every, desc="trained runs", leave=False)]
 
 
 def speed(rounds: Rounds) -> dict:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["ENGINES", "ONNX_ENGINES", "OnnxModel", "onnx_model", "EngineModel", "EngineMismatch", "relative_error"]
+__all__ = ["ENGINES", "ONNX_ENGINES", "OnnxModel", "onnx_model", "EngineModel", "EngineMismatch", "relative_error",
+           "onnxruntime_options", "openvino_request"]
 
 ONNX_ENGINES = ("onnxruntime", "openvino")  # engines that run an ONNX file
 ENGINES = ("torch", "deploy", *ONNX_ENGINES)  # torch: eager; deploy: ``scnet.deploy``'s fused form
@@ -32,35 +33,56 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
-def _onnxruntime(path: Path, threads: int, spin: Optional[bool]) -> Runner:
+def onnxruntime_options(threads: int, spin: Optional[bool] = None):
+    """ONNX Runtime's session options as every ONNX Runtime run here uses them (inference, the benchmark, its profile):
+    ``threads`` intra-op threads (0: its default); ``spin`` whether they spin-wait for work between calls (None: its
+    default, on; spinning keeps a core busy after each call, so it is off when something else runs next)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    if spin is not None:  # spinning threads keep a core busy after each call: off when something else runs next
+    if spin is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def _onnxruntime(path: Path, threads: int, spin: Optional[bool]) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), onnxruntime_options(threads, spin), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda array: session.run(None, {name: array})[0]
 
 
+def openvino_request(network, shape: tuple[int, ...], threads: int, profile: bool = False, core=None):
+    """An OpenVINO infer request for ``network`` (a read ONNX model, left unchanged) compiled for one input shape, as
+    every OpenVINO run here uses it: float32 (its default on CPUs with bf16 units would be bf16), the latency hint,
+    ``threads`` threads (0: its default); ``profile`` turns its per-node performance counters on. ``core``: the
+    ``openvino.Core`` that read the network (a new one if None)."""
+    import openvino as ov
+
+    shaped = network.clone()
+    shaped.reshape({shaped.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if profile:
+        config["PERF_COUNT"] = True
+    return (core or ov.Core()).compile_model(shaped, "CPU", config).create_infer_request()
+
+
 def _openvino(path: Path, threads: int) -> Runner:
-    """OpenVINO on the CPU in float32 (its default on CPUs with bf16 units would be bf16), one network compiled per
-    input shape: the file's batch and size are dynamic, its compiled kernels are fastest for a fixed shape."""
+    """OpenVINO on the CPU, one network compiled per input shape: the file's batch and size are dynamic, its compiled
+    kernels are fastest for a fixed shape."""
     import openvino as ov
 
     core = ov.Core()
     network = core.read_model(str(path))
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
     compiled: dict[tuple[int, ...], Callable] = {}
 
     def run(array: np.ndarray) -> np.ndarray:
         if array.shape not in compiled:
-            shaped = network.clone()
-            shaped.reshape({shaped.inputs[0].get_any_name(): ov.PartialShape(list(array.shape))})
-            compiled[array.shape] = core.compile_model(shaped, "CPU", config).create_infer_request()
+            compiled[array.shape] = openvino_request(network, array.shape, threads, core=core)
         request = compiled[array.shape]
         request.infer({0: array})
         return request.get_output_tensor(0).data.copy()
