@@ -250,19 +250,34 @@ def _compare(args: argparse.Namespace) -> int:
     for flag, instead in (("model", "--models"), ("seed", "--seeds"), ("resume", "the same --out: a study resumes by itself")):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag} does not apply to a study; use {instead}")
-    study = ("command", "func", "config", "debug", "models", "seeds", "until_resolved", "max_seeds", "erf_samples", "jobs")
+    study = ("command", "func", "config", "debug", "models", "seeds", "until_resolved", "max_seeds", "erf_samples", "jobs",
+             "train_sizes")
     flags = {k: v for k, v in vars(args).items() if k not in study}
     base = merge_config(load_yaml(args.config) if args.config else None, flags)
     out = Path(args.out or "runs/compare")
-    plan = StudyPlan(args.models, args.seeds, args.until_resolved, args.max_seeds, args.erf_samples, args.jobs)
+    plan = StudyPlan(args.models, args.seeds, args.until_resolved, args.max_seeds, args.erf_samples, args.jobs, args.train_sizes or ())
     keep_freed_memory_on_cpu()  # for the runs trained in this process; its workers are told to do the same
     report = compare(base, plan, out, command=_command_line(), keep_memory=True)
+    if plan.train_sizes:
+        _print_curve(report)
+        print(f"report: {out / 'report.md'}")
+        return 0
     for name, entry in report["models"].items():
         spread = f" ± {entry['std']:.2f}" if entry["std"] is not None else ""
         print(f"{name:24s} {entry['mean']:6.2f}{spread} % ({len(entry['runs'])} seed(s))")
     print(describe_difference(report))
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _print_curve(report: dict) -> None:
+    from .train.curve_report import describe_multiplier
+
+    plain, sc = report["names"]
+    print(f"{'images':>9s}  {plain:>18s}  {sc:>18s}  SC - plain  data multiplier")
+    for p in report["curve"]["points"]:
+        print(f"{p['size']:9,d}  {p['plain']['mean']:18.2f}  {p['sc']['mean']:18.2f}  {p['diff']['mean']:+9.2f}  "
+              f"{describe_multiplier(p['multiplier'])}")
 
 
 def _verify(path: str | None, sha256: str | None) -> None:
@@ -392,6 +407,9 @@ def _add_compare_command(sub: Any) -> None:
     cmp_.add_argument("--max-seeds", type=int, metavar="N", help="with --until-resolved: at most N pairs in all (default 10)")
     cmp_.add_argument("--erf-samples", type=int, default=0, metavar="N",
                       help="after training, the effective receptive fields of the first seed's pair over N validation images (default 0: off)")
+    cmp_.add_argument("--train-sizes", nargs="+", type=int, metavar="N",
+                      help="a learning curve: the study at each of these training-set sizes (random nested subsets, each "
+                           "class its share, every run the steps of the whole set), with the data multiplier of SC")
     cmp_.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                       help="2: train the two members of a pair at once, half of the torch threads each (default 1)")
     cmp_.set_defaults(func=_compare)

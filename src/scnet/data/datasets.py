@@ -149,6 +149,11 @@ class TensorImages(Dataset):
         boxes = None if self.boxes is None else self.boxes[:count]
         return TensorImages(self.images[:count], self.labels[:count], *self.stats, self.augment, boxes)
 
+    def take(self, indices: torch.Tensor) -> "TensorImages":
+        """The samples at ``indices`` (a copy), with the same preparation."""
+        boxes = None if self.boxes is None else self.boxes[indices]
+        return TensorImages(self.images[indices], self.labels[indices], *self.stats, self.augment, boxes)
+
     def batch(self, indices: torch.Tensor, params: Optional[dict[str, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images (N, C, H, W), normalised, augmented with ``params`` when given, and their labels."""
         images = self.images[indices]  # (N, C, H, W) uint8

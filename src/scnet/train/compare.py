@@ -26,9 +26,11 @@ from .config import TrainConfig
 from .folder import own_folder
 from .runner import TrainingStopped, build_model_for, fit
 from .study_report import write_report
+from .curve_report import write_curve_report
+from .curve_stats import curve_summary
 from .study_stats import check_study_args, next_seed, tally
 
-__all__ = ["StudyPlan", "compare"]
+__all__ = ["CURVE_KIND", "StudyPlan", "compare"]
 
 # Config keys that name one run or how it is kept, not how it is trained: the recipe is everything else.
 RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
@@ -93,6 +95,9 @@ def _check_out(out: Path, study: dict[str, Any]) -> None:
     would overwrite it, and reusing it would mix two recipes in one report."""
     if (out / "study.json").is_file():
         saved = _read_json(out / "study.json")
+        if saved.get("kind") == CURVE_KIND:
+            raise SettingError(f"{out} holds a learning curve, not a study of one size; nothing was changed, choose another "
+                               f"{{out}} (or add {{train_sizes}} to continue the curve)", "out", "train_sizes")
         _refuse_other(out / "study.json", "another study", {"models": saved.get("models"), **saved.get("recipe", {})},
                       {"models": study["models"], **study["recipe"]})
     for run in sorted(p for p in out.iterdir() if p.is_dir()):
@@ -243,13 +248,20 @@ class StudyPlan:
     max_seeds: Optional[int] = None
     erf_samples: int = 0
     jobs: int = 1
+    train_sizes: Sequence[int] = ()
 
     def checked(self) -> "StudyPlan":
         """The plan with its pair limit resolved; a plan that cannot run raises ``ValueError`` before anything is written."""
         limit = check_study_args(list(self.seeds), self.until_resolved, self.max_seeds, self.erf_samples)
         if self.jobs not in (1, 2):
             raise SettingError(f"{{jobs}} must be 1 or 2 (the two members of a pair), got {self.jobs!r}", "jobs")
-        return replace(self, seeds=list(self.seeds), max_seeds=limit)
+        sizes = list(self.train_sizes or ())
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes) or len(set(sizes)) != len(sizes):
+            raise SettingError(f"{{train_sizes}} must be distinct positive integers, got {sizes}", "train_sizes")
+        if sizes and self.erf_samples:
+            raise SettingError("{erf_samples} measures one pair of one study; a learning curve has a study per size: "
+                               "run scnet erf on the runs you want", "erf_samples", "train_sizes")
+        return replace(self, seeds=list(self.seeds), max_seeds=limit, train_sizes=sorted(sizes))
 
 
 def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", show_progress: bool = True,
@@ -265,10 +277,12 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     """
     plan = plan.checked()
     names = _twins(plan.models)
-    study = dict(models=names, recipe=_recipe(base.to_dict()))
     with own_folder(out):  # one study per folder: a second one on it is refused while this one runs
-        _check_out(out, study)
         try:
+            if plan.train_sizes:
+                return _run_curve(base, plan, names, out, command, show_progress, keep_memory)
+            study = dict(models=names, recipe=_recipe(base.to_dict()))
+            _check_out(out, study)
             return _run_study(base, plan, study, out, command, show_progress, keep_memory)
         except TrainingStopped as stopped:  # a run's own advice (--resume) does not apply to a study
             where = str(stopped).partition("; checkpoint written")[0]
@@ -277,8 +291,9 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
 
 
 def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: Path, command: str, show_progress: bool,
-               keep_memory: bool) -> dict[str, Any]:
-    """``compare``'s work in a folder it holds: pair after pair, the report rewritten after each, then the figures."""
+               keep_memory: bool, figures: bool = True) -> dict[str, Any]:
+    """``compare``'s work in a folder it holds: pair after pair, the report rewritten after each, then the figures
+    (``figures=False``: none, for a learning curve's rounds before its last)."""
     names, seeds, until_resolved, max_seeds = study["models"], plan.seeds, plan.until_resolved, plan.max_seeds
     # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
     _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0)
@@ -302,10 +317,104 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
     if plan.erf_samples:
         report["erf"] = _measure_erf(base, names, seeds[0], out, plan.erf_samples, command)
         write_report(out, report)
-    if len(report["metrics"]) > 1:
+    if figures and len(report["metrics"]) > 1:
         report["cams"] = _cam_page(base, names, seeds[0], out)
         write_report(out, report)
     return report
+
+
+# ---- learning curves: one study per training-set size ------------------------------------------------------------
+CURVE_KIND = "learning curve"
+
+
+def _run_curve(base: TrainConfig, plan: StudyPlan, names: Sequence[str], out: Path, command: str, show_progress: bool,
+               keep_memory: bool) -> dict[str, Any]:
+    """A study per size in ``out/n{size}``, each on a nested subset (``TrainConfig.train_subset``) with the steps of
+    the whole set, run seed by seed across all sizes, so that an interrupted curve has whole seeds; then each size
+    with its own rule (``--until-resolved``) and figures. The curve report is rewritten after every round."""
+    if base.train_subset is not None:
+        raise SettingError("give {train_sizes} or {train_subset}, not both: a curve draws one subset per size",
+                           "train_sizes", "train_subset")
+    identity = dict(kind=CURVE_KIND, models=list(names), recipe=_recipe(base.to_dict()))
+    _check_curve_out(out, identity)
+    pool = _check_sizes(base, plan.train_sizes)
+    write_text_atomically(out / "study.json", json.dumps(identity, indent=2))
+    for count in range(1, len(plan.seeds) + 1):
+        first_seeds = replace(plan, seeds=plan.seeds[:count], until_resolved=None, max_seeds=None)
+        for size in plan.train_sizes:
+            if not set(first_seeds.seeds) <= _seeds_done(out / f"n{size}"):
+                _size_study(base, first_seeds, names, size, out, command, show_progress, keep_memory, figures=False)
+        write_curve_report(out, _curve_report(base, names, out, pool, command, "running"))
+    for size in plan.train_sizes:
+        _size_study(base, plan, names, size, out, command, show_progress, keep_memory, figures=True)
+    report = _curve_report(base, names, out, pool, command, "done")
+    write_curve_report(out, report)
+    return report
+
+
+def _seeds_done(folder: Path) -> set[int]:
+    """The seeds of the pairs a size's report holds (none before its first pair)."""
+    return {p["seed"] for p in _read_json(folder / "report.json")["pairs"]} if (folder / "report.json").is_file() else set()
+
+
+def _check_curve_out(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse a folder that holds a study of one size, or a curve of other models or another recipe."""
+    if (out / "study.json").is_file():
+        saved = _read_json(out / "study.json")
+        if saved.get("kind") != CURVE_KIND:
+            raise SettingError(f"{out} holds a study of one training-set size, not a learning curve; nothing was changed, "
+                               f"choose another {{out}}", "out")
+        _refuse_other(out / "study.json", "another learning curve", {"models": saved.get("models"), **saved.get("recipe", {})},
+                      {"models": identity["models"], **identity["recipe"]})
+    runs = [p for p in out.iterdir() if p.is_dir() and _saved_config(p) is not None]
+    if runs:
+        raise SettingError(f"{out} holds the run {runs[0].name} of a study of one size; choose another {{out}}", "out")
+
+
+def _check_sizes(base: TrainConfig, sizes: Sequence[int]) -> int:
+    """The training set's length (after ``limit_train``), made once here for a generated set; every size must fit
+    in it and hold at least one batch."""
+    train, _, _ = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0,
+                                 base.bad_images)
+    too_large = [n for n in sizes if n > len(train)]
+    if too_large:
+        raise SettingError(f"{{train_sizes}} {too_large[0]:,} is more than the {len(train):,} training images of {base.data}"
+                           + (" (after {limit_train})" if base.limit_train else ""), "train_sizes", "limit_train")
+    too_small = [n for n in sizes if n < base.batch_size]
+    if too_small:
+        raise SettingError(f"{{train_sizes}} {too_small[0]:,} is less than one batch of {base.batch_size}; use sizes of at least "
+                           f"{{batch_size}}", "train_sizes", "batch_size")
+    return len(train)
+
+
+def _size_study(base: TrainConfig, plan: StudyPlan, names: Sequence[str], size: int, out: Path, command: str,
+                show_progress: bool, keep_memory: bool, figures: bool) -> dict[str, Any]:
+    sized = replace(base, train_subset=size)
+    study = dict(models=list(names), recipe=_recipe(sized.to_dict()))
+    folder = out / f"n{size}"
+    folder.mkdir(exist_ok=True)
+    _check_out(folder, study)
+    print(f"learning curve: {size:,} training images, seed(s) {', '.join(map(str, plan.seeds))}")
+    return _run_study(sized, plan, study, folder, command, show_progress, keep_memory, figures)
+
+
+def _curve_report(base: TrainConfig, names: Sequence[str], out: Path, pool: int, command: str, status: str) -> dict[str, Any]:
+    """The curve from every size's report in ``out`` (sizes run by earlier commands on this folder included)."""
+    points, localization, models, machine = [], [], {}, describe_machine(_device())
+    for path in out.glob("n*/report.json"):
+        size_report = _read_json(path)
+        size = size_report["recipe"]["train_subset"]
+        points.append(dict(size=size, pairs=[{k: p[k] for k in ("seed", "plain", "sc")} for p in size_report["pairs"]]))
+        blocks = {k: v for k, v in size_report.get("metrics", {}).items() if k != "final_val_acc"}
+        if blocks:
+            localization.append(dict(size=size, metrics=blocks))
+        models = {n: {k: e[k] for k in ("params", "macs")} for n, e in size_report["models"].items()}
+        machine = size_report["machine"]
+    steps = base.epochs * (pool // base.batch_size)  # the training loop drops a last short batch
+    return dict(kind=CURVE_KIND, data=base.data, names=list(names), models=models, recipe=_recipe(base.to_dict()),
+                train_images=pool, epochs=base.epochs, steps_per_run=steps, images_per_run=steps * base.batch_size,
+                command=command, machine=machine, status=status, curve=curve_summary(sorted(points, key=lambda p: p["size"])),
+                localization=sorted(localization, key=lambda b: b["size"]))
 
 
 def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, samples: int, command: str) -> dict[str, Any]:

@@ -123,6 +123,10 @@ class TrainConfig:
     seed: int = option(0, "default {default}")
     limit_train: Optional[int] = option(None, "use only the first N training images")
     limit_val: Optional[int] = option(None, "use only the first N validation images")
+    train_subset: Optional[int] = option(None, "train on N images drawn from the training set (after --limit-train) at "
+                                               "random, each class its share, seeded by --seed, a smaller N's images inside "
+                                               "a larger one's; an epoch stays as long as the whole set, so the steps and "
+                                               "schedule do not change, only the data")
     out: Optional[str] = option(None, "run directory (default runs/<model>-<data>-seed<seed>)")
     resume: Optional[str] = option(None, "run directory or checkpoint to continue from; the run continues in that "
                                          "directory (or, with --out, in a copy of it), with its own recipe")
@@ -136,7 +140,7 @@ class TrainConfig:
             self.epochs = DEFAULT_EPOCHS
         for name in ("batch_size", "image_size", "accum_steps"):
             _number(name, getattr(self, name), low=1, integer=True)
-        for name in ("epochs", "checkpoint_every", "limit_train", "limit_val"):
+        for name in ("epochs", "checkpoint_every", "limit_train", "limit_val", "train_subset"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), low=1, integer=True)
         _number("workers", self.workers, low=0, integer=True)

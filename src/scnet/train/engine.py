@@ -31,31 +31,52 @@ __all__ = [
 
 
 class EpochBatches(Sampler[list[int]]):
-    """Batches of one seeded permutation per epoch; with ``world > 1`` each rank takes its slice of every batch.
+    """Batches of seeded permutations; with ``world > 1`` each rank takes its slice of every batch.
 
     The union over ranks of batch k is exactly batch k of a single process with the same global batch size.
     ``set_epoch(e, start)`` skips the first ``start`` batches: a run resumed mid-epoch sees the rest of the very
     same permutation.
+
+    ``epoch_length`` (default ``size``) lets an epoch hold another number of items than the set: the items are
+    read from one stream of passes, each pass a permutation of the set seeded by (seed, pass), and epoch e is the
+    stream's items ``e * epoch_length`` to ``(e + 1) * epoch_length``. A training subset thus takes the steps and
+    schedule of the whole set, every image seen equally often up to one pass. With the default, epoch e is pass e.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0, rank: int = 0, world: int = 1,
+                 epoch_length: Optional[int] = None) -> None:
         if batch_size % world:
             raise ValueError(f"the global batch size {batch_size} must divide by the number of processes {world}")
+        if epoch_length is not None and (epoch_length < 1 or size < 1):
+            raise ValueError(f"an epoch of {epoch_length} items needs a set to draw them from, got {size} items")
         self.size, self.batch_size, self.shuffle, self.drop_last = size, batch_size, shuffle, drop_last
+        self.length = size if epoch_length is None else epoch_length
         self.seed, self.rank, self.world, self.epoch, self.start = seed, rank, world, 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else math.ceil(self.size / self.batch_size)
+        return self.length // self.batch_size if self.drop_last else math.ceil(self.length / self.batch_size)
+
+    def _pass(self, number: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + number)).tolist()
+
+    def order(self) -> list[int]:
+        """This epoch's items, in order: its stretch of the stream of passes."""
+        if self.size == 0:
+            return []
+        begin = self.epoch * self.length
+        first, last = begin // self.size, (begin + self.length - 1) // self.size
+        stream = [i for number in range(first, last + 1) for i in self._pass(number)]
+        offset = begin - first * self.size
+        return stream[offset:offset + self.length]
 
     def slices(self) -> Iterator[tuple[int, int, int, list[int]]]:
         """(batch number k, this rank's offset in global batch k, its global size, this rank's indices) per batch."""
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch)).tolist()
-        else:
-            order = list(range(self.size))
+        order = self.order()
         for k in range(self.start, len(self)):
             batch = order[k * self.batch_size:(k + 1) * self.batch_size]
             share = math.ceil(len(batch) / self.world)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data import DataInfo, TensorImages, build_datasets
+from ..data import DataInfo, TensorImages, build_datasets, nested_subset
 from ..engines import EngineModel
 from ..fast import fast_train
 from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
@@ -152,9 +152,13 @@ def _prepare_out(out: Path) -> None:
         raise ConfigError(f"output directory {out} is not writable ({e.strerror or e})") from e
 
 
-def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int) -> tuple[Any, Any, EpochBatches]:
-    """Batches of one seeded permutation per epoch: gathered from memory for tensor datasets, else by a DataLoader."""
-    sampler = EpochBatches(len(train_set), cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size, seed=cfg.seed, rank=rank, world=world)
+def _loaders(cfg: TrainConfig, train_set, val_set, rank: int, world: int,
+             epoch_length: Optional[int] = None) -> tuple[Any, Any, EpochBatches]:
+    """Batches of seeded permutations, ``epoch_length`` items an epoch (default: the training set's length): gathered
+    from memory for tensor datasets, else by a DataLoader."""
+    length = epoch_length or len(train_set)
+    sampler = EpochBatches(len(train_set), cfg.batch_size, shuffle=True, drop_last=length >= cfg.batch_size, seed=cfg.seed, rank=rank,
+                           world=world, epoch_length=epoch_length)
     val_batches = EpochBatches(len(val_set), cfg.batch_size, shuffle=False, drop_last=False, rank=rank, world=world)
     if isinstance(train_set, TensorImages) and isinstance(val_set, TensorImages):
         return TensorBatches(train_set, sampler, cfg.seed, augment=True), TensorBatches(val_set, val_batches, cfg.seed, augment=False), sampler
@@ -212,6 +216,7 @@ class Run:
     best_acc: float = -1.0
     info: Optional[DataInfo] = None
     train_set: Any = None
+    epoch_length: Optional[int] = None  # with a training subset: the whole set's length, an epoch's items
     val_set: Any = None
     model: Optional[nn.Module] = None  # the plain module: evaluation, EMA and checkpoints use it
     parts: Optional[StepParts] = None  # what each step runs (parts.model may be DDP-wrapped or compiled)
@@ -372,6 +377,9 @@ def _load_data(run: Run) -> None:
                                                           cfg.download, cfg.seed, cfg.bad_images)
     if run.info.skipped_images:
         run.log(f"left out {run.info.skipped_images} unreadable image files (--bad-images skip)")
+    if cfg.train_subset is not None:  # less data, the same steps: an epoch stays as long as the whole set
+        run.epoch_length = len(run.train_set)
+        run.train_set = nested_subset(run.train_set, cfg.train_subset, cfg.seed)
     if run.main_process:
         _prepare_out(run.out)
         for stale in run.out.glob(".*.tmp"):  # writes that a killed process left unfinished
@@ -391,7 +399,7 @@ def _build_training(run: Run) -> None:
     if cfg.batch_size > len(run.train_set):  # one step an epoch, and the learning rate scaled for a batch never seen
         raise ConfigError(f"{{batch_size}} {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
                           f"use at most {len(run.train_set)}", "batch_size")
-    run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world)
+    run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world, run.epoch_length)
     steps = cfg.epochs * run.steps_per_epoch
     if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
         run.log(f"note: {steps} optimiser steps in all, too few to learn much; a smaller --batch-size "
@@ -447,7 +455,9 @@ def _open_logs(run: Run) -> None:
     if run.main_process:
         write_text_atomically(run.out / "config.yaml", yaml_text(cfg.to_dict()))
         run.writer = tensorboard(run.out)
-    run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)} train / {len(run.val_set)} val images) for {cfg.epochs} epochs"
+    subset = f" of {run.epoch_length}" if run.epoch_length else ""
+    epochs = f"{cfg.epochs} epochs of {run.epoch_length} images" if run.epoch_length else f"{cfg.epochs} epochs"
+    run.log(f"training {cfg.model} on {info.name} ({len(run.train_set)}{subset} train / {len(run.val_set)} val images) for {epochs}"
             f"{f' on {run.world} processes' if run.world > 1 else ''} -> {run.out}")
 
 
