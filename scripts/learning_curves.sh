@@ -6,6 +6,7 @@
 # again. The reports and records go to docs/results/learning-curves/ after each curve.
 #
 #     bash scripts/learning_curves.sh [CURVE ...]     # CURVE: pathfinder6 cluttered fashion (default: all, in that order)
+#     bash scripts/learning_curves.sh publish CURVE   # copy what a running curve has finished so far to docs/
 #
 # About 15 minutes of both cores per pair at 32 px (2 cores, one thread per run); see each curve's README for its cost.
 set -euo pipefail
@@ -38,18 +39,27 @@ curve() {  # NAME, then scnet compare's arguments
     publish "$name"
 }
 
-for name in ${@:-pathfinder6 cluttered fashion}; do
-    case "$name" in
-        pathfinder6)  # 50,000 generated images, 6 epochs: the committed length-6 study's recipe at its largest size
-            common=(--data pathfinder32-6 --limit-train 50000 --limit-val 10000 --epochs 6 --batch-size 128)
-            curve pathfinder6 "${common[@]}" --train-sizes 10000 15000 20000 30000 50000 --seeds 0 1 2
-            curve pathfinder6 "${common[@]}" --train-sizes 15000 20000 --seeds 0 1 2 3 4 ;;  # inside the transition
-        cluttered)  # 60,000 canvases, 2 epochs: the steps of the committed cluttered study (30,000 for 4 epochs)
-            curve cluttered --data cluttered_fashion_mnist --epochs 2 --batch-size 128 --train-sizes 2000 6000 20000 60000 \
-                --seeds 0 1 2 ;;
-        fashion)  # the main job's recipe (all 60,000 images, 5 epochs) at every size
-            curve fashion --data fashion_mnist --epochs 5 --train-sizes 500 1000 2000 5000 10000 60000 --seeds 0 1 2 ;;
-        *) echo "unknown curve $name (pathfinder6, cluttered, fashion)" >&2; exit 2 ;;
-    esac
-done
-"$PY" scripts/learning_curves_figure.py "$DOCS" --out "$DOCS"
+main() {
+    if [ "${1:-}" = publish ]; then
+        publish "${2:?publish which curve?}"
+        return 0
+    fi
+    local name common
+    for name in ${@:-pathfinder6 cluttered fashion}; do
+        case "$name" in
+            pathfinder6)  # 50,000 generated images, 6 epochs: the committed length-6 study's recipe at its largest size
+                common=(--data pathfinder32-6 --limit-train 50000 --limit-val 10000 --epochs 6 --batch-size 128)
+                curve pathfinder6 "${common[@]}" --train-sizes 10000 15000 20000 30000 50000 --seeds 0 1 2
+                curve pathfinder6 "${common[@]}" --train-sizes 15000 20000 --seeds 0 1 2 3 4 ;;  # inside the transition
+            cluttered)  # 60,000 canvases, 2 epochs: the steps of the committed cluttered study (30,000 for 4 epochs)
+                curve cluttered --data cluttered_fashion_mnist --epochs 2 --batch-size 128 --train-sizes 2000 6000 20000 60000 \
+                    --seeds 0 1 2 ;;
+            fashion)  # the main job's recipe (all 60,000 images, 5 epochs) at every size
+                curve fashion --data fashion_mnist --epochs 5 --train-sizes 500 1000 2000 5000 10000 60000 --seeds 0 1 2 ;;
+            *) echo "unknown curve $name (pathfinder6, cluttered, fashion)" >&2; return 2 ;;
+        esac
+    done
+    "$PY" scripts/learning_curves_figure.py "$DOCS" --out "$DOCS"
+}
+
+main "$@"; exit $?  # one line: bash has read the whole script before any curve runs, so editing it then is safe

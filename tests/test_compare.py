@@ -36,6 +36,7 @@ def _planned(monkeypatch: pytest.MonkeyPatch, diff: Callable[[int], float], fail
         run = Path(cfg.out)
         run.mkdir(parents=True, exist_ok=True)
         (run / "log.csv").write_text(f"epoch,val_acc\n1,{acc}\n")
+        (run / "checkpoint-last.pth").touch()  # the final weights' place: the figures (CAMs, ERF) picture the first pair holding them
         return dict(final_val_acc=acc, best_val_acc=acc, train_seconds=1.0)
 
     monkeypatch.setattr(sys.modules["scnet.train.compare"], "fit", fake_fit)
@@ -333,7 +334,14 @@ def test_localization_is_compared_like_accuracy(tmp_path: Path, monkeypatch: pyt
     assert report["metrics"]["final_val_acc"]["mean_diff"] == pytest.approx(report["mean_diff"]) == pytest.approx(0.5)
     md = (out / "report.md").read_text()
     assert "## Localization" in md and "| 1 | 51.00 | 54.30 | +3.30 | 39.00 | 38.00 | -1.00 |" in md and "| seed | pointing: " in md
-    assert "(cams.png)" in md and (out / "localization.png").stat().st_size > 10_000
+    assert "(cams.png)" in md and (out / "localization.png").stat().st_size > 10_000 and report["cams"]["seed"] == 0
+
+    # Continued elsewhere from the run records alone (no weights for seeds 0 and 1): the CAMs show the first pair
+    # that has its weights here, and nothing is trained again.
+    for run in out.glob("*-seed[01]"):
+        (run / "checkpoint-last.pth").unlink()
+    assert _compare(out, "--seeds", "0", "1", "2") == 0
+    assert json.loads((out / "report.json").read_text())["cams"]["seed"] == 2
 
 
 @pytest.mark.slow

@@ -270,8 +270,9 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
 
     The ``plan.seeds`` run first; with ``until_resolved`` more seeds follow (see ``next_seed``) up to ``max_seeds``
     pairs in all (default 10). report.md/json/png are rewritten after every pair. With ``erf_samples`` > 0 the
-    trained pair of the first seed has its effective receptive fields measured on that many validation images
-    (``erf/``). ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads;
+    trained pair of the first seed (whose weights are still there) has its effective receptive fields measured on
+    that many validation images (``erf/``). With ``plan.train_sizes``, a learning curve: the study at each size
+    (see ``_run_curve``), reported in ``out``. ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads;
     ``keep_memory`` makes those processes keep freed memory on a CPU (``hostmem.keep_freed_memory_on_cpu``), the
     choice the caller made for its own.
     """
@@ -314,13 +315,20 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
         seed = next_seed(seeds, report["seeds"], [p["diff"] for p in report["pairs"]], until_resolved, max_seeds)
         report["status"] = "running" if seed is not None else "done"
         write_report(out, report)
-    if plan.erf_samples:
-        report["erf"] = _measure_erf(base, names, seeds[0], out, plan.erf_samples, command)
+    pictured = _first_with_weights(names, report["seeds"], out)
+    if plan.erf_samples and pictured is not None:
+        report["erf"] = _measure_erf(base, names, pictured, out, plan.erf_samples, command)
         write_report(out, report)
-    if figures and len(report["metrics"]) > 1:
-        report["cams"] = _cam_page(base, names, seeds[0], out)
+    if figures and len(report["metrics"]) > 1 and pictured is not None:
+        report["cams"] = _cam_page(base, names, pictured, out)
         write_report(out, report)
     return report
+
+
+def _first_with_weights(names: Sequence[str], seeds: Sequence[int], out: Path) -> Optional[int]:
+    """The first seed whose pair still has its final weights here: the one the figures show. A run continued from
+    its committed record alone (``compare-run.json``, no checkpoint) has its numbers but no weights to picture."""
+    return next((s for s in seeds if all((out / _run_name(n, s) / "checkpoint-last.pth").is_file() for n in names)), None)
 
 
 # ---- learning curves: one study per training-set size ------------------------------------------------------------
