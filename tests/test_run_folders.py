@@ -176,3 +176,25 @@ def test_a_second_study_on_a_held_folder_is_refused(tmp_path: Path, capsys: pyte
     with own_folder(out):
         assert main(["compare", "--models", "scnet_demo", "--data", "synthetic", "--epochs", "1", "--seeds", "0", "--out", str(out)]) == 2
     assert "is in use by another run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("contents, problem", [
+    ('{"pid": 99999999999999, "host": "%s", "started": 1}', "its pid 99999999999999 is no process id"),
+    ('{"pid": 4294967296, "host": "%s", "started": 1}', "its pid 4294967296 is no process id"),
+    ('{"pid": -1, "host": "%s", "started": 1}', "its pid -1 is no process id"),  # kill(-1, 0) would answer for every process
+    ('{"pid": true, "host": "%s", "started": 1}', "its pid True is no process id"),
+    ('{"pid": 1, "host": "%s", "started": 1e300}', "its start time 1e+300 is no time"),
+    ('{"pid": 1, "host": "%s", "started": NaN}', "its start time nan is no time"),
+    ('{"pid": 1, "host": 7, "started": 1}', "its host 7 is no host name"),
+    ('[1, 2]', "it holds list, not an owner"),
+    ('{"pid": 1, "pad": "%s", "host": "h", "started": 1}' % ("x" * 5000), "it is larger than a lock"),
+])
+def test_a_lock_that_this_tool_did_not_write_is_refused_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   contents: str, problem: str) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text(contents.replace("%s", socket.gethostname()))
+    assert main([*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"holds a lock file that this tool did not write ({out / LOCK}: {problem})" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]  # nothing else written, the file left for its owner

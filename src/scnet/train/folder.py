@@ -38,12 +38,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
+PID_MAX = 1 << 22  # Linux's largest pid_max: a larger "pid" names no process (and overflows os.kill)
+LOCK_BYTES = 4096  # a lock holds a pid, a host name and a time
+
+
+def _lock_problem(owner: Any) -> Optional[str]:
+    """What makes a parsed lock not one this tool wrote (None when it is): the pid a process id, the host a name,
+    the start a time between the epoch and a day from now."""
+    if not isinstance(owner, dict):
+        return f"it holds {type(owner).__name__}, not an owner"
+    pid, host, started = owner.get("pid"), owner.get("host"), owner.get("started")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid < PID_MAX:
+        return f"its pid {str(pid)[:40]} is no process id"
+    if not isinstance(host, str) or not 0 < len(host) <= 255:
+        return f"its host {str(host)[:40]} is no host name"
+    if isinstance(started, bool) or not isinstance(started, (int, float)) or not 0 <= started <= time.time() + 86400:
+        return f"its start time {str(started)[:40]} is no time"  # NaN fails both comparisons
+    return None
+
+
 def _read_lock(path: Path) -> dict[str, Any]:
+    """The owner a lock names; {} when it is empty or cut short (an owner killed while writing it). A lock whose
+    contents parse but are not an owner's is refused naming the file: trusting it would signal any process."""
     try:
-        owner = json.loads(path.read_text()[:4096])
-        return owner if isinstance(owner, dict) else {}
+        with path.open("rb") as f:
+            text = f.read(LOCK_BYTES + 1)
+        problem = "it is larger than a lock" if len(text) > LOCK_BYTES else _lock_problem(owner := json.loads(text))
     except (OSError, ValueError):
-        return {}  # half-written by an owner killed at once, or not ours: no owner known
+        return {}
+    if problem is not None:
+        raise ConfigError(f"{path.parent} holds a lock file that this tool did not write ({path}: {problem}); if no run "
+                          f"uses this folder, remove {path} and start again")
+    return owner
 
 
 def _describe(owner: dict[str, Any]) -> str:
