@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -361,3 +362,50 @@ def test_a_cluttered_study_measures_localization_on_every_test_image(tmp_path: P
     assert run["pointing"] == pytest.approx(again["pointing"]) and run["energy_in_box"] == pytest.approx(again["energy_in_box"])
     assert 0 <= run["pointing"] <= 100 and 0 < run["energy_in_box"] < 100
     assert report["cams"]["png"] == "cams.png" and (out / "cams.png").stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda r: r.pop("result"), "no config and result"),
+    (lambda r: r["result"].update(final_val_acc="abc"), "its final_val_acc abc is not a percentage"),
+    (lambda r: r["result"].update(final_val_acc=float("nan")), "its final_val_acc nan is not a percentage"),
+    (lambda r: r["result"].update(final_val_acc=250.0), "its final_val_acc 250.0 is not a percentage"),
+    (lambda r: r["result"].update(seed=3), "its result's seed 3 is not its config's 0"),
+    (lambda r: r["result"].update(train_seconds=-1), "its train_seconds -1 is not a duration"),
+    (lambda r: r["result"].update(curve=[50.0, None]), "its curve is not a list of percentages"),
+])
+def test_a_damaged_run_record_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                                   damage: Callable[[dict], object], problem: str) -> None:
+    """A study reads its finished runs back from their records: each value is checked, so a damaged record is
+    refused in one line, never averaged into a report (250 % once made "138.67 %")."""
+    out = tmp_path / "s"
+    _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 0
+    record_path = out / f"{SC}-seed0" / "compare-run.json"
+    record = json.loads(record_path.read_text())
+    damage(record)
+    record_path.write_text(json.dumps(record))
+    report = (out / "report.md").read_text()
+    capsys.readouterr()
+    calls = _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{record_path} is not a run record this tool wrote ({problem})" in err, err
+    assert not calls and (out / "report.md").read_text() == report
+
+
+def test_a_record_that_is_not_a_regular_file_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FIFO where a record belongs (reading it would wait for a writer forever) is no record: the run is redone."""
+    out = tmp_path / "s"
+    _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 0
+    record_path = out / f"{SC}-seed0" / "compare-run.json"
+    record_path.unlink()
+    os.mkfifo(record_path)
+    (out / f"{SC}-seed0" / "checkpoint-last.pth").unlink()
+    calls = _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 0
+    assert calls == [(SC, 0)] and record_path.is_file()
+    study = out / "study.json"
+    study.unlink()
+    os.mkfifo(study)
+    assert _compare(out, "--seeds", "0") == 0  # not read: the study's identity is checked on its runs' records

@@ -225,3 +225,21 @@ def test_a_curve_and_a_study_of_one_size_keep_to_their_folders(tmp_path: Path, m
     assert _curve(tmp_path / "curve", "--seeds", "0", "--train-sizes", "32") == 0
     assert _curve(tmp_path / "curve", "--seeds", "0") == 2
     assert "holds a learning curve, not a study of one size" in capsys.readouterr().err
+
+
+def test_a_damaged_size_report_is_refused_and_rewritten_from_the_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "c"
+    _planned_curve(monkeypatch)
+    assert _curve(out, "--train-sizes", "32", "64", "--seeds", "0") == 0
+    size_report = out / "n64" / "report.json"
+    good = json.loads(size_report.read_text())
+    size_report.write_text(json.dumps({**good, "pairs": [{**good["pairs"][0], "sc": 250.0}]}))
+    capsys.readouterr()
+    assert _curve(out, "--train-sizes", "32", "64", "--seeds", "0") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{size_report} is not a report this tool wrote (its pair" in err, err
+    size_report.unlink()  # as the message says: the runs' records rewrite it, nothing is trained again
+    calls = _planned_curve(monkeypatch)
+    assert _curve(out, "--train-sizes", "32", "64", "--seeds", "0") == 0
+    assert not calls and json.loads(size_report.read_text())["pairs"] == good["pairs"]

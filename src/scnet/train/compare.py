@@ -70,11 +70,52 @@ def _refuse_other(where: Path, what: str, there: dict[str, Any], here: dict[str,
                            f"choose another {{out}}", "out")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+MAX_RECORD_BYTES = 16 << 20  # a study's records and reports are kilobytes; a curve's report a few hundred
+
+
+def _read_json(path: Path) -> Any:
+    """A study file's JSON: a regular file within MAX_RECORD_BYTES (a FIFO would block, /dev/zero fill memory)."""
     try:
+        if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            raise OSError(f"not a regular file of at most {MAX_RECORD_BYTES >> 20} MB")
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SettingError(f"{path} cannot be read ({e}); move it away or choose another {{out}}", "out") from e
+
+
+def _percent(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 <= value <= 100.0  # NaN fails too
+
+
+def _record_problem(record: Any) -> Optional[str]:
+    """What makes a run record not one ``_run`` wrote (None when it is one): every value the study reads back is
+    type- and range-checked, so a damaged record is refused, never averaged into a report."""
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or not isinstance(record.get("result"), dict):
+        return "no config and result"
+    config, result = record["config"], record["result"]
+    if not isinstance(config.get("model"), str) or isinstance(config.get("seed"), bool) or not isinstance(config.get("seed"), int):
+        return "its config names no model and seed"
+    if result.get("seed") != config["seed"]:
+        return f"its result's seed {str(result.get('seed'))[:20]} is not its config's {config['seed']}"
+    for key in ("final_val_acc", "best_val_acc", *(k for k in ("pointing", "energy_in_box") if k in result)):
+        if not _percent(result.get(key)):
+            return f"its {key} {str(result.get(key))[:20]} is not a percentage"
+    seconds = result.get("train_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < float("inf"):
+        return f"its train_seconds {str(seconds)[:20]} is not a duration"
+    if not isinstance(result.get("curve", []), list) or not all(_percent(v) for v in result.get("curve", [])):
+        return "its curve is not a list of percentages"
+    return None
+
+
+def _read_record(run: Path) -> dict[str, Any]:
+    """A finished run's record (``compare-run.json``), checked; a damaged one is refused naming the file."""
+    record = _read_json(run / DONE)
+    problem = _record_problem(record)
+    if problem is not None:
+        raise SettingError(f"{run / DONE} is not a run record this tool wrote ({problem}); move {run} away to train that "
+                           f"run again, or choose another {{out}}", "out")
+    return record
 
 
 def _run_name(model: str, seed: int) -> str:
@@ -84,7 +125,7 @@ def _run_name(model: str, seed: int) -> str:
 def _saved_config(run: Path) -> Optional[dict[str, Any]]:
     """The config of the run a directory holds: a finished one's record, else an unfinished one's checkpoint."""
     if (run / DONE).is_file():
-        return _read_json(run / DONE)["config"]
+        return _read_record(run)["config"]
     if (run / "checkpoint-last.pth").is_file():
         return read_checkpoint(run / "checkpoint-last.pth").get("config", {})
     return None
@@ -140,7 +181,7 @@ def _run(cfg: TrainConfig, show_progress: bool) -> dict[str, Any]:
     run = Path(cfg.out)
     if (run / DONE).is_file():
         print(f"reusing the finished run {run}")
-        record = _read_json(run / DONE)
+        record = _read_record(run)
     else:
         if (run / "checkpoint-last.pth").is_file():
             print(f"continuing the unfinished run {run}")
@@ -362,7 +403,39 @@ def _run_curve(base: TrainConfig, plan: StudyPlan, names: Sequence[str], out: Pa
 
 def _seeds_done(folder: Path) -> set[int]:
     """The seeds of the pairs a size's report holds (none before its first pair)."""
-    return {p["seed"] for p in _read_json(folder / "report.json")["pairs"]} if (folder / "report.json").is_file() else set()
+    return {p["seed"] for p in _size_report(folder / "report.json")["pairs"]} if (folder / "report.json").is_file() else set()
+
+
+def _size_problem(report: Any) -> Optional[str]:
+    """What makes a size's report not one ``_run_study`` wrote (None when it is): the values the curve reads."""
+    if not isinstance(report, dict) or not isinstance(report.get("recipe"), dict) or not isinstance(report.get("pairs"), list):
+        return "no recipe and pairs"
+    size = report["recipe"].get("train_subset")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return f"its train_subset {str(size)[:20]} is not a size"
+    for pair in report["pairs"]:
+        if not isinstance(pair, dict) or isinstance(pair.get("seed"), bool) or not isinstance(pair.get("seed"), int) \
+                or not (_percent(pair.get("plain")) and _percent(pair.get("sc"))):
+            return f"its pair {str(pair)[:60]} is not a seed with two accuracies"
+    models = report.get("models")
+    if not isinstance(models, dict) or not all(isinstance(e, dict) and isinstance(e.get("params"), int) and
+                                               isinstance(e.get("macs"), int) for e in models.values()):
+        return "its models have no sizes"
+    metrics = report.get("metrics", {})
+    keys = ("name", "pairs", "plain_mean", "sc_mean", "mean_diff", "ci95")
+    if not isinstance(metrics, dict) or not all(isinstance(m, dict) and all(k in m for k in keys) for m in metrics.values()):
+        return "its metrics are not a study's"
+    return None
+
+
+def _size_report(path: Path) -> dict[str, Any]:
+    """A size's report, checked; a damaged one is refused naming the file (its run records can rewrite it)."""
+    report = _read_json(path)
+    problem = _size_problem(report)
+    if problem is not None:
+        raise SettingError(f"{path} is not a report this tool wrote ({problem}); move it away and run the curve again: "
+                           f"its runs' records rewrite it", "out")
+    return report
 
 
 def _check_curve_out(out: Path, identity: dict[str, Any]) -> None:
@@ -410,14 +483,14 @@ def _curve_report(base: TrainConfig, names: Sequence[str], out: Path, pool: int,
     """The curve from every size's report in ``out`` (sizes run by earlier commands on this folder included)."""
     points, localization, models, machine = [], [], {}, describe_machine(_device())
     for path in out.glob("n*/report.json"):
-        size_report = _read_json(path)
+        size_report = _size_report(path)
         size = size_report["recipe"]["train_subset"]
         points.append(dict(size=size, pairs=[{k: p[k] for k in ("seed", "plain", "sc")} for p in size_report["pairs"]]))
         blocks = {k: v for k, v in size_report.get("metrics", {}).items() if k != "final_val_acc"}
         if blocks:
             localization.append(dict(size=size, metrics=blocks))
         models = {n: {k: e[k] for k in ("params", "macs")} for n, e in size_report["models"].items()}
-        machine = size_report["machine"]
+        machine = str(size_report.get("machine", machine))
     steps = base.epochs * (pool // base.batch_size)  # the training loop drops a last short batch
     return dict(kind=CURVE_KIND, data=base.data, names=list(names), models=models, recipe=_recipe(base.to_dict()),
                 train_images=pool, epochs=base.epochs, steps_per_run=steps, images_per_run=steps * base.batch_size,
