@@ -131,6 +131,57 @@ def test_chunks_are_cached_by_parameters_and_version(tmp_path: Path, monkeypatch
     assert spec.key() != key
 
 
+def _rewrite(path: Path, **arrays: np.ndarray) -> None:
+    """A chunk file whose arrays are replaced, keeping the rest of what it holds."""
+    with np.load(path, allow_pickle=False) as f:
+        kept = {k: f[k] for k in f.files}
+    with open(path, "wb") as out:
+        np.savez(out, **{**kept, **arrays})
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda p: p.write_bytes(p.read_bytes()[:300_000]), "cannot be read"),  # cut short
+    (lambda p: p.write_bytes(bytes(b ^ 0xFF if 2000 <= i < 2064 else b for i, b in enumerate(p.read_bytes()))), "cannot be read"),
+    (lambda p: _rewrite(p, labels=np.full(1000, 0.7)), "labels of float64 (1000,), not 1000 uint8 values 0 or 1"),
+    (lambda p: _rewrite(p, labels=np.full(1000, -1, dtype=np.int8)), "labels of int8"),
+    (lambda p: _rewrite(p, labels=np.full(1000, 1, dtype=np.uint8)), "its contents do not match its digest"),  # relabelled
+    (lambda p: _rewrite(p, images=np.zeros((1000, 16, 16), np.uint8)), "images of uint8 (1000, 16, 16), not uint8 (1000, 32, 32)"),
+    (lambda p: _rewrite(p, images=np.zeros((1000, 32, 32), np.float32)), "not a regular file of at most"),  # too large
+    (lambda p: (lambda kept: (p.unlink(), np.savez(open(p, "wb"), **kept)))(  # as written before chunks had a digest
+        {k: v for k, v in np.load(p).items() if k != "digest"}), "no 'digest' in it"),
+    (lambda p: (p.unlink(), p.mkdir()), "not a regular file"),
+])
+def test_a_damaged_chunk_is_made_again_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture, damage, problem: str) -> None:
+    """The cache is read back as untrusted input: a chunk is used only when its arrays are of the right type,
+    shape and values and match its digest; anything else is made again, and a note names the file."""
+    first = pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path, progress=False)
+    chunk = next((tmp_path / "pathfinder").rglob("chunk00000.npz"))
+    damage(chunk)
+    capsys.readouterr()
+    again = pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the images and labels the parameters make
+    note = capsys.readouterr().err
+    assert f"note: 1 cached Pathfinder chunk(s) are not what these parameters make and are made again (first: {chunk}: " in note
+    assert problem in note, note
+    if chunk.is_file():  # the remade chunk is trusted again
+        capsys.readouterr()
+        pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path, progress=False)
+        assert capsys.readouterr().err == ""
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_images_and_no_temporary_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    images, _ = pathfinder(50, 32, 6, seed=0, cache_dir=tmp_path, progress=False)
+    assert images.shape == (50, 1, 32, 32)
+    note = capsys.readouterr().err
+    assert "cannot write the Pathfinder cache file" in note and "chunk00000.npz (No space left on device)" in note
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no chunk, no .tmp left behind
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: pathfinder(10, size=48), "size must be one of 32, 64 px, got 48"),
     (lambda: pathfinder(10, contour_length=2), "contour_length must be an integer from 3 to 20"),

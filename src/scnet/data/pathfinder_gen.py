@@ -461,31 +461,58 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SCNET_DATA_CACHE") or Path.home() / ".cache" / "scnet" / "data")
 
 
-def _read_chunk(path: Path, spec: PathfinderSpec) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """A cached chunk, or None when it is missing or not what these parameters make (then it is made again)."""
+def _digest(spec: PathfinderSpec, images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the generator's parameters and a chunk's arrays: a cached chunk proves it is what these parameters
+    made, byte for byte (a flipped byte, a cut file or a relabelled one fails it), as a weight release's hash does."""
+    h = hashlib.sha256(spec.key().encode())
+    for array in (images, labels):
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def _chunk_problem(path: Path, spec: PathfinderSpec) -> tuple[Optional[tuple[np.ndarray, np.ndarray]], Optional[str]]:
+    """(images, labels) of a cached chunk and None, or None and what is wrong with it (None, None: no file)."""
+    if not path.exists():
+        return None, None
+    limit = 2 * CHUNK * (spec.size * spec.size + 8) + 65536  # the arrays, with room for the npz wrapping
+    if not path.is_file() or path.stat().st_size > limit:
+        return None, f"not a regular file of at most {limit:,} bytes"
     try:
         with np.load(path, allow_pickle=False) as f:
-            images, labels = f["images"], f["labels"]
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if images.shape != (CHUNK, spec.size, spec.size) or images.dtype != np.uint8 or labels.shape != (CHUNK,) or labels.max() > 1:
-        return None
-    return images, labels
+            absent = [k for k in ("images", "labels", "digest") if k not in f.files]
+            if absent:
+                return None, f"no {absent[0]!r} in it (written before chunks carried a digest, or not a chunk)"
+            images, labels, digest = f["images"], f["labels"], str(f["digest"])
+    except Exception as e:  # noqa: BLE001 - a damaged zip raises BadZipFile, zlib.error, EOFError, ValueError, ...
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+    if images.shape != (CHUNK, spec.size, spec.size) or images.dtype != np.uint8:
+        return None, f"images of {images.dtype} {images.shape}, not uint8 {(CHUNK, spec.size, spec.size)}"
+    if labels.shape != (CHUNK,) or labels.dtype != np.uint8 or not np.isin(labels, (0, 1)).all():
+        return None, f"labels of {labels.dtype} {labels.shape}, not {CHUNK} uint8 values 0 or 1"
+    if digest != _digest(spec, images, labels):
+        return None, "its contents do not match its digest"
+    return (images, labels), None
 
 
-def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _write_chunk(path: Path, spec: PathfinderSpec, images: np.ndarray, labels: np.ndarray) -> None:
     """Atomically: two processes making the same chunk (two runs of a study) each write whole files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=labels)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels, digest=np.array(_digest(spec, images, labels)))
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, say: the cache is an optimisation, the images are made
+        tmp.unlink(missing_ok=True)
+        print(f"note: cannot write the Pathfinder cache file {path} ({e.strerror or e}); the images are made but not kept",
+              file=sys.stderr)
 
 
 def _make_chunk(spec: PathfinderSpec, seed: int, chunk: int, path: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = _chunk_arrays(spec, seed, chunk)
     if path is not None:
-        _write_chunk(Path(path), images, labels)
+        _write_chunk(Path(path), spec, images, labels)
     return images, labels
 
 
@@ -510,7 +537,13 @@ def pathfinder(n: int, size: int = 32, contour_length: int = 14, seed: int = 0, 
     spec = pathfinder_spec(size, contour_length)
     folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "pathfinder" / spec.key() / f"seed{seed}"
     chunks = range(math.ceil(n / CHUNK))
-    found = {c: _read_chunk(folder / f"chunk{c:05d}.npz", spec) if cache else None for c in chunks}
+    read = {c: _chunk_problem(folder / f"chunk{c:05d}.npz", spec) if cache else (None, None) for c in chunks}
+    found = {c: arrays for c, (arrays, _) in read.items()}
+    damaged = {c: problem for c, (_, problem) in read.items() if problem is not None}
+    if damaged:
+        first = min(damaged)
+        print(f"note: {len(damaged)} cached Pathfinder chunk(s) are not what these parameters make and are made again "
+              f"(first: {folder / f'chunk{first:05d}.npz'}: {damaged[first]})", file=sys.stderr)
     missing = [c for c in chunks if found[c] is None]
     if missing:
         made = _make_chunks(spec, seed, missing, folder if cache else None, workers, progress)
