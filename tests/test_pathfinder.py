@@ -215,3 +215,67 @@ def test_scnet_train_on_pathfinder(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["final_val_acc"] <= 100 and (out / "checkpoint-last.pth").is_file()
     assert len(list((tmp_path / "cache" / "pathfinder").rglob("chunk00000.npz"))) == 2  # training (seed 0) and test (seed 1)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (field 4 of each /proc stat line)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _generating(tmp_path: Path) -> tuple["subprocess.Popen", list[int]]:
+    """``scnet train`` on a Pathfinder set it must generate, once its generator workers are running."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    train = subprocess.Popen([sys.executable, "-m", "scnet.cli", "train", "--data", "pathfinder32-9", "--data-dir", str(tmp_path),
+                              "--limit-train", "40000", "--limit-val", "1000", "--epochs", "1", "--out", str(tmp_path / "run")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_children(train.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = _children(train.pid)
+    assert len(workers) >= 2, "the generator's workers never started"
+    return train, workers
+
+
+def _gone(pids: list[int], seconds: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
+@pytest.mark.slow
+def test_no_generator_worker_outlives_a_killed_run(tmp_path: Path) -> None:
+    import signal
+
+    train, workers = _generating(tmp_path)
+    train.send_signal(signal.SIGKILL)
+    train.wait(timeout=30)
+    assert _gone(workers), "a generator worker was left running without its parent"
+
+
+@pytest.mark.slow
+def test_sigterm_during_generation_stops_with_the_usual_line(tmp_path: Path) -> None:
+    import signal
+
+    train, workers = _generating(tmp_path)
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=60)
+    assert train.returncode == 128 + signal.SIGTERM, err
+    assert "scnet train: stopped by SIGTERM while generating Pathfinder 32 px, length 9" in err and "run the same command again" in err
+    assert "Traceback" not in err and _gone(workers)
+    assert not list(tmp_path.rglob(".*.tmp"))  # no chunk half-written

@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .models.weights import WeightsUnavailableError
     from .train.peers import PeerFailed, one_line, process_rank
-    from .train.runner import TrainingStopped  # after parsing: --help needs no torch
+    from .errors import Stopped
 
     if args.command == "info" and args.input_size < 32:
         print(f"scnet: --input-size must be at least 32, got {args.input_size}", file=sys.stderr)
@@ -521,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e.strerror) else ""
         print(f"scnet {args.command}: error: {who}{e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except TrainingStopped as e:  # SIGTERM/SIGINT: a checkpoint was written, the message says how to go on
+    except Stopped as e:  # SIGTERM/SIGINT: what was kept (a checkpoint, a cache) and how to go on
         print(f"scnet {args.command}: {who}{e}", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:  # a bug, or an error of the machine: its traceback, then (with many processes) one line

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["SettingError", "flag", "keyword"]
+__all__ = ["SettingError", "Stopped", "flag", "keyword"]
 
 
 def keyword(name: str) -> str:
@@ -42,3 +42,15 @@ class SettingError(ValueError):
 
     def __reduce__(self):  # across processes (a study's workers) the settings stay settings
         return type(self), (self.template, *self.settings)
+
+
+class Stopped(Exception):
+    """A signal (SIGTERM, SIGINT) stopped long work at a safe point; the message says what was kept and how to go on.
+    The command line prints it in one line and exits with 128 + ``signum``, as a process ended by that signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    def __reduce__(self):  # across processes
+        return type(self), (self.signum, str(self))

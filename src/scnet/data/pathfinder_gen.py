@@ -27,6 +27,7 @@ named by the parameters and ``GENERATOR_VERSION`` (bump it whenever the output c
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,9 +35,11 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
+
+from ..errors import Stopped
 
 __all__ = ["CHUNK", "GENERATOR_VERSION", "LENGTHS", "SIZES", "PathfinderSpec", "Scenes", "ink_statistics", "linear_probe",
            "pathfinder", "pathfinder_scenes", "pathfinder_spec", "render", "segment_distance"]
@@ -555,7 +558,11 @@ def pathfinder(n: int, size: int = 32, contour_length: int = 14, seed: int = 0, 
 
 def _make_chunks(spec: PathfinderSpec, seed: int, chunks: list[int], folder: Optional[Path], workers: Optional[int],
                  progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Make ``chunks``, in a process pool when there are several (each chunk is independent of the others)."""
+    """Make ``chunks``, in a process pool when there are several (each chunk is independent of the others).
+
+    SIGTERM and SIGINT stop the work with ``Stopped`` (the chunks made so far stay cached), and the pool's workers
+    end with it; a worker also ends by itself when this process is gone, however it ended (SIGKILL included).
+    """
     from tqdm.auto import tqdm
 
     paths = [None if folder is None else str(folder / f"chunk{c:05d}.npz") for c in chunks]
@@ -563,24 +570,69 @@ def _make_chunks(spec: PathfinderSpec, seed: int, chunks: list[int], folder: Opt
     if sys.platform != "linux":  # fork is Linux's safe default; spawn would re-run a user's script without a main guard
         workers = 1
     desc = f"generating Pathfinder {spec.size} px, length {spec.contour_length} ({len(chunks) * CHUNK:,} images)"
-    bar = tqdm(total=len(chunks) * CHUNK, desc=desc, unit="img", disable=not progress or None, leave=False)
-    if workers <= 1:
-        results = []
-        for c, p in zip(chunks, paths):
-            results.append(_make_chunk(spec, seed, c, p))
-            bar.update(CHUNK)
-    else:
+    jobs = [(spec, seed, c, p) for c, p in zip(chunks, paths)]
+    with _stopped_by_signals(f"while {desc}"), tqdm(total=len(chunks) * CHUNK, desc=desc, unit="img",
+                                                      disable=not progress or None, leave=False) as bar:
+        if workers <= 1:
+            return [_made(bar, _make_chunk(*job)) for job in jobs]
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_make_chunk, spec, seed, c, p) for c, p in zip(chunks, paths)]
-            results = []
-            for f in futures:
-                results.append(f.result())
-                bar.update(CHUNK)
-    bar.close()
-    return results
+        # multiprocessing's Pool, not concurrent.futures': leaving its block terminates the workers at once.
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+            return [_made(bar, result) for result in pool.imap(_make_chunk_of, jobs)]
+
+
+def _made(bar, result: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    bar.update(CHUNK)
+    return result
+
+
+def _make_chunk_of(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return _make_chunk(*job)
+
+
+def _worker_start(parent: int) -> None:
+    """In each generator worker: the default signal actions (a forked worker inherits its parent's handlers, which
+    only take note of a signal), and a watch that ends the worker once its parent is gone."""
+    import signal
+    import threading
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="scnet-follow-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(what: str):
+    """While generating in the main thread: SIGTERM or SIGINT raises ``Stopped`` (a second one is not caught)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) or signal.SIG_DFL for sig in (signal.SIGTERM, signal.SIGINT)}  # None: set in C
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise Stopped(signum, f"stopped by {signal.Signals(signum).name} {what}; the chunks made so far are cached: "
+                              f"run the same command again to go on")
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def pathfinder_scenes(n: int, size: int = 32, contour_length: int = 14, seed: int = 0) -> tuple[Scenes, np.ndarray]:

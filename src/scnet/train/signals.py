@@ -8,15 +8,13 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from ..errors import Stopped
+
 __all__ = ["StopSignals", "TrainingStopped"]
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(Stopped):
     """A signal (SIGTERM, SIGINT) stopped the run after a checkpoint was written; ``--resume`` continues it."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 class StopSignals:
