@@ -1,6 +1,7 @@
 """The shipped configs: the paper's ImageNet recipe for SCNet-50/101, the v1d variants and their plain twins."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -174,3 +175,30 @@ def test_errors_name_keywords_for_the_library_and_flags_for_the_command_line(cap
     assert type(again) is ConfigError and again.worded(flag) == caught.value.worded(flag)
     assert main(["train", "--data", "synthetic", "--batch-size", "0"]) == 2
     assert "error: --batch-size must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: Path("/dev/zero"), "/dev/zero is not a regular file"),  # its size reads as 0: it would fill memory
+    (lambda tmp: (os.mkfifo(tmp / "pipe.yaml"), tmp / "pipe.yaml")[1], "pipe.yaml is not a regular file"),  # would wait forever
+    (lambda tmp: tmp, "is not a regular file"),
+])
+def test_a_base_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture, make, message: str) -> None:
+    import signal
+
+    base = make(tmp_path)
+    path = _yaml(tmp_path, f"base: {base}\nepochs: 1\n")
+    signal.alarm(30)  # a hang fails the test instead of the suite
+    try:
+        assert main(["train", "--config", str(path), "--data", "synthetic", "--out", str(tmp_path / "run")]) == 2
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_deeply_nested_yaml_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for depth in (5000, 40):  # past the reader's recursion, and past the bound
+        path = _yaml(tmp_path, "lr: " + "[" * depth + "]" * depth + "\n")
+        assert main(["train", "--config", str(path), "--data", "synthetic", "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "nests its values more than 32 levels deep" in err, err

@@ -136,3 +136,33 @@ def test_a_class_folder_kept_elsewhere_through_a_link_is_fine(tmp_path: Path) ->
     os.symlink(elsewhere, root / "train" / "dog")
     train, _, _ = build_datasets("imagefolder", str(root), image_size=32)
     assert len(train) == 6 and sorted(train.targets) == [0, 0, 0, 1, 1, 1]
+
+
+def test_float_images_are_read_as_intensities_in_zero_to_one(tmp_path: Path) -> None:
+    values = (np.arange(32 * 32, dtype=np.float32).reshape(32, 32) / (32 * 32 - 1))  # 0 .. 1
+    path = tmp_path / "float.tif"
+    Image.fromarray(values, mode="F").save(path)  # a 32-bit float TIFF (mode F)
+    expected = np.round(values.astype(np.float64) * 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(open_image(path, 1)), expected)  # not black: Pillow's own conversion gives 0 and 1
+    assert np.array_equal(np.asarray(open_image(path, 3))[..., 0], expected)  # training's and eval's reading
+    info = DataInfo("x", 2, 1, 32, (0.0,), (1.0,), ("a", "b"))
+    assert torch.allclose(load_image(path, info)[0], torch.from_numpy(expected).float() / 255)  # predict's
+    Image.fromarray(values * 255, mode="F").save(path)  # a float image in 0 .. 255: no stated range, refused
+    with pytest.raises(DataError, match=r"float.tif is a float image with values from 0 to 255, not intensities in \[0, 1\]"):
+        open_image(path, 1)
+
+
+def test_predict_refuses_a_fifo_among_its_images_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import signal
+
+    good = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(good)
+    fifo = tmp_path / "b.png"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    signal.alarm(60)
+    try:
+        assert main(["predict", "--model", "scnet_demo", str(good), str(fifo)]) == 2
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{fifo} is not a regular file" in err, err

@@ -417,7 +417,7 @@ def _add_compare_command(sub: Any) -> None:
 
 def _add_predict_command(sub: Any) -> None:
     pr = sub.add_parser("predict", help="top-k classes for image files")
-    pr.add_argument("images", nargs="+", help="image files (any mode: grayscale, RGB, RGBA, palette, 16-bit)")
+    pr.add_argument("images", nargs="+", help="image files (any mode: grayscale, RGB, RGBA, palette, 16-bit, float in [0, 1])")
     pr.add_argument("--checkpoint", help="a checkpoint written by scnet train (carries classes and preprocessing)")
     pr.add_argument("--model", help="registered model with ImageNet classes, when no --checkpoint")
     pr.add_argument("--pretrained", action="store_true", help="load the published weights for --model")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -45,11 +45,15 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
     """A PIL image of ``channels`` (1: 8-bit grayscale "L", 3: "RGB"), decoded within Pillow's pixel limit and, when
     it is to be resized to ``short_side``, refused before decoding if that would exceed MAX_RESIZED_PIXELS.
 
-    16-bit grayscale ("I;16*", and "I" holding 16-bit values) is scaled by 255/65535; alpha is dropped; palettes,
-    CMYK and the rest are converted by Pillow. Raises ``DataError`` with one line for every unreadable file.
+    16-bit grayscale ("I;16*", and "I" holding 16-bit values) is scaled by 255/65535; 32-bit float grayscale ("F")
+    is read as intensities in [0, 1] and scaled by 255 (a float image with values outside [0, 1] has no stated
+    range and is refused); alpha is dropped; palettes, CMYK and the rest are converted by Pillow. Only regular files
+    are opened (a FIFO would wait for a writer forever). Raises ``DataError`` with one line for every unreadable file.
     """
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_file():
+        raise ImageFileError(f"{path} is not a regular file (a folder, FIFO or device); refused before reading", "not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit is an error, not a warning
@@ -57,7 +61,7 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
                 if short_side is not None:
                     check_resized(img.size, short_side, path)
                 img.load()
-                img = _eight_bits(img)
+                img = _eight_bits(img, path)
                 return img.convert("L" if channels == 1 else "RGB")
     except ImageFileError:  # the size checks' own words
         raise
@@ -71,10 +75,18 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
         raise ImageFileError(f"cannot read {path} as an image ({reason})", reason) from None
 
 
-def _eight_bits(img):
-    """16- and 32-bit integer grayscale to 8 bits by scaling (values above 65535 clip), not by Pillow's clipping."""
+def _eight_bits(img, path: Union[str, Path, Any] = "the image"):
+    """16- and 32-bit integer grayscale to 8 bits by scaling (values above 65535 clip), float grayscale from [0, 1],
+    not by Pillow's clipping (which turns a [0, 1] float image black)."""
     from PIL import Image
 
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)  # (H, W)
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+            low, high = np.nanmin(arr), np.nanmax(arr)
+            reason = f"float image with values from {low:g} to {high:g}, not intensities in [0, 1]"
+            raise ImageFileError(f"{path} is a {reason}; scale it to [0, 1] (or save it as 8 or 16 bits)", reason)
+        return Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L")
     if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return img
     arr = np.asarray(img, dtype=np.float64)  # (H, W)

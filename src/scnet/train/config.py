@@ -245,35 +245,52 @@ def config_path(name: str) -> Path:
     raise ConfigError(f"no config file {name!r}, and no bundled recipe of that name; bundled: {', '.join(bundled_configs())}")
 
 
-def _expanded_nodes(node: Any, memo: dict[int, int]) -> int:
-    """How many values ``node`` holds once every alias is expanded, counted on the graph (linear time)."""
+MAX_YAML_DEPTH = 32  # a recipe is a mapping of values and short lists: two or three levels
+
+
+def _expanded_nodes(node: Any, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values ``node`` holds once every alias is expanded, counted on the graph (linear time); refuses
+    nesting deeper than MAX_YAML_DEPTH (a few thousand brackets would exhaust the recursion of any reader)."""
     import yaml
 
+    if depth > MAX_YAML_DEPTH:
+        raise _TooDeep()
     if id(node) in memo:
         return memo[id(node)]
     memo[id(node)] = 1  # a node that contains itself counts once (PyYAML refuses to construct it anyway)
     count = 1
     if isinstance(node, yaml.SequenceNode):
-        count += sum(_expanded_nodes(child, memo) for child in node.value)
+        count += sum(_expanded_nodes(child, memo, depth + 1) for child in node.value)
     elif isinstance(node, yaml.MappingNode):
-        count += sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+        count += sum(_expanded_nodes(k, memo, depth + 1) + _expanded_nodes(v, memo, depth + 1) for k, v in node.value)
     memo[id(node)] = count
     return count
 
 
+class _TooDeep(Exception):
+    pass
+
+
 def _read_yaml(path: Path) -> Any:
-    """The file's value, read within bounds: at most MAX_YAML_BYTES, at most MAX_YAML_NODES values after aliases."""
+    """The file's value, read within bounds: a regular file (a FIFO would wait forever, /dev/zero fill memory) of at
+    most MAX_YAML_BYTES, nested at most MAX_YAML_DEPTH deep, at most MAX_YAML_NODES values after aliases."""
     import yaml
 
     try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config file is at most {MAX_YAML_BYTES:,}")
-        text = path.read_text()
+        if not path.is_file():
+            raise ConfigError(f"{path} is not a regular file (a folder, FIFO or device); a config is a YAML file")
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise ConfigError(f"{path} is more than {MAX_YAML_BYTES:,} bytes; a config file is at most {MAX_YAML_BYTES:,}")
+        text = raw.decode("utf-8-sig")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None and _expanded_nodes(node, {}) > MAX_YAML_NODES:
             raise ConfigError(f"{path} holds more than {MAX_YAML_NODES:,} values once its aliases (&, *) are expanded; "
                               f"a config file is a few options")
         return yaml.safe_load(text)
+    except (RecursionError, _TooDeep):
+        raise ConfigError(f"{path} nests its values more than {MAX_YAML_DEPTH} levels deep; a config file is a few options") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read config {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
