@@ -72,3 +72,31 @@ def test_bare_weights_of_a_one_channel_model_export_with_their_normalisation(tmp
     capsys.readouterr()
     assert main([*base, "--mean", "0.3", "0.2", "--out", str(tmp_path / "bad")]) == 2
     assert "--mean needs one value per input channel (1), got 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_classes=10 ** 9), "config.json describes fc.weight as (1000000000, "),  # once: 3 TB asked for
+    (dict(num_classes=2_000_000), "config.json describes fc.weight as (2000000, "),  # once: 6.1 GB for a 2-class model
+    (dict(num_classes=1e9), "num_classes must be a positive integer, got 1000000000.0"),
+    (dict(num_classes=True), "num_classes must be a positive integer, got True"),
+    (dict(model_args=dict(in_chans=1, stem_type="small", no_such_option=3)), "model_args are not arguments of scnet_demo"),
+    (dict(model_args=dict(in_chans=3, stem_type="small")), "config.json describes"),  # the weights are for one channel
+    (dict(pretrained_cfg="imagenet"), "config.json's pretrained_cfg must be an object of names and values, got str imagenet"),
+    (dict(label_names="cat"), "label_names must be a list of names"),
+])
+def test_a_hub_config_that_does_not_describe_its_weights_is_refused_before_building(trained: Path, tmp_path: Path, change: dict,
+                                                                                      message: str) -> None:
+    import resource
+
+    folder = tmp_path / "hub"
+    assert main(["export", "--checkpoint", str(trained / "checkpoint-best.pth"), "--format", "hf", "--out", str(folder)]) == 0
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    used = next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (used + (4 << 30), hard))  # gigabytes more would fail here, not in the machine
+    try:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            scnet.create_model(f"local-dir:{folder}")
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -261,10 +261,43 @@ def read_hub_config(ref: str) -> tuple[dict[str, Any], Path]:
             raise ValueError(f"{ref}: {folder} has config.json but no model.safetensors")
     else:
         raise ValueError(f"{ref!r} is not a Hub reference: write local-dir:PATH or hf-hub:ORG/NAME")
+    if config_path.stat().st_size > MAX_HUB_CONFIG_BYTES:
+        raise ValueError(f"{ref}: config.json is {config_path.stat().st_size:,} bytes; a model's config is a few kilobytes")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ref}: config.json is not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{ref}: config.json is not valid JSON ({str(e)[:120]})") from e
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise ValueError(f"{ref}: config.json names no architecture")
+    _check_hub_fields(ref, config)
     return config, weights_path
+
+
+MAX_HUB_CONFIG_BYTES = 1 << 20
+
+
+def _check_hub_fields(ref: str, config: dict[str, Any]) -> None:
+    """The types of the fields a model is built from, named when wrong (their sizes are checked against the
+    weights file's header: ``hub_shapes``)."""
+    classes = config.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"{ref}: config.json's num_classes must be a positive integer, got {str(classes)[:40]}")
+    for key in ("model_args", "pretrained_cfg"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise ValueError(f"{ref}: config.json's {key} must be an object of names and values, got "
+                             f"{type(config[key]).__name__} {str(config[key])[:40]}")
+    labels = config.get("label_names", (config.get("pretrained_cfg") or {}).get("label_names"))
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(n, str) for n in labels)):
+        raise ValueError(f"{ref}: config.json's label_names must be a list of names")
+
+
+def tensor_shapes(path: Union[str, Path]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors file's header, nothing else read: what a file holds, known before
+    anything is built for it or allocated."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a damaged header: say which file
+        raise ValueError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from e

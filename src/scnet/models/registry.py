@@ -77,6 +77,7 @@ def _from_hub(ref: str, kwargs: dict[str, Any]) -> nn.Module:
     saved = dict(config.get("model_args") or {})
     if config.get("num_classes") is not None:
         saved["num_classes"] = config["num_classes"]
+    _check_hub_shapes(ref, arch, saved, weights)
     model = get_model_builder(arch)(pretrained=False, **{**saved, **kwargs})
     load_weights(model, read_checkpoint(weights)["model"], ref)
     cfg = dict(config.get("pretrained_cfg") or {})
@@ -87,6 +88,31 @@ def _from_hub(ref: str, kwargs: dict[str, Any]) -> nn.Module:
             cfg[key] = tuple(cfg[key])
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **cfg, "source": ref.partition(":")[0], "file": ref}
     return model
+
+
+def _check_hub_shapes(ref: str, arch: str, saved: dict[str, Any], weights: Any) -> None:
+    """Refuse a Hub folder whose config.json does not describe its weights, before anything is allocated: the model
+    its config describes is built on the meta device (no memory) and each tensor's shape compared with the weights
+    file's header (a config saying 10^9 classes for 2-class weights once asked for terabytes)."""
+    import torch
+
+    from ..files import tensor_shapes
+
+    try:
+        with torch.device("meta"):
+            described = get_model_builder(arch)(pretrained=False, **saved)
+    except TypeError as e:  # an argument the builder does not take
+        raise ValueError(f"{ref}: config.json's model_args are not arguments of {arch} ({e})") from None
+    held = tensor_shapes(weights)
+    for key, tensor in described.state_dict().items():
+        if key in held and tuple(tensor.shape) != held[key]:
+            raise ValueError(f"{ref}: config.json describes {key} as {tuple(tensor.shape)}, but model.safetensors holds "
+                             f"{held[key]} (num_classes {saved.get('num_classes')}, model_args "
+                             f"{_config_args(saved)}): the config is not this file's")
+
+
+def _config_args(saved: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in saved.items() if k != "num_classes") or "none"
 
 
 def create_any_model(name: str, **kwargs: Any) -> nn.Module:
