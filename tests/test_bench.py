@@ -20,7 +20,7 @@ def test_grid_and_bad_arguments() -> None:
         ("scnet_demo", "deploy", 1), ("scnet_demo", "deploy", 4)]  # deploy does not apply to the baseline
     with pytest.raises(ValueError, match="unknown mode 'fast'"):
         grid(["scnet50"], ["fast"], [1], [224])
-    with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch size must be an integer from 1 to 4,096, got 0"):
         grid(["scnet50"], ["eager"], [0], [224])
     with pytest.raises(ValueError, match="repeats and warmup"):
         run_bench(cases, Rounds(repeats=0))
@@ -242,3 +242,31 @@ def test_engine_profiles_are_attributed_to_the_networks_parts() -> None:
     assert [op_kind(op) for _, op, _ in kernels[3:]] == ["quantize / dequantize", "reorders, other", "reorders, other",
                                                          "convolutions and classifier"]
     assert op_kind("Interpolate") == op_kind("Resize") and op_kind("Subgraph") == op_kind("QLinearMul")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "100000"], "every resolution must be an integer from 1 to 4,096, got 100000"),  # 120 GB of input
+    (["--batch-sizes", "100000"], "every batch size must be an integer from 1 to 4,096, got 100000"),  # 60 GB
+    (["--settle", "-1"], "settle >= 0"),
+])
+def test_bench_options_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    assert main(["bench", "--models", "scnet_demo", "--no-memory", "--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--threads", "-1"], "argument --threads: must be from 1 to 4,096, got -1"),
+    (["erf", "--input-size", "100000"], "argument --input-size: must be from 8 to 4,096, got 100,000"),
+    (["erf", "--num-samples", "0"], "argument --num-samples: must be from 1 to 100,000, got 0"),
+    (["erf", "--inits", "-2"], "argument --inits: must be from 1 to 1,000, got -2"),
+    (["export", "--model", "scnet_demo", "--num-classes", "1000000000"], "argument --num-classes: must be from 1 to 1,000,000"),
+    (["export", "--model", "scnet_demo", "--check-sizes", "100000x100000"], "each side must be from 1 to 4,096, got 100000x100000"),
+    (["export", "--model", "scnet_demo", "--rtol", "nan"], "argument --rtol: must be a positive finite number, got nan"),
+    (["cam", "x.png", "--class", "-1"], "argument --class: must be from 0 to 1,000,000, got -1"),
+])
+def test_every_commands_numbers_are_bounded(capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and "Traceback" not in err, err

@@ -26,8 +26,9 @@ def test_info_markdown_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert lines[0].startswith("| model | params") and lines[2].startswith("| scnet101 | 44,565,416 |")
     assert main(["info", "--models", "nothing*"]) == 2
     assert "no model matches 'nothing*'" in capsys.readouterr().err
-    assert main(["info", "--input-size", "8"]) == 2
-    assert "--input-size must be at least 32, got 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # argparse's one-line error, after the usage line
+        main(["info", "--input-size", "8"])
+    assert done.value.code == 2 and "argument --input-size: must be from 32 to 4,096, got 8" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point() -> None:

@@ -32,11 +32,41 @@ def _worded(error: BaseException) -> str:
     return error.worded(as_flag) if isinstance(error, SettingError) else str(error)
 
 
+MAX_SIDE = 4096  # image sides and batches far beyond any use on one machine: past them, allocations of gigabytes
+
+
+def _int_in(low: int, high: int) -> Any:
+    """An argparse type: an integer from ``low`` to ``high`` (argparse names the flag in its one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, got {value:,}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW such as 97x130, got {text!r}") from None
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"each side must be from 1 to {MAX_SIDE:,}, got {text}")
     return h, w
 
 
@@ -137,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .bench import Rounds, grid, kernel_breakdown, run_bench, write_breakdown, write_report
 
-    if args.threads:
+    if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
@@ -331,7 +361,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _add_info_command(sub: Any) -> None:
     info = sub.add_parser("info", help="parameters, multiply-adds and published accuracy per model")
     info.add_argument("--models", default="*", help="shell-style pattern of model names (default: all)")
-    info.add_argument("--input-size", type=int, default=224, help="square input side for the MAC count (default 224)")
+    info.add_argument("--input-size", type=_int_in(32, MAX_SIDE), default=224, help="square input side for the MAC count (default 224)")
     info.add_argument("--format", choices=("table", "markdown", "json"), default="markdown")
     info.set_defaults(func=_info)
 
@@ -346,15 +376,15 @@ def _add_export_command(sub: Any) -> None:
     exp.add_argument("--format", choices=("onnx", "torchscript", "safetensors", "hf"), default="onnx",
                      help="hf: a folder in timm's Hugging Face Hub layout (config.json + model.safetensors)")
     exp.add_argument("--out", required=True, help="output file (a folder for --format hf)")
-    exp.add_argument("--num-classes", type=int, help="classifier size (default: the model's 1000)")
-    exp.add_argument("--in-chans", type=int, help="input channels (default 3)")
+    exp.add_argument("--num-classes", type=_int_in(1, 1_000_000), help="classifier size (default: the model's 1000)")
+    exp.add_argument("--in-chans", type=_int_in(1, 64), help="input channels (default 3)")
     exp.add_argument("--stem-type", choices=STEM_TYPES, help="override the model's stem")
     exp.add_argument("--mean", type=float, nargs="+", help="the inputs' per-channel mean to record (default: the "
                      "checkpoint's, else the model's; bare weights of a 1-channel model get the mean of ImageNet's)")
     exp.add_argument("--std", type=float, nargs="+", help="the inputs' per-channel standard deviation to record (as --mean)")
     exp.add_argument("--check-sizes", type=_size, nargs="+", default=[(97, 130), (193, 257), (224, 224)],
                      help="HxW sizes at which onnxruntime is compared with PyTorch (default 97x130 193x257 224x224)")
-    exp.add_argument("--rtol", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
+    exp.add_argument("--rtol", type=_positive_float, default=1e-4, help="largest accepted relative error (default 1e-4)")
     exp.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     exp.add_argument("--int8", action="store_true", help="int8 ONNX (ONNX Runtime static quantization), calibrated on the "
                      "first --calibration-images of the model's training data or --calibration-data")
@@ -386,7 +416,7 @@ def _add_bench_command(sub: Any) -> None:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (one process per case on CPU)")
     bench.add_argument("--keep-freed-memory", action="store_true",
                        help="let glibc keep freed memory for reuse while timing, as scnet train does on a CPU (every case alike)")
-    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--threads", type=_int_in(1, 4096), help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--out", default="runs/bench", help="report folder (default runs/bench)")
     bench.set_defaults(func=_bench)
 
@@ -437,7 +467,7 @@ def _add_cam_command(sub: Any) -> None:
     cam.add_argument("--baseline", help="the model to compare with, e.g. scnet50_plain or resnet50")
     cam.add_argument("--baseline-checkpoint", help="the baseline's training checkpoint, or weights for --baseline")
     cam.add_argument("--layer", help="submodule whose maps are weighted (default: the last stage, layer4)")
-    cam.add_argument("--class", dest="class_index", type=int, help="explain this class index (default: each image's prediction)")
+    cam.add_argument("--class", dest="class_index", type=_int_in(0, 1_000_000), help="explain this class index (default: each image's prediction)")
     cam.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
     cam.set_defaults(func=_cam)
 
@@ -450,11 +480,11 @@ def _add_erf_command(sub: Any) -> None:
     erf.add_argument("--baseline-checkpoint", help="the baseline's training checkpoint, or weights for --baseline")
     erf.add_argument("--data", help="average over this dataset's validation images (default: standard-normal noise)")
     erf.add_argument("--data-dir", help="dataset folder")
-    erf.add_argument("--num-samples", type=int, default=64, help="images to average over (default 64)")
-    erf.add_argument("--input-size", type=int, help="square input side (default: the dataset's or the model's); images are resized")
+    erf.add_argument("--num-samples", type=_int_in(1, 100_000), default=64, help="images to average over (default 64)")
+    erf.add_argument("--input-size", type=_int_in(8, MAX_SIDE), help="square input side (default: the dataset's or the model's); images are resized")
     erf.add_argument("--stages", nargs="+", help="submodules to measure (default: layer1 .. layer4)")
-    erf.add_argument("--seed", type=int, default=0, help="seed of the noise and of the initial weights of models built by name (default 0)")
-    erf.add_argument("--inits", type=int, default=1, help="average models built by name over this many initialisations (default 1)")
+    erf.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, help="seed of the noise and of the initial weights of models built by name (default 0)")
+    erf.add_argument("--inits", type=_int_in(1, 1000), default=1, help="average models built by name over this many initialisations (default 1)")
     erf.add_argument("--device", default="cpu")
     erf.add_argument("--out", default="runs/erf", help="output folder (default runs/erf)")
     erf.set_defaults(func=_erf)
@@ -494,13 +524,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train.peers import PeerFailed, one_line, process_rank
     from .errors import Stopped
 
-    if args.command == "info" and args.input_size < 32:
-        print(f"scnet: --input-size must be at least 32, got {args.input_size}", file=sys.stderr)
-        return 2
-    if args.command == "erf" and (args.num_samples < 1 or (args.input_size is not None and args.input_size < 8)):
-        print(f"scnet erf: error: --num-samples must be >= 1 and --input-size >= 8, got {args.num_samples} and {args.input_size}",
-              file=sys.stderr)
-        return 2
     if args.debug:
         return args.func(args)
     rank = process_rank()

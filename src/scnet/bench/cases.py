@@ -177,16 +177,21 @@ def make_inputs(batch: int, size: int, channels_last: bool, device: torch.device
             torch.randint(0, 1000, (batch,), generator=gen).to(device))
 
 
+# Far beyond any measurement worth making on one machine; past them the input tensor alone takes gigabytes (a side of
+# 100,000 px asked for 120 GB) and the failure would be the allocator's traceback, not a sentence.
+MAX_BENCH_BATCH, MAX_BENCH_SIDE = 4096, 4096
+
+
 def grid(models: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int], sizes: Sequence[int],
          baseline: Optional[str] = "resnet50") -> list[BenchCase]:
     """Every (model, mode, batch, size), the baseline first; "deploy" does not apply to the baseline."""
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {tuple(MODES)}")
-    for values, what in ((batch_sizes, "batch size"), (sizes, "resolution")):
-        bad = [v for v in values if v < 1]
+    for values, what, limit in ((batch_sizes, "batch size", MAX_BENCH_BATCH), (sizes, "resolution", MAX_BENCH_SIDE)):
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit]
         if bad:
-            raise ValueError(f"every {what} must be >= 1, got {bad[0]}")
+            raise ValueError(f"every {what} must be an integer from 1 to {limit:,}, got {bad[0]}")
     names = list(dict.fromkeys([*([baseline] if baseline else []), *models]))
     return [BenchCase(n, m, b, s) for n in names for m in modes if not (m.startswith("deploy") and n == baseline)
             for s in sizes for b in batch_sizes]
