@@ -166,3 +166,14 @@ def test_predict_refuses_a_fifo_among_its_images_at_once(tmp_path: Path, capsys:
         signal.alarm(0)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{fifo} is not a regular file" in err, err
+
+
+def test_a_limit_on_an_image_folder_draws_every_class(tmp_path: Path) -> None:
+    """An ImageFolder lists its files sorted by class: its first N would all be cats, and a model trained on them
+    answers "cat" always. A limit draws each class's share instead, the same draw every time."""
+    root = _folder(tmp_path / "data")
+    train, val, _ = build_datasets("imagefolder", str(root), limit_train=2, limit_val=4, image_size=32)
+    labels = [train.dataset.targets[i] for i in train.indices]
+    assert sorted(labels) == [0, 1] and sorted(val.dataset.targets[i] for i in val.indices) == [0, 0, 1, 1]
+    again, _, _ = build_datasets("imagefolder", str(root), limit_train=2, limit_val=4, image_size=32)
+    assert list(again.indices) == list(train.indices)

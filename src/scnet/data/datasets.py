@@ -444,7 +444,8 @@ def build_datasets(
     name: str, data_dir: Optional[str] = None, limit_train: Optional[int] = None, limit_val: Optional[int] = None,
     image_size: int = 224, download: bool = False, seed: int = 0, bad_images: str = "error",
 ) -> tuple[Dataset, Dataset, DataInfo]:
-    """(train, val, info) for a dataset name; ``limit_*`` keep the first N samples (deterministic).
+    """(train, val, info) for a dataset name; ``limit_*`` keep N samples (deterministic: the first N of the
+    in-memory sets, a stratified draw of an ImageFolder's, whose files are sorted by class).
 
     ``bad_images`` (ImageFolder): "error" stops at the first file PIL cannot decode, naming it; "skip" leaves
     every such file out and counts them in ``info.skipped_images``. ``pathfinder{size}-{length}`` (e.g.
@@ -488,7 +489,12 @@ def _check_limits(limit_train: Optional[int], limit_val: Optional[int]) -> None:
 
 
 def _head(dataset: Dataset, limit: Optional[int]) -> Dataset:
-    """The first ``limit`` samples: a view of in-memory tensors (the fast batch path keeps working), else a Subset."""
+    """``limit`` samples: of the in-memory sets, whose order is already random (shuffled or generated), the first
+    ones (a view: the fast batch path keeps working, and a generated set is made only that far); of a folder, whose
+    files are sorted by class, a fixed stratified draw (``nested_subset`` with seed 0), since its first files would
+    all be of one class."""
+    from .subsets import nested_subset
+
     if limit is None or limit >= len(dataset):
         return dataset
-    return dataset.head(limit) if isinstance(dataset, TensorImages) else Subset(dataset, range(limit))
+    return dataset.head(limit) if isinstance(dataset, TensorImages) else nested_subset(dataset, limit, seed=0)

@@ -121,8 +121,9 @@ class TrainConfig:
                                   "compiler on CPU)")
     workers: int = option(0, "data-loading processes (default {default})")
     seed: int = option(0, "default {default}")
-    limit_train: Optional[int] = option(None, "use only the first N training images")
-    limit_val: Optional[int] = option(None, "use only the first N validation images")
+    limit_train: Optional[int] = option(None, "use only N training images: the first N, or of an imagefolder (sorted by "
+                                              "class) a fixed draw with each class its share")
+    limit_val: Optional[int] = option(None, "use only N validation images (as --limit-train)")
     train_subset: Optional[int] = option(None, "train on N images drawn from the training set (after --limit-train) at "
                                                "random, each class its share, seeded by --seed, a smaller N's images inside "
                                                "a larger one's; an epoch stays as long as the whole set, so the steps and "
