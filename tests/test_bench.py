@@ -270,3 +270,9 @@ def test_every_commands_numbers_are_bounded(capsys: pytest.CaptureFixture, args:
         main(args)
     err = capsys.readouterr().err
     assert done.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_eval_numbers_are_bounded(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--checkpoint", "x.pth", "--workers", "-3"])
+    assert done.value.code == 2 and "argument --workers: must be from 0 to 256, got -3" in capsys.readouterr().err

@@ -129,6 +129,8 @@ def test_messages_show_a_bounded_value() -> None:
     ("1: x\n", "key 1 in .* is not a name"),
     ("base: c.yaml\nepochs: 2\n", "c.yaml is its own base"),
     ("base: 3\n", "base in .* must name a YAML file, got 3"),
+    ("schedule: step\nlr_milestones: [60, 30]\nepochs: 90\n", re.escape("lr_milestones must ascend, each epoch once, got [60, 30]")),
+    ("epochs: 2\nwarmup_epochs: 5\n", "warmup_epochs 5 is longer than the run's 2 epochs"),
 ])
 def test_yaml_values_are_typed(tmp_path, text: str, message: str) -> None:
     from scnet.train.config import ConfigError, load_yaml, merge_config

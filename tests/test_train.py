@@ -379,3 +379,12 @@ def test_predict_and_eval_give_one_image_the_same_logits(tmp_path: Path) -> None
         assert torch.equal(from_eval, from_predict)
         with torch.no_grad():
             assert torch.equal(model(from_eval[None]), model(from_predict[None]))
+
+
+def test_more_micro_batches_than_images_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from scnet.cli import main
+
+    assert main(["train", "--data", "synthetic", "--batch-size", "8", "--accum-steps", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--accum-steps 16 splits each process's 8 images of a batch into more micro-batches" in err, err

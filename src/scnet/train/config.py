@@ -164,6 +164,11 @@ class TrainConfig:
                 raise ConfigError(f"{{lr_milestones}} must be a list of epochs, got {self.lr_milestones!r}", "lr_milestones")
             for m in self.lr_milestones:
                 _number("lr_milestones", m, low=1, integer=True)
+            if self.lr_milestones != sorted(set(self.lr_milestones)):
+                raise ConfigError(f"{{lr_milestones}} must ascend, each epoch once, got {self.lr_milestones}", "lr_milestones")
+        if self.epochs is not None and self.warmup_epochs > self.epochs:
+            raise ConfigError(f"{{warmup_epochs}} {self.warmup_epochs:g} is longer than the run's {self.epochs} {{epochs}}: the "
+                              f"learning rate would never reach its peak", "warmup_epochs", "epochs")
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)

@@ -400,6 +400,9 @@ def _build_training(run: Run) -> None:
         raise ConfigError(f"{{batch_size}} {cfg.batch_size} is larger than the {len(run.train_set)} training images; "
                           f"use at most {len(run.train_set)}", "batch_size")
     run.model, run.loaders = model, _loaders(cfg, run.train_set, run.val_set, run.rank, run.world, run.epoch_length)
+    if cfg.accum_steps > cfg.batch_size // run.world:  # a micro-batch of less than one image per process
+        raise ConfigError(f"{{accum_steps}} {cfg.accum_steps} splits each process's {cfg.batch_size // run.world} images of a batch "
+                          f"into more micro-batches than images; use at most {cfg.batch_size // run.world}", "accum_steps")
     steps = cfg.epochs * run.steps_per_epoch
     if steps < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
         run.log(f"note: {steps} optimiser steps in all, too few to learn much; a smaller --batch-size "
