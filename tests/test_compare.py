@@ -409,3 +409,14 @@ def test_a_record_that_is_not_a_regular_file_is_not_read(tmp_path: Path, monkeyp
     study.unlink()
     os.mkfifo(study)
     assert _compare(out, "--seeds", "0") == 0  # not read: the study's identity is checked on its runs' records
+
+
+def test_a_study_run_again_with_fewer_seeds_says_what_it_leaves_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s"
+    _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0", "1", "2") == 0
+    calls = _planned(monkeypatch, lambda seed: 0.2)
+    assert _compare(out, "--seeds", "0") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert not calls and report["seeds"] == [0] and report["other_seeds"] == [1, 2]
+    assert "also holds the finished pairs of seed(s) 1, 2, which this report leaves out" in (out / "report.md").read_text()

@@ -152,3 +152,15 @@ def test_bench_times_openvino_beside_onnx_runtime() -> None:
                        show_progress=False, memory=False)
     assert [r["mode"] for r in report["results"]] == ["onnx", "openvino", "openvino_int8"]
     assert all(r["error"] is None and r["images_per_s"] > 0 for r in report["results"])
+
+
+def test_a_missing_engine_package_is_named_before_any_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import scnet
+    from scnet.engines import EngineModel
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else found(name, *a))
+    with pytest.raises(ImportError, match="engine openvino needs the openvino package: pip install openvino"):
+        EngineModel(scnet.create_model("scnet_demo").eval(), "openvino")

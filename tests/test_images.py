@@ -177,3 +177,20 @@ def test_a_limit_on_an_image_folder_draws_every_class(tmp_path: Path) -> None:
     assert sorted(labels) == [0, 1] and sorted(val.dataset.targets[i] for i in val.indices) == [0, 0, 1, 1]
     again, _, _ = build_datasets("imagefolder", str(root), limit_train=2, limit_val=4, image_size=32)
     assert list(again.indices) == list(train.indices)
+
+
+def test_an_image_folder_of_one_class_or_many_empty_ones_is_one_short_line(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    for split in ("train", "val"):
+        for f in (root / split / "dog").iterdir():
+            f.unlink()
+        (root / split / "dog").rmdir()
+    with pytest.raises(DataError, match="train has one class folder \\(cat\\); a classifier needs two or more"):
+        build_datasets("imagefolder", str(root), image_size=32)
+    empty = tmp_path / "empty"
+    for split in ("train", "val"):
+        for i in range(2000):
+            (empty / split / f"class{i:05d}").mkdir(parents=True)
+    with pytest.raises(DataError) as refused:
+        build_datasets("imagefolder", str(empty), image_size=32)
+    assert len(str(refused.value)) < 500 and str(refused.value).endswith(" ...")

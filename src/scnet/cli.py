@@ -392,7 +392,8 @@ def _add_export_command(sub: Any) -> None:
                      help="--int8: what stays in float: nothing (default), the calibration gate's sigmoid and product, or all but the convolutions")
     exp.add_argument("--calibration-data", help="--int8: dataset name to calibrate on (default: the checkpoint's own)")
     exp.add_argument("--data-dir", help="--int8: that dataset's folder")
-    exp.add_argument("--calibration-images", type=int, default=512, help="--int8: how many images calibrate (default 512)")
+    exp.add_argument("--calibration-images", type=_int_in(1, 100_000), default=512,
+                     help="--int8: how many images calibrate (default 512)")
     exp.set_defaults(func=_export)
 
 

@@ -134,6 +134,14 @@ class EngineMismatch(RuntimeError):
     """An engine's outputs for the first batch are not eager PyTorch's (beyond float rounding)."""
 
 
+def _check_installed(engine: str) -> None:
+    """An ONNX engine's package, checked before seconds of export are spent for it."""
+    import importlib.util
+
+    if engine in ONNX_ENGINES and importlib.util.find_spec(engine) is None:  # each is named as its package
+        raise ImportError(f"engine {engine} needs the {engine} package: pip install {engine}")
+
+
 class EngineModel(nn.Module):
     """``model`` run by ``engine``: built on the first batch (an ONNX export needs a channel count and a size), whose
     outputs are compared with eager PyTorch's before any is returned; ``EngineMismatch`` if they differ by more than
@@ -148,6 +156,7 @@ class EngineModel(nn.Module):
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         if model.training:
             raise ValueError("an engine runs a model in eval mode (its norms' running statistics); call model.eval() first")
+        _check_installed(engine)
         self.reference = model
         self.engine, self.threads, self.rtol = engine, threads, rtol
         self._run: Optional[Callable[[torch.Tensor], torch.Tensor]] = None

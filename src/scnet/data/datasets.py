@@ -350,9 +350,12 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
     try:
         train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
     except (FileNotFoundError, RuntimeError, OSError) as e:
-        raise DataError(f"cannot read the image folders under {data_dir}: {e}") from e
+        said = str(e) if len(str(e)) <= 300 else str(e)[:300] + " ..."  # torchvision lists every empty class folder
+        raise DataError(f"cannot read the image folders under {data_dir}: {said}") from e
     if train.classes != val.classes:
         raise DataError(f"train and val class folders differ under {data_dir}")
+    if len(train.classes) < 2:  # every answer would be right: a run would report 100 % and learn nothing
+        raise DataError(f"{data_dir / 'train'} has one class folder ({train.classes[0]}); a classifier needs two or more")
     for ds in (train, val):
         _check_links(ds, data_dir)
     skipped = sum(_screen_images(ds, bad_images, described.resize_side) for ds in (train, val))

@@ -355,6 +355,7 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
         tally(report, names)
         seed = next_seed(seeds, report["seeds"], [p["diff"] for p in report["pairs"]], until_resolved, max_seeds)
         report["status"] = "running" if seed is not None else "done"
+        report["other_seeds"] = _other_finished_seeds(names, report["seeds"], out)
         write_report(out, report)
     pictured = _first_with_weights(names, report["seeds"], out)
     if plan.erf_samples and pictured is not None:
@@ -364,6 +365,12 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
         report["cams"] = _cam_page(base, names, pictured, out)
         write_report(out, report)
     return report
+
+
+def _other_finished_seeds(names: Sequence[str], seeds: Sequence[int], out: Path) -> list[int]:
+    """Seeds whose pair the folder holds finished but this report leaves out (a study run again with fewer seeds)."""
+    found = {int(p.name.rpartition("-seed")[2]) for p in out.glob(f"{names[1]}-seed*") if p.name.rpartition("-seed")[2].isdigit()}
+    return sorted(s for s in found - set(seeds) if all((out / _run_name(n, s) / DONE).is_file() for n in names))
 
 
 def _first_with_weights(names: Sequence[str], seeds: Sequence[int], out: Path) -> Optional[int]:

@@ -41,6 +41,9 @@ def _markdown(report: dict[str, Any]) -> str:
               f"Recipe: {', '.join(f'{k}={v}' for k, v in shown.items())}.", ""]
     lines += _model_table(report) + [""] + _pair_table(report) + [""]
     lines += [describe_difference(report), ""] + _stopping_lines(report)
+    if report.get("other_seeds"):
+        lines += [f"This folder also holds the finished pairs of seed(s) {', '.join(map(str, report['other_seeds']))}, which this "
+                  f"report leaves out: name them in --seeds to include them.", ""]
     lines += ["![per-seed accuracy, paired differences and validation curves](report.png)", ""]
     lines += _localization_lines(report)
     if "erf" in report:
