@@ -420,3 +420,32 @@ def test_a_study_run_again_with_fewer_seeds_says_what_it_leaves_out(tmp_path: Pa
     report = json.loads((out / "report.json").read_text())
     assert not calls and report["seeds"] == [0] and report["other_seeds"] == [1, 2]
     assert "also holds the finished pairs of seed(s) 1, 2, which this report leaves out" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_study_stops_both_runs_with_the_usual_line(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from scnet.data import FASHION_MNIST_SYSTEM_DIR
+
+    if not Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    out = tmp_path / "study"
+    runs = [out / f"{m}-seed0" / "checkpoint-last.pth" for m in (PLAIN, SC)]
+    args = [sys.executable, "-m", "scnet", "compare", "--models", SC, "--seeds", "0", "--jobs", "2", "--data", "fashion_mnist",
+            "--limit-train", "4096", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
+            "--out", str(out)]
+    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() for p in runs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [p for p in _children(study.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) == 2
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "run the same scnet compare command again" in err, err
+    assert "resource_tracker" not in err and "Traceback" not in err
+    assert not any(Path(f"/proc/{p}").exists() for p in workers)

@@ -7,11 +7,12 @@ effective receptive fields of the first pair and, when the test set has object b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -268,7 +269,34 @@ def _run_pair(cfgs: Sequence[TrainConfig], show_progress: bool, jobs: int, keep_
     print(f"training {', '.join(c.model for c in cfgs)} (seed {cfgs[0].seed}) at once, {threads} thread(s) each")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run_alone, cfg.to_dict(), threads, os.getpid(), keep_memory) for cfg in cfgs]
-        return [f.result() for f in futures]
+        with _sigterm_passed_to(pool):
+            return [f.result() for f in futures]
+
+
+@contextlib.contextmanager
+def _sigterm_passed_to(pool: Any) -> Iterator[None]:
+    """While a pair trains in ``pool``'s workers, SIGTERM to the study is passed on to them: each checkpoints at its
+    next step and raises ``TrainingStopped``, which the study reports in one line (without this, the study died at
+    once and only its workers' watch of their parent stopped them). SIGINT needs no passing: a terminal sends it
+    to every process of the group, and a second one would end a worker before its checkpoint."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def pass_on(signum: int, frame: Any) -> None:
+        for process in list(getattr(pool, "_processes", {}).values()):  # the executor's workers, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _val_curve(run: Path) -> list[float]:
