@@ -79,6 +79,7 @@ def main(out: Path) -> None:
             *faults.bad_flags(tmp),
             *faults.run_folders(tmp),
             *faults.bounded_input(tmp),
+            *faults.read_back(tmp),
             *faults.bad_model_inputs(),
         ]
         rank_records = dist_runs.rank_faults(tmp, faults.truncated_fashion_mnist(tmp / "fashion-rank1"), FASHION_MNIST_SYSTEM_DIR)

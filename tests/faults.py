@@ -526,3 +526,175 @@ def bounded_input(tmp: Path) -> list[Record]:
                                    f"pixels white (Pillow's clipping, training's reading before: {clipped.mean():.1%})",
                           details=dict(white=float((values == 255).mean()), clipped=float(clipped.mean()))))
     return records
+
+
+# ---- what the tools read back from their own files, and files that are not regular files -------------------------
+def _refused(label: str, args: list[str]) -> Record:
+    """A case that must end in a one-line refusal: the exit code and message, however the CLI ended."""
+    start = time.perf_counter()
+    try:
+        code, message = cli(args)
+    except SystemExit as done:  # argparse's refusals
+        code, message = int(done.code), "argparse: usage and one line"
+    return Record(fault=label, reaction=f"refused in {time.perf_counter() - start:.1f} s (exit {code})", exit_code=code, message=message)
+
+
+def _damaged_chunks(folder: Path) -> list[Record]:
+    """A Pathfinder cache chunk damaged four ways; each time a short run trains on the same images."""
+    import numpy as np
+
+    from scnet.data import pathfinder
+
+    cache = folder / "cache"
+    expected = pathfinder(256, 32, 6, seed=0, cache_dir=cache, progress=False)
+    chunk = next((cache / "pathfinder").rglob("seed0/chunk00000.npz"))
+    good = chunk.read_bytes()
+
+    def relabel(labels: np.ndarray) -> None:
+        with np.load(chunk) as f:
+            kept = {k: f[k] for k in f.files}
+        with open(chunk, "wb") as out:
+            np.savez(out, **{**kept, "labels": labels})
+
+    records = []
+    for label, damage in [
+        ("a Pathfinder cache chunk with 64 flipped bytes", lambda: chunk.write_bytes(good[:2000] + bytes(b ^ 0xFF for b in good[2000:2064]) + good[2064:])),
+        ("a Pathfinder cache chunk cut to 300 kB", lambda: chunk.write_bytes(good[:300_000])),
+        ("a Pathfinder cache chunk rewritten with float labels", lambda: relabel(np.full(1000, 0.7))),
+        ("a Pathfinder cache chunk rewritten with int8 labels of -1", lambda: relabel(np.full(1000, -1, dtype=np.int8))),
+    ]:
+        chunk.write_bytes(good)
+        damage()
+        code, message = cli(["train", "--data", "pathfinder32-6", "--data-dir", str(cache), "--limit-train", "256", "--limit-val",
+                             "100", "--epochs", "1", "--batch-size", "32", "--out", str(folder / f"run{len(records)}")])
+        same = all(torch.equal(a, b) for a, b in zip(expected, pathfinder(256, 32, 6, seed=0, cache_dir=cache, progress=False)))
+        records.append(Record(fault=label, reaction=f"made again with a note, the run trained (exit {code}); the images and labels "
+                                                    f"those of a fresh cache: {same}", exit_code=code, message=_last_line(message)))
+    return records
+
+
+def _orphans(folder: Path) -> Record:
+    """``scnet train`` SIGKILLed while its generator workers make Pathfinder images: are any left running?"""
+    import signal
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    train = subprocess.Popen([sys.executable, "-m", "scnet.cli", "train", "--data", "pathfinder32-9", "--data-dir", str(folder / "gen"),
+                              "--limit-train", "40000", "--limit-val", "1000", "--out", str(folder / "gen-run")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = lambda: [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")  # noqa: E731
+                        if _parent_of(p) == train.pid]
+    deadline = time.monotonic() + 120
+    while len(children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = children()
+    train.send_signal(signal.SIGKILL)
+    train.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{p}").exists() for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = sum(Path(f"/proc/{p}").exists() for p in workers)
+    return Record(fault=f"SIGKILL to scnet train while {len(workers)} generator workers make Pathfinder images",
+                  reaction=f"worker processes left running after 15 s: {left}", details=dict(workers=len(workers), left=left))
+
+
+def _parent_of(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def read_back(tmp: Path) -> list[Record]:
+    """What the tools read back from their own files (caches, locks, study records, Hub configs) and files that are
+    not regular files: each verified before use, refused in one line or made again with a note."""
+    import json
+    import socket
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp / "read-back"
+    folder.mkdir()
+    records = _damaged_chunks(folder)
+    for label, owner in [("pid 99999999999999", dict(pid=99999999999999)), ("pid -1", dict(pid=-1)),
+                         ("started 1e300", dict(started=1e300)), ("started NaN", dict(started=float("nan")))]:
+        run = folder / f"locked-{len(records)}"
+        run.mkdir()
+        (run / ".lock").write_text(json.dumps({**dict(pid=1, host=socket.gethostname(), started=1.0), **owner}))
+        records.append(_refused(f"a run folder's .lock holding {label}", [*ARGS, "--out", str(run)]))
+    fifo = folder / "pipe.yaml"
+    os.mkfifo(fifo)
+    configs = {"base: /dev/zero": "base: /dev/zero\n", "base: a FIFO": f"base: {fifo}\n", "5,000 nested [": "lr: " + "[" * 5000 + "]" * 5000 + "\n"}
+    for label, text in configs.items():
+        (folder / "c.yaml").write_text(text)
+        records.append(_refused(f"a config with {label}", ["train", "--config", str(folder / "c.yaml"), "--data", "synthetic",
+                                                           "--out", str(folder / "never")]))
+    image = folder / "a.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    os.mkfifo(folder / "b.png")
+    records.append(_refused("scnet predict with a FIFO among its images", ["predict", "--model", "scnet_demo", str(image), str(folder / "b.png")]))
+    records += _hub_configs(folder)
+    records += _study_records(folder)
+    for label, args in [("scnet bench --threads -1", ["bench", "--threads", "-1"]),
+                        ("scnet bench --sizes 100000", ["bench", "--models", "scnet_demo", "--sizes", "100000", "--no-memory"]),
+                        ("scnet bench --batch-sizes 100000", ["bench", "--models", "scnet_demo", "--batch-sizes", "100000", "--no-memory"])]:
+        records.append(_refused(label, args))
+    records.append(_float_image(folder))
+    records.append(_orphans(folder))
+    return records
+
+
+def _hub_configs(folder: Path) -> list[Record]:
+    import json
+
+    import scnet
+
+    hub = folder / "hub"
+    model = scnet.create_model("scnet_demo", num_classes=2, in_chans=1, stem_type="small")
+    weights = folder / "w.pth"
+    torch.save(model.state_dict(), weights)
+    cli(["export", "--model", "scnet_demo", "--checkpoint", str(weights), "--num-classes", "2", "--in-chans", "1", "--stem-type", "small",
+         "--format", "hf", "--out", str(hub)])
+    config = json.loads((hub / "config.json").read_text())
+    records = []
+    for label, change in [("num_classes 1e9", dict(num_classes=10 ** 9)), ("num_classes 2,000,000", dict(num_classes=2_000_000)),
+                          ("an unknown model_args key", dict(model_args={**config["model_args"], "no_such": 1})),
+                          ("pretrained_cfg given as a string", dict(pretrained_cfg="imagenet"))]:
+        (hub / "config.json").write_text(json.dumps({**config, **change}))
+        records.append(_refused(f"a Hub folder's config.json with {label}", ["predict", "--model", f"local-dir:{hub}", str(weights)]))
+    return records
+
+
+def _study_records(folder: Path) -> list[Record]:
+    import json
+
+    study = folder / "study"
+    base = ["compare", "--models", "scnet_demo", "--data", "synthetic", "--epochs", "1", "--batch-size", "32", "--seeds", "0",
+            "--out", str(study)]
+    cli(base)
+    path = study / "scnet_demo-seed0" / "compare-run.json"
+    good = json.loads(path.read_text())
+    records = []
+    for label, damage in [("no result", lambda r: r.pop("result")), ('final_val_acc "abc"', lambda r: r["result"].update(final_val_acc="abc")),
+                          ("final_val_acc NaN", lambda r: r["result"].update(final_val_acc=float("nan"))),
+                          ("final_val_acc 250.0", lambda r: r["result"].update(final_val_acc=250.0))]:
+        record = json.loads(json.dumps(good))
+        damage(record)
+        path.write_text(json.dumps(record))
+        records.append(_refused(f"a study's compare-run.json with {label}", base))
+    path.write_text(json.dumps(good))
+    return records
+
+
+def _float_image(folder: Path) -> Record:
+    import numpy as np
+    from PIL import Image
+
+    from scnet.data.images import open_image
+
+    path = folder / "float.tif"
+    Image.fromarray(np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32), mode="F").save(path)
+    mean = float(np.asarray(open_image(path, 1)).mean())
+    return Record(fault="a float TIFF (mode F) with values in [0, 1]",
+                  reaction=f"read as intensities in [0, 1] in training, eval and predict alike: mean pixel {mean:.1f} of 255 "
+                           f"(Pillow's own conversion: black)", details=dict(mean=mean))

@@ -278,3 +278,18 @@ def test_an_export_that_fails_to_write_is_one_line_and_leaves_nothing(tmp_path: 
                                         "--out", str(out)], file_bytes=64 << 10)
     assert code == 1 and _one_line(message) and f"could not write {out}" in message and "no earlier file existed" in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_read_back_scenarios_of_the_faults_table(tmp_path: Path) -> None:
+    records = {r.fault: r for r in faults.read_back(tmp_path)}
+    chunks = [r for f, r in records.items() if f.startswith("a Pathfinder cache chunk")]
+    assert len(chunks) == 4 and all(r.exit_code == 0 and r.reaction.endswith("a fresh cache: True") for r in chunks), chunks
+    refused = [r for r in records.values() if r.reaction.startswith("refused")]
+    assert len(refused) == 4 + 3 + 1 + 4 + 4 + 3
+    assert all(r.exit_code == 2 and (_one_line(r.message) or r.message.startswith("argparse")) for r in refused), \
+        [(r.fault, r.message) for r in refused if r.exit_code != 2]
+    assert records["a study's compare-run.json with final_val_acc 250.0"].message.count("is not a percentage") == 1
+    assert records["a float TIFF (mode F) with values in [0, 1]"].details["mean"] > 100
+    orphans = next(r for f, r in records.items() if f.startswith("SIGKILL to scnet train"))
+    assert orphans.details["workers"] >= 2 and orphans.details["left"] == 0
