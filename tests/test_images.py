@@ -194,3 +194,17 @@ def test_an_image_folder_of_one_class_or_many_empty_ones_is_one_short_line(tmp_p
     with pytest.raises(DataError) as refused:
         build_datasets("imagefolder", str(empty), image_size=32)
     assert len(str(refused.value)) < 500 and str(refused.value).endswith(" ...")
+
+
+def test_an_exif_orientation_is_honoured_in_training_and_predict_alike(tmp_path: Path) -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white, as stored
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view": a phone held upright
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+    upright = np.asarray(open_image(path, 3))
+    assert upright.shape == (40, 20, 3)  # stored 40 wide, shown 20 wide
+    assert upright[:20].mean() > 200 and upright[20:].mean() < 50  # the white half is on top once turned
+    info = DataInfo("x", 2, 3, 20, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("a", "b"))
+    assert load_image(path, info).shape == (3, 20, 20)  # predict reads it turned too (then resizes and crops)

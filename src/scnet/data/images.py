@@ -47,10 +47,10 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
 
     16-bit grayscale ("I;16*", and "I" holding 16-bit values) is scaled by 255/65535; 32-bit float grayscale ("F")
     is read as intensities in [0, 1] and scaled by 255 (a float image with values outside [0, 1] has no stated
-    range and is refused); alpha is dropped; palettes, CMYK and the rest are converted by Pillow. Only regular files
+    range and is refused); an EXIF orientation is applied (a phone's portrait photo is upright); alpha is dropped; palettes, CMYK and the rest are converted by Pillow. Only regular files
     are opened (a FIFO would wait for a writer forever). Raises ``DataError`` with one line for every unreadable file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_file():
         raise ImageFileError(f"{path} is not a regular file (a folder, FIFO or device); refused before reading", "not a regular file")
@@ -61,7 +61,7 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
                 if short_side is not None:
                     check_resized(img.size, short_side, path)
                 img.load()
-                img = _eight_bits(img, path)
+                img = _eight_bits(ImageOps.exif_transpose(img), path)  # upright as a camera's EXIF says, everywhere alike
                 return img.convert("L" if channels == 1 else "RGB")
     except ImageFileError:  # the size checks' own words
         raise
