@@ -189,11 +189,13 @@ def draw_multiplier(ax: Any, report: dict[str, Any]) -> None:
         marker = {"=": "o", "<=": "v", ">": "^"}[m["bound"]]
         ax.plot([p["size"], p["size"]], [m["low"], m["high"]], color="tab:purple", lw=2, alpha=0.7)
         ax.scatter([p["size"]], [m["multiplier"]], marker=marker, color="tab:purple", s=60, zorder=3)
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
     _size_axis(ax, [p["size"] for p in report["curve"]["points"]], "training images of SC, N (log scale)")
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=2))
+    low, high = ax.get_ylim()
+    ticks = [t for t in (0.125, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 16, 32) if low <= t <= high]
+    ax.yaxis.set_major_locator(FixedLocator(ticks) if len(ticks) >= 2 else LogLocator(base=2))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set(ylabel="images the plain twin needs / N", title="data multiplier (▲ more than, ▼ at most)")
