@@ -180,3 +180,46 @@ def test_layout_follows_the_channels_last_flag() -> None:
             features = fused.forward_features(x)
         assert features.is_contiguous(memory_format=torch.channels_last) == channels_last
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class _DoubledResidual(scnet.models.SCBottleneck):
+    """A user's block: the reference bottleneck with the branch's output doubled (its own forward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(2 * super().forward(x) - (self.downsample(x) if self.downsample is not None else x))
+
+
+def test_a_users_subclass_keeps_its_own_forward() -> None:
+    """deploy swaps by exact type, as fast_train does: a subclass written elsewhere is kept (its forward runs), or
+    refused with strict; before, isinstance matching replaced it with the base class's fused form (max error 0.49)."""
+    model = scnet.create_model("scnet_demo", num_classes=10).eval()
+    block = model.layer2[0]
+    block.__class__ = _DoubledResidual
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model(x)
+    fused = deploy(model, check=x)
+    assert fused.layer2[0].__class__ is _DoubledResidual and "layer2.0" in fused.deploy_report.kept
+    assert "_DoubledResidual extends SCBottleneck outside scnet" in fused.deploy_report.kept["layer2.0"]
+    assert isinstance(fused.layer3[0], FusedSCBottleneck)  # the package's own blocks are fused as before
+    with torch.inference_mode():
+        assert (fused(x) - want).abs().max() < 1e-4
+    assert fused.deploy_report.check_error < 1e-4
+    with pytest.raises(ValueError, match="deploy cannot fuse layer2.0: _DoubledResidual extends SCBottleneck outside scnet"):
+        deploy(model, strict=True)
+
+
+def test_deploy_checks_its_copy_when_given_an_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scnet.fast import inference
+
+    model = scnet.create_model("scnet_demo", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert deploy(model, check=x).deploy_report.check_error < 1e-5
+    def wrong(block: nn.Module, onednn: bool) -> nn.Module:  # a form that computes something else
+        made = copy.deepcopy(block)
+        next(p for p in made.parameters() if p.ndim == 4).data.mul_(2)
+        return made
+
+    monkeypatch.setitem(inference._FORMS, scnet.models.SCBottleneck, wrong)
+    with pytest.raises(ValueError, match=r"deploy's copy differs from the model on the given input by .* more than rtol 0.0001"):
+        deploy(model, check=x)

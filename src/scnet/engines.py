@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .fast.deploy import relative_error
+
 __all__ = ["ENGINES", "ONNX_ENGINES", "OnnxModel", "onnx_model", "EngineModel", "EngineMismatch", "relative_error",
            "onnxruntime_options", "openvino_request"]
 
@@ -27,10 +29,6 @@ ENGINES = ("torch", "deploy", *ONNX_ENGINES)  # torch: eager; deploy: ``scnet.de
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| over the whole batch: how far an engine's logits are from eager PyTorch's."""
-    out, ref = out.detach().float(), ref.detach().float()
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 def onnxruntime_options(threads: int, spin: Optional[bool] = None):

@@ -33,15 +33,15 @@ the returned model's ``deploy_report`` (``strict=True`` raises instead).
 # No ``from __future__ import annotations``: TorchScript reads these modules' annotations as real types.
 import copy
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from .fusion import Unfoldable
-from .inference import deploy_form, has_form
+from .inference import deploy_form, foreign_subclass, has_form
 
-__all__ = ["DeployReport", "cuda_graph", "deploy"]
+__all__ = ["DeployReport", "cuda_graph", "deploy", "relative_error"]
 
 BACKENDS = ("auto", "portable")
 STEM = "stem"  # the report's name for a root module fused in place (a ResNet's stem)
@@ -53,6 +53,7 @@ class DeployReport:
 
     fused: dict[str, str] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)
+    check_error: Optional[float] = None  # relative error against the model on ``deploy(check=...)``'s input
 
     def __str__(self) -> str:
         lines = [f"deploy: {len(self.fused)} modules fused, {len(self.kept)} kept as they were"]
@@ -100,7 +101,8 @@ def _memory_format(model: nn.Module, channels_last: bool) -> torch.memory_format
     return torch.channels_last_3d if ranks == {5} else torch.preserve_format  # 2-D and 3-D: no one format fits
 
 
-def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto", strict: bool = False) -> nn.Module:
+def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto", strict: bool = False,
+           check: Optional[torch.Tensor] = None, rtol: float = 1e-4) -> nn.Module:
     """A fused copy of an eval-mode ``model`` for inference: same outputs (up to float rounding), faster.
 
     Works on every SCNet/plain-twin model of this package (stem, bottlenecks and shortcuts fused) and on any
@@ -114,25 +116,65 @@ def deploy(model: nn.Module, *, channels_last: bool = True, backend: str = "auto
             activations (the layout oneDNN and cuDNN compute in).
         backend: "auto" uses oneDNN's fused post-ops for eager CPU inference where available, plain ops
             elsewhere; "portable" always plain ops (what ONNX/TorchScript/compilers see in any case).
-        strict: raise ``ValueError`` instead of keeping a block that cannot be fused (e.g. GroupNorm).
+        strict: raise ``ValueError`` instead of keeping a block that cannot be fused (e.g. GroupNorm) or a subclass of
+            one of this package's classes written elsewhere (kept otherwise: it may have its own forward).
+        check: an input to run both the model and its copy on; the copy must agree within ``rtol`` (relative error
+            of the whole output), else ``ValueError``. The error is kept as ``deploy_report.check_error``.
+        rtol: the tolerance of ``check``.
 
+    Modules are swapped by exact type (as ``fast_train`` swaps them), never by ``isinstance``.
     Returns the fused model, with a ``deploy_report`` attribute (``DeployReport``).
     """
     _check_deployable(model, backend)
     onednn = backend == "auto"
     fused_model = copy.deepcopy(model)
     report = DeployReport()
-    # Outermost first; a fused module's children are no longer visited. The root comes last (a ResNet's stem).
+    # Outermost first; a fused or kept module's children are no longer visited. The root comes last (a ResNet's stem).
     for name, module in list(fused_model.named_modules()):
-        if name and has_form(module) and not any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
+        if any(name.startswith(done + ".") for done in (*report.fused, *report.kept)):
+            continue
+        if name and has_form(module):
             _set_module(fused_model, name, _fuse(name, module, onednn, report, strict))
+        elif name and foreign_subclass(module) is not None:
+            _keep_foreign(name, module, report, strict)
     if has_form(fused_model):
         fused_model = _fuse("", fused_model, onednn, report, strict)
+    elif foreign_subclass(fused_model) is not None:  # a trunk subclassed elsewhere: its blocks fused, its stem kept
+        _keep_foreign("", fused_model, report, strict)
     # Convolutions follow their weight's layout, so from the first convolution on every activation is in the
     # chosen layout too, without converting the input.
     fused_model = fused_model.to(memory_format=_memory_format(fused_model, channels_last))
     fused_model.deploy_report = report
+    if check is not None:
+        _check_copy(model, fused_model, check, rtol)
     return fused_model
+
+
+def _keep_foreign(name: str, module: nn.Module, report: DeployReport, strict: bool) -> None:
+    """A subclass of one of ours written elsewhere may compute something else in its own forward: it is kept whole
+    (its children too, as its forward may rely on them), never replaced by the fused form of its base class."""
+    why = (f"{type(module).__name__} extends {foreign_subclass(module)} outside scnet and may have its own forward: kept "
+           f"as it is (deploy swaps only this package's classes)")
+    if strict:
+        raise ValueError(f"deploy cannot fuse {name or STEM}: {why}")
+    report.kept[name or STEM] = why  # the loop then skips everything under it (the root: only its own stem is kept)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| over the whole batch: how far a fast form's (or an engine's) outputs are from the
+    reference's."""
+    out, ref = out.detach().float(), ref.detach().float()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def _check_copy(model: nn.Module, fused: nn.Module, example: torch.Tensor, rtol: float) -> None:
+    """The copy against the model it came from on ``example``: within ``rtol`` (relative error), else ``ValueError``."""
+    with torch.inference_mode():
+        error = relative_error(fused(example), model(example))
+    fused.deploy_report.check_error = error
+    if not error <= rtol:  # NaN fails too
+        raise ValueError(f"deploy's copy differs from the model on the given input by {error:.2e} (relative), more than "
+                         f"rtol {rtol:g}; {fused.deploy_report}")
 
 
 def cuda_graph(model: nn.Module, example: torch.Tensor, warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:

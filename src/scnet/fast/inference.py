@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.scconv import CONVS, SCConv, SelfCalibration, calibration_pool
+from ..layers.scconv import CONVS, SCConv, SCConv1d, SCConv3d, SelfCalibration, calibration_pool
 from ..models.blocks import Bottleneck, SCBottleneck
 from ..models.resnet import ResNet
 from .fusion import FusedConv, fold_conv_norm, require_relu, running_eagerly
 from .gate import broadcast_gate, triton_gate_product
+from .training import FAST_FORMS
 
 __all__ = ["FusedSelfCalibration", "FusedSCConv", "FusedSCBottleneck", "FusedBottleneck", "deploy_form", "has_form",
            "folded_copy", "fuse_stem"]
@@ -221,26 +222,39 @@ def _sc_form(fused: type) -> Callable[[nn.Module, bool], nn.Module]:
     return lambda layer, onednn: fused(layer, onednn=onednn) if layer.dims == 2 else folded_copy(layer)
 
 
-# The reference class (or a subclass of it, such as a training fast form) -> its inference form. The blocks and the
-# layers give fused modules; a ResNet is fused in place (its stem), its blocks having been swapped before.
-_FORMS = (
-    (SCBottleneck, FusedSCBottleneck),
-    (Bottleneck, FusedBottleneck),
-    (SCConv, _sc_form(FusedSCConv)),
-    (SelfCalibration, _sc_form(FusedSelfCalibration)),
-    (ResNet, fuse_stem),
-)
+# One swap rule, as ``fast_train``'s: by exact type, from this table. The reference classes (and this package's own
+# subclasses: the 1-D and 3-D SC layers, the training fast forms) -> their inference forms. The blocks and the layers
+# give fused modules; a ResNet is fused in place (its stem), its blocks having been swapped before. A subclass
+# someone else wrote is not in the table: it keeps its own forward (``deploy`` reports it, or refuses with ``strict``).
+_FORMS: dict[type, Callable[[nn.Module, bool], nn.Module]] = {
+    SCBottleneck: FusedSCBottleneck,
+    Bottleneck: FusedBottleneck,
+    SCConv: _sc_form(FusedSCConv),
+    SCConv1d: _sc_form(FusedSCConv),
+    SCConv3d: _sc_form(FusedSCConv),
+    SelfCalibration: _sc_form(FusedSelfCalibration),
+    ResNet: fuse_stem,
+}
+_FORMS.update({fast: _FORMS[reference] for reference, fast in FAST_FORMS.items()})  # a model trained through fast_train
 
 
 def has_form(module: nn.Module) -> bool:
-    """Whether ``deploy_form`` knows ``module``'s type (a reference class of this package or a subclass)."""
-    return any(isinstance(module, kind) for kind, _ in _FORMS)
+    """Whether ``deploy_form`` swaps ``module``: its type is exactly one in the table (not a subclass of one)."""
+    return type(module) in _FORMS
+
+
+def foreign_subclass(module: nn.Module) -> Optional[str]:
+    """The name of the class of ours that ``module``'s class extends, when that class is not this package's own
+    (a user's subclass, which may have its own forward and is therefore never swapped); else None."""
+    if has_form(module):
+        return None
+    return next((kind.__name__ for kind in _FORMS if isinstance(module, kind)), None)
 
 
 def deploy_form(module: nn.Module, onednn: bool = True) -> nn.Module:
     """The eval-mode form of ``module`` (``has_form``). Raises ``Unfoldable`` where a norm or an activation cannot be
     fused (GroupNorm, a GELU), ``TypeError`` for a module of another type."""
-    for kind, form in _FORMS:
-        if isinstance(module, kind):
-            return form(module, onednn)
-    raise TypeError(f"no inference form for {type(module).__name__}")
+    form = _FORMS.get(type(module))
+    if form is None:
+        raise TypeError(f"no inference form for {type(module).__name__}")
+    return form(module, onednn)
