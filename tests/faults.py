@@ -532,10 +532,13 @@ def bounded_input(tmp: Path) -> list[Record]:
 def _refused(label: str, args: list[str]) -> Record:
     """A case that must end in a one-line refusal: the exit code and message, however the CLI ended."""
     start = time.perf_counter()
+    err = io.StringIO()
     try:
-        code, message = cli(args)
-    except SystemExit as done:  # argparse's refusals
-        code, message = int(done.code), "argparse: usage and one line"
+        with redirect_stderr(err):
+            code = main(args)
+    except SystemExit as done:  # argparse's refusals: its usage line, then the error
+        code = int(done.code)
+    message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else ""
     return Record(fault=label, reaction=f"refused in {time.perf_counter() - start:.1f} s (exit {code})", exit_code=code, message=message)
 
 
