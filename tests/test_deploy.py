@@ -146,7 +146,8 @@ def test_portable_backend_scripts_traces_and_exports() -> None:
 
 @pytest.mark.slow
 def test_deploy_exports_to_onnx(tmp_path) -> None:
-    from scnet.export import check_onnx, export_onnx
+    from scnet.engines import check_onnx
+    from scnet.export import export_onnx
 
     model = _seeded("scnet_demo")
     path = tmp_path / "fused.onnx"

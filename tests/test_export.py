@@ -8,7 +8,8 @@ from torch.export import Dim
 
 import scnet
 from scnet.cli import main
-from scnet.export import check_onnx, min_export_size
+from scnet.engines import check_onnx
+from scnet.export import min_export_size
 from scnet.models import SCBottleneck
 from seeded import seeded_input, seeded_state_dict
 

@@ -61,3 +61,50 @@ def test_reference_modules_import_no_speed_code() -> None:
         for word in ("training", "jit", "torch._", "torch.ops", "triton", "compiling", "eager"):
             assert word not in source, f"{cls.__name__}.forward mentions {word!r}"
     assert "training" not in inspect.getsource(ResNet.forward_features)
+
+
+def _lint_imports(root) -> subprocess.CompletedProcess:
+    """import-linter on the package under ``root`` (``root/src/scnet``) with the contracts of ``root/pyproject.toml``."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    script = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", script, "--config", str(root / "pyproject.toml"), "--no-cache"], cwd=root,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_the_architecture_pages_layers_hold() -> None:
+    """The layering docs/architecture.md draws, as import-linter contracts: no module imports one of a layer above
+    its own, and no circle at any depth (two hid behind lazy imports once: engines <-> export, datasets <-> images)."""
+    from pathlib import Path
+
+    done = _lint_imports(Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "2 kept, 0 broken" in done.stdout, done.stdout[-3000:]
+
+
+def test_a_deliberately_broken_import_fails_the_contracts(tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "src" / "scnet", tmp_path / "src" / "scnet", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    gate = tmp_path / "src" / "scnet" / "layers" / "gate.py"
+    gate.write_text(gate.read_text() + "\n\ndef _upward():\n    from ..train import compare  # a layer reaching up\n")
+    done = _lint_imports(tmp_path)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "scnet.layers is not allowed to import scnet.train" in done.stdout
+    assert "No import circles, at any depth BROKEN" in done.stdout  # train imports layers: now a circle too
+
+
+def test_the_architecture_page_shows_the_checked_layers() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    contract = next(c for c in tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+                    if c["type"] == "layers")
+    page = (root / "docs" / "architecture.md").read_text()
+    shown = re.search(r"<!-- layers:.*?-->\n```text\n(.*?)```", page, flags=re.S).group(1).strip().splitlines()
+    assert shown == contract["layers"]

@@ -9,8 +9,7 @@ from .fast import cuda_graph, deploy, fast_train
 from .int8 import quantize
 from .load import LoadedModel, load_model
 from .profile import count_macs, count_params
-
-__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+from .version import __version__  # written in one place (version.py), which pyproject.toml reads
 
 __all__ = [
     "ConversionReport", "LoadedModel", "PRETRAINED", "ResNet", "SCConv", "SCConv1d", "SCConv3d", "SafeBatchNorm2d", "SelfCalibration", "WeightsUnavailableError",

@@ -87,7 +87,8 @@ def _with_stats(loaded: Any, mean: Optional[list[float]], std: Optional[list[flo
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import check_onnx, export_onnx, export_torchscript
+    from .engines import check_onnx
+    from .export import export_onnx, export_torchscript
     from .load import load_model
 
     _verify(args.checkpoint, args.sha256)
@@ -505,7 +506,7 @@ def _add_eval_command(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
     parser.add_argument("--version", action="version", version=f"scnet {__version__} (distribution scnet-pytorch)")

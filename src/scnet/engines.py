@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch.nn as nn
 from .fast.deploy import relative_error
 
 __all__ = ["ENGINES", "ONNX_ENGINES", "OnnxModel", "onnx_model", "EngineModel", "EngineMismatch", "relative_error",
-           "onnxruntime_options", "openvino_request"]
+           "onnxruntime_options", "openvino_request", "check_onnx"]
 
 ONNX_ENGINES = ("onnxruntime", "openvino")  # engines that run an ONNX file
 ENGINES = ("torch", "deploy", *ONNX_ENGINES)  # torch: eager; deploy: ``scnet.deploy``'s fused form
@@ -201,3 +201,20 @@ class EngineModel(nn.Module):
                                  f"error {self.first_error:.2e} > {self.rtol:.0e}); run with the torch engine")
         self._run = run
         return out
+
+
+def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:
+    """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: relative error and argmax agreement.
+
+    Here, beside the engine it runs (not in ``export``): the export is below the engines, and a check of a file by an
+    engine is the engines' work."""
+    run = OnnxModel(Path(path))
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for h, w in sizes:
+        x = torch.randn(batch, in_chans, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model.eval()(x)
+        out = run(x)
+        rows.append(dict(size=f"{h}x{w}", rel_error=relative_error(out, ref), argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
+    return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["SettingError", "Stopped", "flag", "keyword"]
+__all__ = ["DataError", "SettingError", "Stopped", "flag", "keyword"]
 
 
 def keyword(name: str) -> str:
@@ -54,3 +54,8 @@ class Stopped(Exception):
 
     def __reduce__(self):  # across processes
         return type(self), (self.signum, str(self))
+
+
+class DataError(SettingError):
+    """A dataset or image cannot be read; the message says which file and how to get it. (Here, below ``data``, so
+    that every module reading data raises it without importing another.)"""

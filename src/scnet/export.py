@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .load import LoadedModel
 from .layers import CalibrationPool
 
-__all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "export_hf", "check_onnx"]
+__all__ = ["min_export_size", "export_onnx", "export_torchscript", "export_safetensors", "export_hf"]
 
 
 def _smallest_calibrated_side(meta_model: nn.Module, in_chans: int, size: int) -> int:
@@ -76,22 +76,6 @@ def export_torchscript(model: nn.Module, path: Union[str, Path]) -> None:
     """Script (not trace) the model, so every input size and the small-map rule keep working."""
     scripted = torch.jit.script(model.eval())
     write_atomically(Path(path), lambda tmp: scripted.save(str(tmp)))
-
-
-def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:
-    """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: relative error and argmax agreement."""
-    from .engines import OnnxModel, relative_error
-
-    run = OnnxModel(Path(path))
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    for h, w in sizes:
-        x = torch.randn(batch, in_chans, h, w, generator=gen)
-        with torch.no_grad():
-            ref = model.eval()(x)
-        out = run(x)
-        rows.append(dict(size=f"{h}x{w}", rel_error=relative_error(out, ref), argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
-    return rows
 
 
 def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info: Optional[DataInfo] = None) -> dict[str, str]:

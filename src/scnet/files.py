@@ -177,7 +177,7 @@ def release_metadata(arch: str, info: "DataInfo", **extra: Any) -> dict[str, str
     like timm's ``pretrained_cfg``, mean and std, crop_pct and interpolation. ``extra`` (a training run's config, data_info, epoch, val_acc) is
     stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
     """
-    from . import __version__
+    from .version import __version__
 
     meta = dict(format="scnet", arch=arch, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
                 input_size=json.dumps(list(info.input_size)), mean=json.dumps(list(info.mean)), std=json.dumps(list(info.std)),

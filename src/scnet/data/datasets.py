@@ -22,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2 as T
 
-from ..errors import SettingError
+from ..errors import DataError
 
 __all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "IMAGENET_CROP_PCT", "eval_transform", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
            "PATHFINDER_TRAIN", "PATHFINDER_VAL"]
@@ -35,10 +35,6 @@ _FASHION_FILES = {
 # Shifts of up to 2 px (and flips) for 28 px images: the augmentation the 5-epoch demo recipe was tuned with.
 FASHION_MNIST_PAD = 2
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-
-class DataError(SettingError):
-    """A dataset cannot be read; the message says which file and how to get it."""
 
 
 @dataclass(frozen=True)

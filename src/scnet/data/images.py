@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .datasets import DataError
+from ..errors import DataError
 
 __all__ = ["MAX_RESIZED_PIXELS", "ImageFileError", "check_resized", "open_image"]
 
