@@ -122,7 +122,7 @@ def test_the_census_names_the_rank_that_failed_or_vanished(monkeypatch: pytest.M
     assert peers._diagnose(store, 0, 3, ValueError("bad --lr"), 60) is None  # its own error, nobody else failed
     store.set("scnet/alive/1", "1")
     assert peers._diagnose(store, 0, 3, broken, 60) == "rank 2 stopped answering: killed, or its machine or network failed"
-    assert peers._diagnose(store, 0, 3, timed_out, 60) == "rank 2 did not answer within the collective timeout (60 s, --dist-timeout)"
+    assert peers._diagnose(store, 0, 3, timed_out, 60) == "rank 2 did not answer within the collective timeout (60 s, {dist_timeout})"
     store.set("scnet/alive/2", "1")
     assert peers._diagnose(store, 0, 3, broken, 60) is None  # everyone answers: the communication error is its own
     store.set("scnet/failed/2", "truncated data")

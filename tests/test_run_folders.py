@@ -161,7 +161,8 @@ def test_an_interrupted_study_says_how_to_go_on(tmp_path: Path, monkeypatch: pyt
     compare_module = sys.modules["scnet.train.compare"]
 
     def stopped(cfg, show_progress=True):
-        raise TrainingStopped(signal.SIGINT, f"stopped by SIGINT at epoch 1, step 2 of 8; checkpoint written: continue with --resume {cfg.out}")
+        raise TrainingStopped(signal.SIGINT, f"stopped by SIGINT at epoch 1, step 2 of 8; checkpoint written: continue with {{resume}} {cfg.out}",
+                              "resume")
 
     monkeypatch.setattr(compare_module, "fit", stopped)
     out = tmp_path / "study"

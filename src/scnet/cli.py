@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from .errors import SettingError, flag as as_flag
+from .errors import Stopped, flag as as_flag
 
 
 def _command_line() -> str:
@@ -29,7 +29,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _worded(error: BaseException) -> str:
     """An error as a user of the command line reads it: each setting it names given as its flag (``--batch-size``)."""
-    return error.worded(as_flag) if isinstance(error, SettingError) else str(error)
+    return error.worded(as_flag) if callable(getattr(error, "worded", None)) else str(error)  # ours: settings as flags
 
 
 MAX_SIDE = 4096  # image sides and batches far beyond any use on one machine: past them, allocations of gigabytes
@@ -288,11 +288,13 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out or "runs/compare")
     plan = StudyPlan(args.models, args.seeds, args.until_resolved, args.max_seeds, args.erf_samples, args.jobs, args.train_sizes or ())
     keep_freed_memory_on_cpu()  # for the runs trained in this process; its workers are told to do the same
-    report = compare(base, plan, out, command=_command_line(), keep_memory=True)
-    if plan.train_sizes:
-        _print_curve(report)
+    if plan.train_sizes:  # one study per size: the same study, along the data
+        from .train.curve import learning_curve
+
+        _print_curve(learning_curve(base, plan, out, command=_command_line(), keep_memory=True))
         print(f"report: {out / 'report.md'}")
         return 0
+    report = compare(base, plan, out, command=_command_line(), keep_memory=True)
     for name, entry in report["models"].items():
         spread = f" ± {entry['std']:.2f}" if entry["std"] is not None else ""
         print(f"{name:24s} {entry['mean']:6.2f}{spread} % ({len(entry['runs'])} seed(s))")
@@ -524,7 +526,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .models.weights import WeightsUnavailableError
     from .train.peers import PeerFailed, one_line, process_rank
-    from .errors import Stopped
 
     if args.debug:
         return args.func(args)
@@ -533,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except PeerFailed as e:  # another process of the run failed; the message names it and its cause
-        print(f"scnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"scnet {args.command}: error: {_worded(e)}", file=sys.stderr)
         return 1
     # User mistakes, a missing extra, weights that cannot be had (offline): one line.
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError, WeightsUnavailableError) as e:
@@ -547,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scnet {args.command}: error: {who}{e.strerror or e}{where}", file=sys.stderr)
         return 1
     except Stopped as e:  # SIGTERM/SIGINT: what was kept (a checkpoint, a cache) and how to go on
-        print(f"scnet {args.command}: {who}{e}", file=sys.stderr)
+        print(f"scnet {args.command}: {who}{_worded(e)}", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:  # a bug, or an error of the machine: its traceback, then (with many processes) one line
         if rank is None:

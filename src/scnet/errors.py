@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["DataError", "SettingError", "Stopped", "flag", "keyword"]
+__all__ = ["DataError", "SettingError", "Stopped", "flag", "keyword", "worded"]
 
 
 def keyword(name: str) -> str:
@@ -20,6 +20,14 @@ def keyword(name: str) -> str:
 def flag(name: str) -> str:
     """A setting as the command line names it: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+def worded(template: str, settings: tuple[str, ...], name: Callable[[str], str]) -> str:
+    """``template`` with each setting of ``settings``, marked ``{setting}``, named by ``name`` (``keyword`` or ``flag``);
+    every other character as written (braces in a shown value are left alone)."""
+    for setting in settings:
+        template = template.replace("{" + setting + "}", name(setting))
+    return template
 
 
 class SettingError(ValueError):
@@ -35,25 +43,26 @@ class SettingError(ValueError):
 
     def worded(self, name: Callable[[str], str]) -> str:
         """The message with each setting named by ``name`` (``keyword`` or ``flag``)."""
-        text = self.template
-        for setting in self.settings:
-            text = text.replace("{" + setting + "}", name(setting))
-        return text
+        return worded(self.template, self.settings, name)
 
     def __reduce__(self):  # across processes (a study's workers) the settings stay settings
         return type(self), (self.template, *self.settings)
 
 
 class Stopped(Exception):
-    """A signal (SIGTERM, SIGINT) stopped long work at a safe point; the message says what was kept and how to go on.
-    The command line prints it in one line and exits with 128 + ``signum``, as a process ended by that signal."""
+    """A signal (SIGTERM, SIGINT) stopped long work at a safe point; the message says what was kept and how to go on
+    (``{setting}`` marks a setting to name, as ``SettingError``'s do). The command line prints it in one line and
+    exits with 128 + ``signum``, as a process ended by that signal."""
 
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, signum: int, template: str, *settings: str) -> None:
+        self.signum, self.template, self.settings = signum, template, settings
+        super().__init__(self.worded(keyword))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        return worded(self.template, self.settings, name)
 
     def __reduce__(self):  # across processes
-        return type(self), (self.signum, str(self))
+        return type(self), (self.signum, self.template, *self.settings)
 
 
 class DataError(SettingError):

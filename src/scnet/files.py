@@ -256,7 +256,7 @@ def read_hub_config(ref: str) -> tuple[dict[str, Any], Path]:
         config_path, weights_path = folder / "config.json", folder / "model.safetensors"
         if not config_path.is_file():
             raise ValueError(f"{ref}: {folder} has no config.json, so it is not a model folder in timm's Hub layout "
-                             "(config.json + model.safetensors, as scnet export --format hf writes)")
+                             "(config.json + model.safetensors, as scnet.export.export_hf writes)")
         if not weights_path.is_file():
             raise ValueError(f"{ref}: {folder} has config.json but no model.safetensors")
     else:

@@ -27,15 +27,14 @@ from .config import TrainConfig
 from .folder import own_folder
 from .runner import TrainingStopped, build_model_for, fit
 from .study_report import write_report
-from .curve_report import write_curve_report
-from .curve_stats import curve_summary
 from .study_stats import check_study_args, next_seed, tally
 
-__all__ = ["CURVE_KIND", "StudyPlan", "compare"]
+__all__ = ["CURVE_KIND", "StudyPlan", "compare", "study_folder"]
 
 # Config keys that name one run or how it is kept, not how it is trained: the recipe is everything else.
 RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
 DONE = "compare-run.json"  # written into a run directory once its training has finished
+CURVE_KIND = "learning curve"  # study.json's kind for a folder of one study per training-set size (``curve``)
 _ABSENT = object()
 
 
@@ -340,21 +339,30 @@ def compare(base: TrainConfig, plan: StudyPlan, out: Path, command: str = "", sh
     The ``plan.seeds`` run first; with ``until_resolved`` more seeds follow (see ``next_seed``) up to ``max_seeds``
     pairs in all (default 10). report.md/json/png are rewritten after every pair. With ``erf_samples`` > 0 the
     trained pair of the first seed (whose weights are still there) has its effective receptive fields measured on
-    that many validation images (``erf/``). With ``plan.train_sizes``, a learning curve: the study at each size
-    (see ``_run_curve``), reported in ``out``. ``jobs=2`` trains the two members of a pair at once, in two processes that share the torch threads;
+    that many validation images (``erf/``); a plan with ``train_sizes`` is a learning curve's (``curve.learning_curve``,
+    one of these studies per size). ``jobs=2`` trains the two members of a pair at once, in two processes that share
+    the torch threads;
     ``keep_memory`` makes those processes keep freed memory on a CPU (``hostmem.keep_freed_memory_on_cpu``), the
     choice the caller made for its own.
     """
     plan = plan.checked()
+    if plan.train_sizes:
+        raise SettingError("{train_sizes} makes a learning curve: call scnet.train.curve.learning_curve", "train_sizes")
     names = _twins(plan.models)
-    with own_folder(out):  # one study per folder: a second one on it is refused while this one runs
+    study = dict(models=names, recipe=_recipe(base.to_dict()))
+    with study_folder(out):
+        _check_out(out, study)
+        return _run_study(base, plan, study, out, command, show_progress, keep_memory)
+
+
+@contextlib.contextmanager
+def study_folder(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one study (a second one on it is refused while this one runs); a run stopped by a signal is
+    reported as the study's stop, with the study's advice (a run's own, ``resume``, does not apply to a study)."""
+    with own_folder(out):
         try:
-            if plan.train_sizes:
-                return _run_curve(base, plan, names, out, command, show_progress, keep_memory)
-            study = dict(models=names, recipe=_recipe(base.to_dict()))
-            _check_out(out, study)
-            return _run_study(base, plan, study, out, command, show_progress, keep_memory)
-        except TrainingStopped as stopped:  # a run's own advice (--resume) does not apply to a study
+            yield
+        except TrainingStopped as stopped:
             where = str(stopped).partition("; checkpoint written")[0]
             raise TrainingStopped(stopped.signum, f"{where}; checkpoint written: run the same scnet compare command again "
                                                   f"to continue the study") from None
@@ -405,132 +413,6 @@ def _first_with_weights(names: Sequence[str], seeds: Sequence[int], out: Path) -
     """The first seed whose pair still has its final weights here: the one the figures show. A run continued from
     its committed record alone (``compare-run.json``, no checkpoint) has its numbers but no weights to picture."""
     return next((s for s in seeds if all((out / _run_name(n, s) / "checkpoint-last.pth").is_file() for n in names)), None)
-
-
-# ---- learning curves: one study per training-set size ------------------------------------------------------------
-CURVE_KIND = "learning curve"
-
-
-def _run_curve(base: TrainConfig, plan: StudyPlan, names: Sequence[str], out: Path, command: str, show_progress: bool,
-               keep_memory: bool) -> dict[str, Any]:
-    """A study per size in ``out/n{size}``, each on a nested subset (``TrainConfig.train_subset``) with the steps of
-    the whole set, run seed by seed across all sizes, so that an interrupted curve has whole seeds; then each size
-    with its own rule (``--until-resolved``) and figures. The curve report is rewritten after every round."""
-    if base.train_subset is not None:
-        raise SettingError("give {train_sizes} or {train_subset}, not both: a curve draws one subset per size",
-                           "train_sizes", "train_subset")
-    identity = dict(kind=CURVE_KIND, models=list(names), recipe=_recipe(base.to_dict()))
-    _check_curve_out(out, identity)
-    pool = _check_sizes(base, plan.train_sizes)
-    write_text_atomically(out / "study.json", json.dumps(identity, indent=2))
-    for count in range(1, len(plan.seeds) + 1):
-        first_seeds = replace(plan, seeds=plan.seeds[:count], until_resolved=None, max_seeds=None)
-        for size in plan.train_sizes:
-            if not set(first_seeds.seeds) <= _seeds_done(out / f"n{size}"):
-                _size_study(base, first_seeds, names, size, out, command, show_progress, keep_memory, figures=False)
-        write_curve_report(out, _curve_report(base, names, out, pool, command, "running"))
-    for size in plan.train_sizes:
-        _size_study(base, plan, names, size, out, command, show_progress, keep_memory, figures=True)
-    report = _curve_report(base, names, out, pool, command, "done")
-    write_curve_report(out, report)
-    return report
-
-
-def _seeds_done(folder: Path) -> set[int]:
-    """The seeds of the pairs a size's report holds (none before its first pair)."""
-    return {p["seed"] for p in _size_report(folder / "report.json")["pairs"]} if (folder / "report.json").is_file() else set()
-
-
-def _size_problem(report: Any) -> Optional[str]:
-    """What makes a size's report not one ``_run_study`` wrote (None when it is): the values the curve reads."""
-    if not isinstance(report, dict) or not isinstance(report.get("recipe"), dict) or not isinstance(report.get("pairs"), list):
-        return "no recipe and pairs"
-    size = report["recipe"].get("train_subset")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        return f"its train_subset {str(size)[:20]} is not a size"
-    for pair in report["pairs"]:
-        if not isinstance(pair, dict) or isinstance(pair.get("seed"), bool) or not isinstance(pair.get("seed"), int) \
-                or not (_percent(pair.get("plain")) and _percent(pair.get("sc"))):
-            return f"its pair {str(pair)[:60]} is not a seed with two accuracies"
-    models = report.get("models")
-    if not isinstance(models, dict) or not all(isinstance(e, dict) and isinstance(e.get("params"), int) and
-                                               isinstance(e.get("macs"), int) for e in models.values()):
-        return "its models have no sizes"
-    metrics = report.get("metrics", {})
-    keys = ("name", "pairs", "plain_mean", "sc_mean", "mean_diff", "ci95")
-    if not isinstance(metrics, dict) or not all(isinstance(m, dict) and all(k in m for k in keys) for m in metrics.values()):
-        return "its metrics are not a study's"
-    return None
-
-
-def _size_report(path: Path) -> dict[str, Any]:
-    """A size's report, checked; a damaged one is refused naming the file (its run records can rewrite it)."""
-    report = _read_json(path)
-    problem = _size_problem(report)
-    if problem is not None:
-        raise SettingError(f"{path} is not a report this tool wrote ({problem}); move it away and run the curve again: "
-                           f"its runs' records rewrite it", "out")
-    return report
-
-
-def _check_curve_out(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse a folder that holds a study of one size, or a curve of other models or another recipe."""
-    if (out / "study.json").is_file():
-        saved = _read_json(out / "study.json")
-        if saved.get("kind") != CURVE_KIND:
-            raise SettingError(f"{out} holds a study of one training-set size, not a learning curve; nothing was changed, "
-                               f"choose another {{out}}", "out")
-        _refuse_other(out / "study.json", "another learning curve", {"models": saved.get("models"), **saved.get("recipe", {})},
-                      {"models": identity["models"], **identity["recipe"]})
-    runs = [p for p in out.iterdir() if p.is_dir() and _saved_config(p) is not None]
-    if runs:
-        raise SettingError(f"{out} holds the run {runs[0].name} of a study of one size; choose another {{out}}", "out")
-
-
-def _check_sizes(base: TrainConfig, sizes: Sequence[int]) -> int:
-    """The training set's length (after ``limit_train``), made once here for a generated set; every size must fit
-    in it and hold at least one batch."""
-    train, _, _ = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0,
-                                 base.bad_images)
-    too_large = [n for n in sizes if n > len(train)]
-    if too_large:
-        raise SettingError(f"{{train_sizes}} {too_large[0]:,} is more than the {len(train):,} training images of {base.data}"
-                           + (" (after {limit_train})" if base.limit_train else ""), "train_sizes", "limit_train")
-    too_small = [n for n in sizes if n < base.batch_size]
-    if too_small:
-        raise SettingError(f"{{train_sizes}} {too_small[0]:,} is less than one batch of {base.batch_size}; use sizes of at least "
-                           f"{{batch_size}}", "train_sizes", "batch_size")
-    return len(train)
-
-
-def _size_study(base: TrainConfig, plan: StudyPlan, names: Sequence[str], size: int, out: Path, command: str,
-                show_progress: bool, keep_memory: bool, figures: bool) -> dict[str, Any]:
-    sized = replace(base, train_subset=size)
-    study = dict(models=list(names), recipe=_recipe(sized.to_dict()))
-    folder = out / f"n{size}"
-    folder.mkdir(exist_ok=True)
-    _check_out(folder, study)
-    print(f"learning curve: {size:,} training images, seed(s) {', '.join(map(str, plan.seeds))}")
-    return _run_study(sized, plan, study, folder, command, show_progress, keep_memory, figures)
-
-
-def _curve_report(base: TrainConfig, names: Sequence[str], out: Path, pool: int, command: str, status: str) -> dict[str, Any]:
-    """The curve from every size's report in ``out`` (sizes run by earlier commands on this folder included)."""
-    points, localization, models, machine = [], [], {}, describe_machine(_device())
-    for path in out.glob("n*/report.json"):
-        size_report = _size_report(path)
-        size = size_report["recipe"]["train_subset"]
-        points.append(dict(size=size, pairs=[{k: p[k] for k in ("seed", "plain", "sc")} for p in size_report["pairs"]]))
-        blocks = {k: v for k, v in size_report.get("metrics", {}).items() if k != "final_val_acc"}
-        if blocks:
-            localization.append(dict(size=size, metrics=blocks))
-        models = {n: {k: e[k] for k in ("params", "macs")} for n, e in size_report["models"].items()}
-        machine = str(size_report.get("machine", machine))
-    steps = base.epochs * (pool // base.batch_size)  # the training loop drops a last short batch
-    return dict(kind=CURVE_KIND, data=base.data, names=list(names), models=models, recipe=_recipe(base.to_dict()),
-                train_images=pool, epochs=base.epochs, steps_per_run=steps, images_per_run=steps * base.batch_size,
-                command=command, machine=machine, status=status, curve=curve_summary(sorted(points, key=lambda p: p["size"])),
-                localization=sorted(localization, key=lambda b: b["size"]))
 
 
 def _measure_erf(base: TrainConfig, names: Sequence[str], seed: int, out: Path, samples: int, command: str) -> dict[str, Any]:

@@ -25,10 +25,11 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch.distributed as dist
 
+from ..errors import keyword, worded
 from .signals import TrainingStopped
 
 __all__ = ["PeerFailed", "shared_failures", "one_line", "process_rank"]
@@ -40,7 +41,18 @@ _NOT_FAILURES = (TrainingStopped, KeyboardInterrupt)
 
 
 class PeerFailed(RuntimeError):
-    """Another process of this run failed or vanished, so this one stopped; the message names it and its cause."""
+    """Another process of this run failed or vanished, so this one stopped; the message names it and its cause
+    (a setting it names is marked ``{dist_timeout}``, worded as ``SettingError``'s are)."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.worded(keyword))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        return worded(self.template, ("dist_timeout",), name)
+
+    def __reduce__(self):  # across processes
+        return type(self), (self.template,)
 
 
 def one_line(error: BaseException) -> str:
@@ -93,7 +105,7 @@ def _diagnose(store, rank: int, world: int, error: BaseException, timeout_s: flo
         return None
     names = ", ".join(map(str, silent))
     if "Timed out" in str(error):
-        return f"rank {names} did not answer within the collective timeout ({timeout_s:g} s, --dist-timeout)"
+        return f"rank {names} did not answer within the collective timeout ({timeout_s:g} s, {{dist_timeout}})"
     return f"rank {names} stopped answering: killed, or its machine or network failed"
 
 

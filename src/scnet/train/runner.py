@@ -262,7 +262,7 @@ class Run:
             save_checkpoint(ck, self.out / "checkpoint-last.pth")
         if signum is not None:
             raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {int(t['steps'])} of "
-                                          f"{self.steps_per_epoch}; checkpoint written: continue with --resume {self.out}")
+                                          f"{self.steps_per_epoch}; checkpoint written: continue with {{resume}} {self.out}", "resume")
 
 
 def fit(cfg: TrainConfig, show_progress: bool = True, log: Any = print, stop_after_epoch: Optional[int] = None) -> dict[str, Any]:
@@ -494,7 +494,7 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     signum = stop.agreed(run.device)
     if signum is not None and epoch + 1 < cfg.epochs:  # the epoch's checkpoint is the stopping point
         raise TrainingStopped(signum, f"stopped by {signal.Signals(signum).name} after epoch {epoch + 1}; "
-                                      f"checkpoint written: continue with --resume {run.out}")
+                                      f"checkpoint written: continue with {{resume}} {run.out}", "resume")
 
 
 def _epoch_start_lr(run: Run, epoch: int) -> float:
