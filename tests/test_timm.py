@@ -85,6 +85,11 @@ def test_prune_intermediate_layers_contract(name: str) -> None:
             torch.testing.assert_close(pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[i])
             if i < 4:
                 torch.testing.assert_close(pruned.forward_features(x), taps[i])
+            # What pruning leaves, as timm's own ResNet-50 leaves it: the features' width and a head of that width.
+            reference = timm.create_model("resnet50")
+            reference.prune_intermediate_layers([i], prune_head=False)
+            assert pruned.num_features == pruned.head_hidden_size == reference.num_features == taps[i].shape[1], f"pruned to {i}"
+            assert isinstance(pruned.get_classifier(), torch.nn.Identity)  # the head sized for the old features is gone
         pruned.train()
         outs = pruned.forward_intermediates(x, indices=take, intermediates_only=True) + [pruned.forward_features(x)]
         sum(o.sum() for o in outs).backward()

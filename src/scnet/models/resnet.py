@@ -309,13 +309,20 @@ class ResNet(nn.Module):
         return feats if intermediates_only else (x, feats)
 
     def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last requested feature (and the head); returns the kept indices."""
+        """Drop the stages after the last requested feature (and the head); returns the kept indices.
+
+        As timm's: when stages go, the features end at the last kept tap, so ``num_features`` becomes its channels,
+        and the head, sized for the old final features, goes whatever ``prune_head`` says.
+        """
         take, max_index = feature_take_indices(5, indices)
         for name in ("layer1", "layer2", "layer3", "layer4")[max_index:]:
             setattr(self, name, nn.Sequential())  # empty, as timm keeps them: checkpoint_seq iterates a stage
         if max_index == 0:  # the stem tap is taken before the max-pool, so the features must end there too
             self.maxpool = nn.Identity()
-        if prune_head:
+        stages_gone = max_index < 4
+        if stages_gone:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or stages_gone:
             self.reset_classifier(0, "")
         return take
 
