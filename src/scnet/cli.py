@@ -500,7 +500,7 @@ def _add_eval_command(sub: Any) -> None:
     ev.add_argument("--data", help="dataset name (default: the one it was trained on)")
     ev.add_argument("--data-dir", help="dataset folder")
     ev.add_argument("--limit-val", type=_int_in(1, 10**9), help="use only N validation images (as scnet train's)")
-    ev.add_argument("--batch-size", type=_int_in(1, 65536), help="default: the training batch size")
+    ev.add_argument("--batch-size", type=int, help="default: the training batch size")
     ev.add_argument("--workers", type=_int_in(0, 256), default=0, help="data-loading processes (default 0)")
     ev.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     _add_engine_option(ev)
