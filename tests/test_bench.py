@@ -247,7 +247,7 @@ def test_engine_profiles_are_attributed_to_the_networks_parts() -> None:
 @pytest.mark.parametrize("args, message", [
     (["--sizes", "100000"], "every resolution must be an integer from 1 to 4,096, got 100000"),  # 120 GB of input
     (["--batch-sizes", "100000"], "every batch size must be an integer from 1 to 4,096, got 100000"),  # 60 GB
-    (["--settle", "-1"], "settle >= 0"),
+    (["--settle", "-1"], "settle must be >= 0, got -1"),
 ])
 def test_bench_options_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
     assert main(["bench", "--models", "scnet_demo", "--no-memory", "--out", str(tmp_path / "b"), *args]) == 2
