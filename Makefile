@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test docs clean
+.PHONY: setup data demo test check docs clean
 
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: setup data
 test: setup data
 	$(PY) -m pytest -q
 	bash scripts/smoke_wheel.sh $(PY)
+
+# The edit-test loop: the suite without the checks marked slow (CI and make test run those too).
+check: setup data
+	$(PY) -m pytest -q -x -m "not slow"
 
 # The documentation site (guides, results, the API reference from the docstrings), built offline into site/; strict:
 # a broken link, a missing page or an unresolved reference fails the build (tests/test_docs.py builds it in CI).

@@ -26,6 +26,7 @@ def test_grid_and_bad_arguments() -> None:
         run_bench(cases, Rounds(repeats=0))
 
 
+@pytest.mark.slow
 def test_bench_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench"
     assert main(["bench", "--models", "scnet_demo", "--modes", "eager", "deploy", "train_cl", "--batch-sizes", "2", "3",

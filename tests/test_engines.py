@@ -110,6 +110,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_eval_on_each_engine_gives_the_torch_accuracy(run: Path, capsys: pytest.CaptureFixture) -> None:
     from scnet.train import evaluate_checkpoint
 

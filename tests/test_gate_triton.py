@@ -262,6 +262,7 @@ def test_training_gate_takes_the_kernels_and_equals_the_eager_path(kernel, backw
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_lean_calibrated_conv_gradcheck_through_the_kernels(kernel, backward_kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fusion, "GPU_DEVICES", ("cuda", "cpu"))
     monkeypatch.setitem(gate._TRITON, "fn", kernel)

@@ -66,6 +66,7 @@ def test_getter_features(name: str) -> None:
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["scnet50", "scnet50_v1d"])
 def test_prune_intermediate_layers_contract(name: str) -> None:
     model = timm.create_model(name).eval()
