@@ -57,7 +57,7 @@ main() {
                 curve cluttered --data cluttered_fashion_mnist --epochs 2 --batch-size 128 --train-sizes 2000 6000 20000 60000 \
                     --seeds 0 1 2 ;;
             fashion)  # the main job's recipe (all 60,000 images, 5 epochs) at every size
-                curve fashion --data fashion_mnist --epochs 5 --train-sizes 500 1000 2000 5000 10000 60000 --seeds 0 1 2 ;;
+                curve fashion --data fashion_mnist --epochs 5 --train-sizes 500 1500 5000 15000 60000 --seeds 0 1 2 ;;
             *) echo "unknown curve $name (pathfinder6, cluttered, fashion)" >&2; return 2 ;;
         esac
     done
