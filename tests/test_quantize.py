@@ -133,3 +133,13 @@ def test_logit_fidelity_and_top2_margins_restated() -> None:
         logit_fidelity(ref, out[:, :2])
     with pytest.raises(ValueError, match="classes >= 2"):
         top2_margins(ref[:, :1], out[:, :1])
+
+
+def test_int8_export_names_the_calibration_setting_when_the_data_is_missing(tmp_path) -> None:
+    import scnet
+    from scnet.int8 import export_int8
+
+    loaded = scnet.load_model("scnet_demo")
+    with pytest.raises(ValueError, match="'no_such_set' gave none .* give calibration_data NAME \\(and data_dir DIR\\)"):
+        export_int8(loaded, tmp_path / "m.onnx", data="no_such_set")
+    assert not (tmp_path / "m.onnx").exists()

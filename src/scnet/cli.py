@@ -123,43 +123,26 @@ def _export(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     sizes = [s for s in args.check_sizes if min(s) >= min_side]
-    ok = True
-    for row in check_onnx(model, out, sizes, in_chans=model.in_chans):
-        good = row["rel_error"] <= args.rtol and row["argmax_equal"]
-        ok &= good
+    rows = check_onnx(model, out, sizes, in_chans=model.in_chans, rtol=args.rtol)
+    for row in rows:
         print(f"  onnxruntime vs PyTorch at {row['size']}: relative error {row['rel_error']:.2e}, "
-              f"argmax {'equal' if row['argmax_equal'] else 'DIFFERS'} -> {'ok' if good else 'FAIL'}")
+              f"argmax {'equal' if row['argmax_equal'] else 'DIFFERS'} -> {'ok' if row['ok'] else 'FAIL'}")
     if not args.checkpoint:
         print("  note: random weights; check a trained checkpoint (--checkpoint) for a meaningful comparison")
-    return 0 if ok else 1
+    return 0 if all(row["ok"] for row in rows) else 1
 
 
 def _export_int8(args: argparse.Namespace, loaded: Any, out: Any) -> int:
-    """An int8 ONNX file calibrated on the first images of the model's training data (or --calibration-data), then
-    compared with the float32 model on 256 validation images."""
-    import torch
-
-    from .data import build_datasets
-    from .int8 import calibration_batches, logit_fidelity, quantize
+    """An int8 ONNX file calibrated on the model's training data (or --calibration-data), compared with float32."""
+    from .int8 import export_int8
 
     if args.format != "onnx":
         raise ValueError(f"--int8 writes ONNX (ONNX Runtime runs it), not --format {args.format}")
-    config = (loaded.checkpoint or {}).get("config", {})
-    data = args.calibration_data or config.get("data") or loaded.info.name
-    data_dir = args.data_dir or (config.get("data_dir") if not args.calibration_data else None)
-    try:
-        train, val, _ = build_datasets(data, data_dir, args.calibration_images, 256, loaded.info.image_size)
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"--int8 calibrates on images like those the model will see, and {data!r} gave none ({_worded(e)}); "
-                         "give --calibration-data NAME (and --data-dir DIR)") from None
-    quantized = quantize(loaded.model, calibration_batches(train, args.calibration_images), path=out, keep_fp32=args.keep_fp32)
-    x = calibration_batches(val, 256, 256)[0]  # (N, C, H, W): validation images the calibration did not see
-    with torch.no_grad():
-        ref = loaded.model(x)
-    fid = logit_fidelity(ref, quantized(x))
+    done = export_int8(loaded, out, args.calibration_data, args.data_dir, args.calibration_images, args.keep_fp32)
+    fid = done["fidelity"]
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): int8 ONNX (kept in float: {args.keep_fp32}), calibrated on "
-          f"{quantized.calibration_images} {data} images; against float32 on {fid['images']} validation images: top-1 agreement "
-          f"{fid['top1_agreement']:.1f} %, logits' relative error {fid['rel_error']:.3f}")
+          f"{done['quantized'].calibration_images} {done['data']} images; against float32 on {fid['images']} validation images: "
+          f"top-1 agreement {fid['top1_agreement']:.1f} %, logits' relative error {fid['rel_error']:.3f}")
     return 0
 
 

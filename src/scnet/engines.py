@@ -203,8 +203,10 @@ class EngineModel(nn.Module):
         return out
 
 
-def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2, seed: int = 0) -> list[dict]:
-    """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: relative error and argmax agreement.
+def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[int, int]], in_chans: int = 3, batch: int = 2,
+               seed: int = 0, rtol: float = 1e-4) -> list[dict]:
+    """Run the ONNX file in onnxruntime and eager PyTorch on the same inputs: per size the relative error, argmax
+    agreement and whether the file passes (``ok``: error within ``rtol`` and the same argmax everywhere).
 
     Here, beside the engine it runs (not in ``export``): the export is below the engines, and a check of a file by an
     engine is the engines' work."""
@@ -216,5 +218,6 @@ def check_onnx(model: nn.Module, path: Union[str, Path], sizes: Sequence[tuple[i
         with torch.no_grad():
             ref = model.eval()(x)
         out = run(x)
-        rows.append(dict(size=f"{h}x{w}", rel_error=relative_error(out, ref), argmax_equal=bool((out.argmax(-1) == ref.argmax(-1)).all())))
+        error, same = relative_error(out, ref), bool((out.argmax(-1) == ref.argmax(-1)).all())
+        rows.append(dict(size=f"{h}x{w}", rel_error=error, argmax_equal=same, ok=error <= rtol and same))
     return rows

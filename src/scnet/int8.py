@@ -19,16 +19,17 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .engines import OnnxModel, onnx_model, relative_error  # noqa: F401  (onnx_model: the float32 baseline, importable here too)
+from .errors import SettingError
 from .layers.validate import check_image_batch
 
-__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches", "logit_fidelity", "top2_margins"]
+__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches", "export_int8", "logit_fidelity", "top2_margins"]
 
 KEEP_FP32 = ("none", "gate", "convs")  # what stays in float: nothing, the gate, all but the convolutions
 DEFAULT_KEEP = "none"
@@ -156,3 +157,29 @@ def top2_margins(ref: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor
     margin = top2[:, 0] - top2[:, 1]  # (N,)
     change = (out - ref).pow(2).mean(1).sqrt()  # (N,) RMS over the classes
     return dict(margin=margin, change_rms=change, ratio=margin / change.clamp_min(1e-12))
+
+
+def export_int8(loaded: Any, path: Union[str, Path], data: Optional[str] = None, data_dir: Optional[str] = None,
+                images: int = 512, keep_fp32: str = DEFAULT_KEEP, check_images: int = 256) -> dict[str, Any]:
+    """``loaded`` (a ``scnet.load.LoadedModel``) as an int8 ONNX file at ``path``, calibrated on the first ``images``
+    of its training data (``data``: another dataset's name, with ``data_dir``), then compared with the float32 model
+    on ``check_images`` validation images the calibration did not see.
+
+    Why its own data: int8's scales are the ranges calibration sees, and images unlike the model's give ranges
+    unlike its inputs'. Returns the ``QuantizedModel``, the dataset's name and ``logit_fidelity``'s numbers.
+    """
+    from .data import build_datasets
+
+    config = (loaded.checkpoint or {}).get("config", {})
+    name = data or config.get("data") or loaded.info.name
+    folder = data_dir or (config.get("data_dir") if not data else None)
+    try:
+        train, val, _ = build_datasets(name, folder, images, check_images, loaded.info.image_size)
+    except (ValueError, FileNotFoundError) as e:
+        raise SettingError(f"int8 calibrates on images like those the model will see, and {name!r} gave none ({e}); give "
+                           f"{{calibration_data}} NAME (and {{data_dir}} DIR)", "calibration_data", "data_dir") from None
+    quantized = quantize(loaded.model, calibration_batches(train, images), path=path, keep_fp32=keep_fp32)
+    x = calibration_batches(val, check_images, check_images)[0]  # (N, C, H, W)
+    with torch.no_grad():
+        ref = loaded.model(x)
+    return dict(quantized=quantized, data=name, fidelity=logit_fidelity(ref, quantized(x)))
