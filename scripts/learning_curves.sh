@@ -28,6 +28,8 @@ restore() {  # committed records -> the run folder, where it lacks them
 publish() {  # the run folder's reports and per-run records -> docs (checkpoints and weights stay in runs/)
     local src=runs/curves/$1 dst=$DOCS/$1 f
     (cd "$src" && find . -type f \( "${KEEP[@]}" \)) | while read -r f; do
+        # a run still training keeps its log here: its record goes out with its result, never half-written
+        if [ "$(basename "$f")" = log.csv ] && [ ! -e "$src/$(dirname "$f")/compare-run.json" ]; then continue; fi
         mkdir -p "$dst/$(dirname "$f")"; cp "$src/$f" "$dst/$f"
     done
 }
