@@ -138,7 +138,7 @@ def test_one_line_keeps_user_errors_plain_and_names_the_others() -> None:
 
 def test_a_restart_continues_only_this_jobs_own_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from scnet.train import fit, merge_config
-    from scnet.train.runner import _restart_checkpoint
+    from scnet.train.resume import restart_checkpoint as _restart_checkpoint
 
     flags = dict(model="scnet_demo", data="synthetic", limit_train=64, batch_size=32, epochs=1, out=str(tmp_path / "run"))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")

@@ -239,7 +239,7 @@ def _erf(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .hostmem import keep_freed_memory_on_cpu
     from .train import fit, load_yaml, merge_config
-    from .train.runner import resume_conflicts
+    from .train.resume import resume_conflicts
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config", "debug")}
     yaml_values = load_yaml(args.config) if args.config else None

@@ -1,4 +1,5 @@
-"""A run folder is owned by one run: a lock file while a run writes there, and copying a run to continue elsewhere.
+"""A run folder is owned by one run: checked writable before any work, a lock file while a run writes there, never
+a fresh run over another run's checkpoints, and copying a run to continue elsewhere.
 
 Two runs writing one folder leave a mix of both (one's config beside the other's checkpoints), and a run resumed
 from a copy must not write back into the folder it was copied from. The lock is a file created exclusively
@@ -18,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from ..files import read_checkpoint
 from .config import ConfigError
 
-__all__ = ["LOCK", "RUN_FILES", "copy_run", "own_folder"]
+__all__ = ["LOCK", "RUN_FILES", "adopt_folder", "check_out_writable", "copy_run", "own_folder", "prepare_out"]
 
 LOCK = ".lock"
 # What a run folder holds of a run (copied when a run is continued elsewhere); anything else is the user's.
@@ -152,7 +154,53 @@ def copy_run(source: Path, target: Path, log: Callable[..., None] = print) -> No
     log(f"copied the run in {source} to {target}; continuing there ({source} is left as it was)")
 
 
-def run_folder_of(resume: str) -> Optional[Path]:
-    """The folder a ``--resume`` value names: itself for a folder, the checkpoint's folder for a file."""
-    path = Path(resume)
-    return path if path.is_dir() else path.parent
+def check_out_writable(out: Path) -> None:
+    """Fail before any work if ``out`` cannot be made or written, without creating anything yet."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {out} is not writable ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {out} is not writable (no write permission on {existing})")
+
+
+def prepare_out(out: Path) -> None:
+    """Make ``out`` and prove it takes a file, then drop the temporary files a killed process left half-written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output directory {out} is not writable ({e.strerror or e})") from e
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+
+
+def _check_run_directory(out: Path) -> None:
+    """Refuse to start a fresh run over another run's checkpoints: say what is there and how to go on."""
+    last = out / "checkpoint-last.pth"
+    if not last.is_file():
+        return
+    try:
+        state = read_checkpoint(last)
+        done, steps = int(state.get("epoch", 0)), int(state.get("step", 0))
+        planned = int(state.get("config", {}).get("epochs", 0))
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{out} holds a checkpoint that cannot be read ({e}); choose another {{out}}", "out") from e
+    if done >= planned and not steps:
+        raise ConfigError(f"{out} already holds a finished run ({done} epochs); choose another {{out}}, or continue it "
+                          f"for more epochs with {{resume}} {out} {{epochs}} N", "out", "resume", "epochs")
+    where = f"epoch {done + 1}, step {steps}" if steps else f"after epoch {done}"
+    raise ConfigError(f"{out} holds an unfinished run (stopped {where} of {planned} epochs); continue it with "
+                      f"{{resume}} {out}, or choose another {{out}}", "resume", "out")
+
+
+def adopt_folder(out: Path, resumed: Optional[Path], log: Callable[..., None] = print) -> None:
+    """With ``out`` held: a fresh run (``resumed`` None) refuses another run's checkpoints; a run resumed from a
+    checkpoint in another folder (``--resume A --out B``) copies A's run there first."""
+    if resumed is None:
+        _check_run_directory(out)
+    elif resumed.parent.resolve() != out.resolve():
+        copy_run(resumed.parent, out, log)
