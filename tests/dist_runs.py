@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 
 INJECT = str(Path(__file__).with_name("inject_rank.py"))
 # GroupNorm and the "small" stem without max-pool, as in test_train: two processes then train what one would.

@@ -29,7 +29,7 @@ import torch
 
 from dist_runs import same_weights
 from scnet.cli import main
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 from scnet.train import fit, merge_config
 
 # 256 synthetic training images, batch 32: 8 steps per epoch, 16 in all.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scnet.cli import main
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 
 TRAIN = ["train", "--data", "synthetic", "--batch-size", "32", "--lr", "0.05"]
 

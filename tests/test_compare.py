@@ -283,7 +283,7 @@ def test_a_killed_study_leaves_no_run_training_and_continues_both(tmp_path: Path
     import time
 
     from scnet.data import FASHION_MNIST_SYSTEM_DIR
-    from scnet.models.weights import read_checkpoint
+    from scnet.files import read_checkpoint
 
     if not Path(FASHION_MNIST_SYSTEM_DIR).is_dir():
         pytest.skip("Fashion-MNIST is not installed (make data)")

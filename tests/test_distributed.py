@@ -9,7 +9,7 @@ import torch
 
 import dist_runs as mp
 from scnet.data import FASHION_MNIST_SYSTEM_DIR
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 from scnet.train import peers
 
 EPOCHS = ["--epochs", "2"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from scnet.cli import main
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 from scnet.train import fit, merge_config
 from scnet.train.folder import LOCK, own_folder
 

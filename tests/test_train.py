@@ -13,7 +13,7 @@ import scnet
 
 from scnet.cli import main
 from scnet.data import FASHION_MNIST_SYSTEM_DIR, build_datasets
-from scnet.models.weights import read_checkpoint
+from scnet.files import read_checkpoint
 from scnet.train import evaluate_checkpoint, fit, merge_config
 from scnet.train.config import ConfigError
 

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 import scnet
 from scnet.models import SCBottleneck, weights
-from scnet.models.weights import PretrainedWeights, WeightsUnavailableError, load_pretrained
+from scnet.models.resolve import load_pretrained
+from scnet.models.weights import PretrainedWeights, WeightsUnavailableError
 from seeded import seeded_input, seeded_state_dict
 
 

@@ -5,26 +5,22 @@
 file name), or a name with a bare weight file, and returns a ``LoadedModel``: the model in eval mode and its
 ``DataInfo`` (classes, channels, input size, mean/std), a label and where it came from. Every tool (eval,
 predict, cam, erf, bench, export, train's resume through ``load_weights``) gets its models here; files are read
-by ``scnet.files`` and weights enter a model only through ``models.weights.load_weights``.
+through ``models.resolve`` (which reads) and enter a model only through ``models.weights.load_weights``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 
 from .data import IMAGENET_CROP_PCT, DataInfo
-from .files import HUB_PREFIXES, is_training_checkpoint, read_checkpoint
+from .files import HUB_PREFIXES
 from .models import registry
-from .models.weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, load_pretrained, load_weights, state_dict_of
+from .models.resolve import BareWeightsError, build, config_args, resolve
+from .models.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BareWeightsError", "LoadedModel", "load_model", "model_from_config", "data_info_of"]
-
-
-class BareWeightsError(ValueError):
-    """A weight file without the model's description, loaded without a model name."""
 
 
 @dataclass
@@ -42,9 +38,7 @@ class LoadedModel:
 
 def model_from_config(config: dict[str, Any], info: DataInfo) -> nn.Module:
     """The model a training configuration describes, shaped for its dataset (classes, channels), random weights."""
-    tuning = {k: config[k] for k, default in (("frozen_stages", -1), ("norm_eval", False)) if config.get(k, default) != default}
-    return registry.create_model(config["model"], num_classes=info.num_classes, in_chans=info.in_chans,
-                                 stem_type=config.get("stem_type"), norm_layer=config.get("norm_layer"), **tuning)
+    return registry.build(config["model"], num_classes=info.num_classes, in_chans=info.in_chans, **config_args(config))
 
 
 def data_info_of(model: nn.Module) -> DataInfo:
@@ -76,26 +70,6 @@ def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
     return tuple(values[i % len(values)] for i in range(in_chans))
 
 
-def _official_arch(path: Path) -> Optional[str]:
-    """The model whose published file this is, by its name (``scnet50-dc6a7e87.pth``), or None."""
-    return next((name for name, spec in PRETRAINED.items() if spec.filename == path.name), None)
-
-
-def _trained(path: str, state: dict[str, Any], name: Optional[str], use_ema: bool) -> LoadedModel:
-    """A training checkpoint or a release of one: the model its configuration names, its weights loaded."""
-    arch = state["config"]["model"]
-    if name and name != arch:
-        raise ValueError(f"{path} holds {arch}, not {name}")
-    key = "model_ema" if use_ema else "model"
-    if not isinstance(state.get(key), dict):
-        raise ValueError(f"{path} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
-    info = DataInfo.from_dict(state["data_info"])
-    model = model_from_config(state["config"], info)
-    load_weights(model, state[key], path, classifier=None, name=f"{arch} on {info.name}")
-    args = {k: state["config"][k] for k in ("stem_type", "norm_layer") if state["config"].get(k)}
-    return LoadedModel(model.eval(), info, f"{arch} (trained)", path, state, arch, dict(args, in_chans=info.in_chans))
-
-
 def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretrained: bool = False, use_ema: bool = False,
                data_info: Optional[DataInfo] = None, **kwargs: Any) -> LoadedModel:
     """Any model reference as a model in eval mode with its description (see the module's docstring).
@@ -110,28 +84,19 @@ def load_model(name: Optional[str] = None, file: Optional[str] = None, *, pretra
     Raises ``BareWeightsError`` for bare weights without a model name, ``ValueError`` for an unknown name, a file of
     another model or weights that do not fit, ``FileNotFoundError`` for a missing file.
     """
-    if file is not None:
-        state = read_checkpoint(file)  # the one read of the file
-        if is_training_checkpoint(state):
-            return _trained(str(file), state, name, use_ema)
-        name = name or _official_arch(Path(file))
-        if not name:
-            raise BareWeightsError(f"{file} holds bare weights: give the model's name too")
-    if not name:
-        raise ValueError("give a model name or a checkpoint")
+    resolved = resolve(name, file, pretrained=pretrained, use_ema=use_ema)  # every read happens here
+    if resolved.trained:
+        info = DataInfo.from_dict(resolved.checkpoint["data_info"])
+        model = build(resolved)
+        args = {k: v for k, v in resolved.model_args.items() if k in ("stem_type", "norm_layer", "in_chans")}
+        return LoadedModel(model.eval(), info, f"{resolved.arch} (trained)", str(file), resolved.checkpoint, resolved.arch, args)
+    hub = bool(name) and name.startswith(HUB_PREFIXES)
+    name, arch = (name if hub else resolved.arch), resolved.arch  # a Hub model is named by its reference
     if data_info is not None:
         kwargs = dict(kwargs, in_chans=data_info.in_chans, num_classes=data_info.num_classes)
-    model = registry.create_any_model(name, **kwargs)
-    if pretrained:
-        load_pretrained(model, name)
-    if file is not None:
-        ours = name if name in registry.list_models() else None  # our files name their architecture: checked
-        load_weights(model, state_dict_of(state, file, ours), str(file))
-    hub = name.startswith(HUB_PREFIXES)
+    model = build(resolved, **kwargs)
     label = f"{name} ({'weights' if file or hub else 'pretrained' if pretrained else 'init'})"
     info = data_info if data_info is not None else data_info_of(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    arch = cfg.get("architecture", name) if hub else name
     args = {k: v for k, v in kwargs.items() if v is not None and k != "num_classes"}
     if hub or "in_chans" not in args:
         args["in_chans"] = info.in_chans

@@ -1,8 +1,8 @@
-"""The weight table and the one path every weight file takes into a model.
+"""The weight table, the download of published files, and the one place weights enter a model (``load_weights``).
 
-``pretrained=True``, ``checkpoint_path=`` and every tool go through ``load_checkpoint``: read the file
-safely (safetensors, or ``torch.load(weights_only=True)`` which never unpickles code), unwrap the usual
-containers, remap legacy names in ``filter_state_dict``, check names and shapes, load.
+Files are read in ``resolve`` (through ``scnet.files.read_checkpoint``: safetensors, or ``torch.load`` with
+``weights_only=True``, which never unpickles code); every tensor that reaches a model passes ``load_weights``:
+legacy names remapped (``filter_state_dict``), input channels adapted, names and shapes checked, loaded.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from ..errors import SettingError
-from ..files import check_is_file, check_arch, read_checkpoint, tensors_sha256
+from ..files import check_is_file, tensors_sha256
 
 __all__ = [
-    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights",
-    "load_pretrained", "pretrained_file", "adapt_input_channels", "read_checkpoint", "load_state_dict_file", "state_dict_of", "filter_state_dict", "load_checkpoint", "load_weights",
-    "verify_sha256", "tensors_sha256", "check_arch", "IMAGENET_MEAN", "IMAGENET_STD",
+    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights", "pretrained_file",
+    "adapt_input_channels", "filter_state_dict", "load_weights", "verify_sha256", "tensors_sha256", "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 _OFFICIAL_HOST = "https://backseason.oss-cn-beijing.aliyuncs.com/scnet/"
@@ -127,11 +127,6 @@ def pretrained_file(name: str, cache_dir: Union[str, Path, None] = None, progres
     return download_weights(spec, cache_dir, progress)
 
 
-def load_pretrained(model: nn.Module, name: str, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> nn.Module:
-    """Load the published weights of ``name`` into ``model``."""
-    return load_checkpoint(model, pretrained_file(name, cache_dir, progress))
-
-
 def adapt_input_channels(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """``state`` with its first convolution adapted to ``model``'s input channels when they differ (ImageNet weights
     for grayscale images): timm's ``adapt_input_conv`` (summed for 1 channel, repeated and scaled for more)."""
@@ -142,26 +137,6 @@ def adapt_input_channels(state: dict[str, torch.Tensor], model: nn.Module) -> di
     if own is None or key not in state or state[key].shape[1] == own.shape[1]:
         return state
     return {**state, key: adapt_input_conv(own.shape[1], state[key])}
-
-
-def load_state_dict_file(path: Union[str, Path], arch: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or torch file as a flat state dict (``state_dict_of``)."""
-    return state_dict_of(read_checkpoint(path), path, arch)
-
-
-def state_dict_of(obj: dict, path: Union[str, Path], arch: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The flat state dict inside a file's contents as ``read_checkpoint`` returns them, unwrapping the usual
-    containers (timm's and ours: EMA weights first). With ``arch``, a file that declares another architecture is
-    refused (``check_arch``)."""
-    if arch is not None:
-        check_arch(obj, path, arch)
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (name -> tensor)")
-    return obj
 
 
 def filter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -176,13 +151,6 @@ def filter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 key = key[len(prefix):]
         out[key] = value
     return out
-
-
-def load_checkpoint(model: nn.Module, path: Union[str, Path], strict: bool = True, classifier: Optional[str] = "fc",
-                    arch: Optional[str] = None) -> nn.Module:
-    """Load a weight file into ``model`` (``load_weights``). With ``arch`` (the model's registered name), a file
-    declaring another architecture is refused up front."""
-    return load_weights(model, load_state_dict_file(path, arch), str(path), strict, classifier)
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True,

@@ -21,7 +21,7 @@ from ..errors import SettingError
 from ..files import write_text_atomically
 from ..hostmem import keep_freed_memory_on_cpu
 from ..models import plain_twin, sc_twin
-from ..models.weights import read_checkpoint
+from ..files import read_checkpoint
 from ..profile import count_macs, count_params, describe_machine
 from .config import TrainConfig
 from .folder import own_folder

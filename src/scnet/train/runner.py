@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 
 from ..data import DataInfo, TensorImages, build_datasets, nested_subset
 from ..fast import fast_train
-from ..files import read_checkpoint, release_metadata, write_release, write_text_atomically
+from ..files import release_metadata, write_release, write_text_atomically
 from ..load import model_from_config
-from ..models.weights import load_weights, pretrained_file, state_dict_of
+from ..models.resolve import resolve
+from ..models.weights import load_weights
 from .checkpoint_eval import evaluate_checkpoint
 from .config import ConfigError, TrainConfig
 from .distributed import init_distributed, job_id
@@ -287,10 +288,10 @@ def _restore(cfg: TrainConfig, model: nn.Module, parts: StepParts, resumed: Resu
 def _start_from_weights(cfg: TrainConfig, model: nn.Module, log: Callable[..., None]) -> None:
     """A new run from published or given weights: a classifier of another size starts at its initialisation, another
     input channel count is adapted; a file that declares another architecture is refused."""
-    path = pretrained_file(cfg.model) if cfg.pretrained else Path(cfg.checkpoint)
-    state = state_dict_of(read_checkpoint(path), path, cfg.model)
-    load_weights(model, state, str(path), name=cfg.model)  # adapts the input channels and leaves another head
-    log(f"starting from the weights of {path}")
+    resolved = resolve(cfg.model, None if cfg.pretrained else cfg.checkpoint, pretrained=cfg.pretrained, described=False)
+    for tensors, source in resolved.weights:
+        load_weights(model, tensors, source, name=cfg.model)  # adapts the input channels and leaves another head
+        log(f"starting from the weights of {source}")
 
 
 def _open_logs(cfg: TrainConfig, data: RunData, world: int, main: bool, log: Callable[..., None]) -> Any:
