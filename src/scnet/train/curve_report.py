@@ -162,9 +162,21 @@ def draw_accuracy(ax: Any, report: dict[str, Any]) -> None:
         ax.errorbar(sizes, [b["mean"] for b in blocks], yerr=_errors(blocks), fmt="o-", color=color, capsize=4, lw=2,
                     label=f"{name} (mean, 95 % CI)", zorder=3)
     _size_axis(ax, sizes)
+    seeds = [v for p in points for key in ("plain", "sc") for v in p[f"{key}_values"]]
+    _data_range(ax, [b for p in points for b in (p["plain"], p["sc"])], max(0.0, min(seeds) - 8), min(100.5, max(seeds) + 8))
     ax.set(ylabel="test top-1 (%)", title="accuracy against training-set size")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def _data_range(ax: Any, blocks: list[dict[str, Any]], low: float, high: float) -> None:
+    """The value axis over the seeds' values, not the intervals: with two or three seeds a Student interval can span
+    hundreds of points (t = 12.7 for two), which would flatten every curve. Intervals cut at the axis are said so."""
+    ax.set_ylim(low, high)
+    cut = any(b.get("ci95") and (b["ci95"][0] < low or b["ci95"][1] > high) for b in blocks)
+    if cut:
+        ax.text(0.01, 0.01, "intervals beyond the axis are cut", transform=ax.transAxes, fontsize=8, color="0.35",
+                va="bottom", ha="left")
 
 
 def draw_difference(ax: Any, report: dict[str, Any]) -> None:
@@ -177,6 +189,8 @@ def draw_difference(ax: Any, report: dict[str, Any]) -> None:
     ax.errorbar([p["size"] for p in points], [b["mean"] for b in blocks], yerr=_errors(blocks), fmt="D", color="tab:red",
                 capsize=5, lw=2, zorder=3, label="mean, 95 % t-interval (dots: seeds)")
     _size_axis(ax, [p["size"] for p in points])
+    span = 1.4 * max(abs(b - a) for p in points for a, b in zip(p["plain_values"], p["sc_values"])) + 1.0
+    _data_range(ax, blocks, -span, span)
     ax.set(ylabel="SC - plain (points)", title="paired difference per size")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
