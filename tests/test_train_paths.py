@@ -381,3 +381,28 @@ def test_fast_train_reaches_sc_layers_in_any_model() -> None:
     gb = torch.autograd.grad(b.square().sum(), list(fast.parameters()))
     for (name, _), p, q in zip(ref.named_parameters(), ga, gb):
         torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("factory", ["scnet", "timm"])
+def test_any_trainer_gets_the_fast_forms_by_asking(factory: str) -> None:
+    """``fast_train=True`` through ``scnet.create_model`` or ``timm.create_model`` (a loop of one's own, Lightning,
+    timm's train.py) gives the fast forms, with the reference's training step in float64; left out, the reference."""
+    import timm
+
+    create = scnet.create_model if factory == "scnet" else timm.create_model
+    torch.manual_seed(0)
+    fast = create("scnet_demo", num_classes=4, in_chans=1, fast_train=True).double().train()
+    ref = copy.deepcopy(fast)
+    scnet.fast_train(ref, enable=False)
+    assert {type(m) for m in fast.modules()} >= {FastSCBottleneck, FastSelfCalibration}
+    assert not any(type(m).__name__.startswith("Fast") for m in ref.modules())
+    assert not any(type(m).__name__.startswith("Fast") for m in create("scnet_demo", num_classes=4).modules())
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a, b = ref(x), fast(x)
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), list(ref.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), list(fast.parameters()))
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match="fast_train must be True or False, got 'yes'"):
+        create("scnet_demo", fast_train="yes")

@@ -10,5 +10,9 @@ Nothing in ``scnet.layers`` or ``scnet.models`` imports this package: the refere
 from .deploy import DeployReport, cuda_graph, deploy
 from .fusion import FusedConv, fold_conv_norm, onednn_fusion_available
 from .training import fast_train
+from ..models.registry import register_build_option
+
+# Any trainer gets the training forms by asking for them: create_model(..., fast_train=True), timm's too.
+register_build_option("fast_train", fast_train)
 
 __all__ = ["DeployReport", "FusedConv", "cuda_graph", "deploy", "fast_train", "fold_conv_norm", "onednn_fusion_available"]

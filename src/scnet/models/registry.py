@@ -11,6 +11,33 @@ __all__ = ["register_model", "list_models", "get_model_builder", "build", "creat
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
+# Keywords every builder takes beyond the architecture's, each a change applied to the built model by a package above
+# this one (``fast_train``: the training forms, from ``scnet.fast``), which registers it: the models never import it.
+_BUILD_OPTIONS: dict[str, Callable[[nn.Module], nn.Module]] = {}
+
+
+def register_build_option(name: str, apply: Callable[[nn.Module], nn.Module]) -> None:
+    """Let every builder take ``name=True`` (through ``create_model`` and ``timm.create_model`` alike): ``apply`` is
+    called on the built model. A second registration of a name is a bug and raises."""
+    if name in _BUILD_OPTIONS:
+        raise ValueError(f"a build option named {name!r} is already registered")
+    _BUILD_OPTIONS[name] = apply
+
+
+def apply_build_options(model: nn.Module, options: dict[str, Any]) -> nn.Module:
+    """``model`` with each option given as true applied (``register_build_option``); an option's value must be a bool."""
+    for name, value in options.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+        if value:
+            model = _BUILD_OPTIONS[name](model)
+    return model
+
+
+def split_build_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the builder's own keyword arguments, the build options among them)."""
+    return ({k: v for k, v in kwargs.items() if k not in _BUILD_OPTIONS},
+            {k: v for k, v in kwargs.items() if k in _BUILD_OPTIONS})
 
 
 def register_model(fn: F) -> F:

@@ -15,7 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 
 from .blocks import Bottleneck, SCBottleneck
-from .registry import register_model
+from .registry import apply_build_options, register_model, split_build_options
 from .resnet import STEM_STRIDES, ResNet
 from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
 
@@ -107,10 +107,12 @@ def _make_builder(name: str) -> Callable[..., ResNet]:
     description = ARCHS[base][1] if base == name else f"Plain twin of {base}: the same trunk with a plain ResNet bottleneck"
 
     def builder(pretrained: bool = False, **kwargs: Any) -> ResNet:
-        return build_model(name, pretrained, **kwargs)
+        own, options = split_build_options(kwargs)  # e.g. fast_train=True: applied once the model is built
+        return apply_build_options(build_model(name, pretrained, **own), options)
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{description}.\n\nKeyword arguments go to ``scnet.ResNet`` and override the variant's."
+    builder.__doc__ = (f"{description}.\n\nKeyword arguments go to ``scnet.ResNet`` and override the variant's; "
+                       "``fast_train=True`` returns it with the training fast forms (``scnet.fast_train``).")
     return builder
 
 
