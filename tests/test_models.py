@@ -1,6 +1,7 @@
 """Every registered model: official layout and numbers, counts, small inputs, training, API and errors."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -239,3 +240,45 @@ def test_registry_errors_and_none_kwargs(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ValueError, match="'extra_model' is already registered"):
         registry.register_model(extra_model)
     assert scnet.list_models("scnet50*") == ["scnet50", "scnet50_plain", "scnet50_v1d", "scnet50_v1d_plain"]
+
+
+def test_stochastic_depth_follows_timms_rule_and_is_absent_by_default() -> None:
+    """``drop_path_rate`` gives each block timm's ResNet probability (0 at the first block, rising linearly to the
+    rate at the last); left at 0, no block holds a drop path, so the official outputs cannot change."""
+    def rates(model: nn.Module) -> list[float]:
+        blocks = [b for name in ("layer1", "layer2", "layer3", "layer4") for b in getattr(model, name)]
+        return [float(getattr(b.drop_path, "drop_prob", None) or 0.0) for b in blocks]
+
+    ours = rates(scnet.create_model("scnet101", drop_path_rate=0.3))
+    assert ours == rates(timm.create_model("resnet101", drop_path_rate=0.3))
+    assert ours[0] == 0.0 and ours[-1] == pytest.approx(0.3) and len(ours) == 33
+    assert rates(scnet.create_model("scnet_demo_plain", drop_path_rate=0.1)) == rates(scnet.create_model("scnet_demo", drop_path_rate=0.1))
+    plain = scnet.create_model("scnet50")
+    assert not any(type(m).__name__ == "DropPath" for m in plain.modules())
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="drop_path_rate must be in"):
+            scnet.create_model("scnet_demo", drop_path_rate=bad)
+
+
+def test_stochastic_depth_drops_whole_branches_in_training_only() -> None:
+    """In eval a model with drop path gives the outputs of the same weights without it; in training a dropped branch
+    leaves a block's output equal to its shortcut path, and the fast forms draw and apply the same masks."""
+    torch.manual_seed(0)
+    ref = scnet.create_model("scnet_demo", num_classes=5, in_chans=1).double()
+    dropping = scnet.create_model("scnet_demo", num_classes=5, in_chans=1, drop_path_rate=0.5).double()
+    dropping.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.equal(dropping.eval()(x), ref.eval()(x))
+    block = dropping.layer4[-1].train()  # rate 0.5: some of 64 samples dropped, some kept (scaled by 2)
+    inputs = torch.randn(64, block.conv1_a.in_channels, 8, 8, dtype=torch.float64)
+    torch.manual_seed(3)
+    out = block(inputs)
+    shortcut = inputs if block.downsample is None else block.downsample(inputs)
+    dropped = [torch.equal(out[i], torch.relu(shortcut[i])) for i in range(64)]
+    assert 10 < sum(dropped) < 54
+    fast = scnet.fast_train(copy.deepcopy(dropping)).train()
+    dropping.train()
+    torch.manual_seed(4)
+    want = dropping(x)
+    torch.manual_seed(4)
+    torch.testing.assert_close(fast(x), want)

@@ -336,13 +336,15 @@ def test_tensor_batches_are_the_same_for_any_split_and_start() -> None:
 
 
 def test_resume_is_exact_with_augmentation(tmp_path: Path) -> None:
+    """Random crops and flips, and stochastic depth (whose masks come from the model-side generator), resume exactly."""
     quiet = dict(show_progress=False, log=lambda *a: None)
-    real = dict(data="fashion_mnist", limit_train=256, limit_val=64, epochs=3)
+    real = dict(data="fashion_mnist", limit_train=256, limit_val=64, epochs=3, drop_path=0.2)
     fit(_cfg(tmp_path / "straight", **real), **quiet)
     fit(_cfg(tmp_path / "cut", **real), stop_after_epoch=2, **quiet)
     fit(merge_config(flags=dict(resume=str(tmp_path / "cut"), epochs=3)), **quiet)
     a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
     b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    assert b["config"]["drop_path"] == 0.2
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

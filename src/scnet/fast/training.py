@@ -78,7 +78,7 @@ class _InPlaceSum(nn.Module):
     def _merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super()._merge(out, x)
-        out = self.se(self.bn3(self.conv3(out)))
+        out = self.drop_path(self.se(self.bn3(self.conv3(out))))
         out += x if self.downsample is None else self.downsample(x)
         return self.act(out)
 

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from timm.layers import create_attn
+from timm.layers import DropPath, create_attn
 
 from ..layers import NormLayer, SafeBatchNorm2d, SelfCalibration, conv3x3_norm
 
@@ -30,7 +30,7 @@ class _BottleneckBase(nn.Module):
 
     def _init_merge(
         self, width: int, planes: int, downsample: Optional[nn.Module], norm_layer: NormLayer,
-        act_layer: Callable[..., nn.Module], attn_layer: Optional[str],
+        act_layer: Callable[..., nn.Module], attn_layer: Optional[str], drop_path: float,
     ) -> None:
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = norm_layer(planes * self.expansion)
@@ -38,9 +38,14 @@ class _BottleneckBase(nn.Module):
         self.se = create_attn(attn_layer, planes * self.expansion) if attn_layer else nn.Identity()
         self.act = act_layer(inplace=True)
         self.downsample = downsample
+        # Stochastic depth (Huang et al. 2016): in training, the residual branch of a whole sample is dropped with
+        # this probability, the kept ones scaled up; an identity at 0 (the default) and in eval mode.
+        if not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path!r}")
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        out = self.se(self.bn3(self.conv3(out)))
+        out = self.drop_path(self.se(self.bn3(self.conv3(out))))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act(out + shortcut)
 
@@ -74,6 +79,7 @@ class SCBottleneck(_BottleneckBase):
         attn_layer: Optional[str] = None,
         pooling_r: int = 4,
         upsample_mode: str = "nearest",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
@@ -86,7 +92,7 @@ class SCBottleneck(_BottleneckBase):
         self.k1 = conv3x3_norm(half, half, conv_stride, dilation, cardinality, norm_layer)
         self.scconv = SelfCalibration(half, half, conv_stride, dilation, cardinality, pooling_r, norm_layer, upsample_mode)
         self.avd_layer = _avd_pool(avd, stride)
-        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer)
+        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act(self.bn1_a(self.conv1_a(x)))  # (N, w/2, H, W)
@@ -112,6 +118,7 @@ class Bottleneck(_BottleneckBase):
         norm_layer: NormLayer = SafeBatchNorm2d,
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         attn_layer: Optional[str] = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
@@ -123,7 +130,7 @@ class Bottleneck(_BottleneckBase):
         )
         self.bn2 = norm_layer(width)
         self.avd_layer = _avd_pool(avd, stride)
-        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer)
+        self._init_merge(width, planes, downsample, norm_layer, act_layer, attn_layer, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))  # (N, w, H, W)

@@ -82,7 +82,7 @@ def _make_downsample(inplanes: int, outplanes: int, stride: int, avg_down: bool,
 
 
 def _check_trunk_args(stem_type: str, layers: Sequence[int], widths: Sequence[int], in_chans: int, num_classes: int,
-                      drop_rate: float, frozen_stages: int) -> None:
+                      drop_rate: float, frozen_stages: int, drop_path_rate: float = 0.0) -> None:
     """A ``ValueError`` naming the first bad constructor argument."""
     if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
         raise ValueError(f"frozen_stages must be an integer from -1 (nothing frozen) to 4 (stem and all 4 stages), got {frozen_stages!r}")
@@ -95,8 +95,18 @@ def _check_trunk_args(stem_type: str, layers: Sequence[int], widths: Sequence[in
     for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not 0.0 <= float(drop_rate) < 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def drop_path_rates(layers: Sequence[int], rate: float) -> list[list[float]]:
+    """Each block's stochastic-depth probability, per stage: rising linearly from 0 at the first block to ``rate`` at
+    the last, over the whole network (timm's ResNet rule, so a recipe's ``drop_path_rate`` means the same here)."""
+    total = sum(layers)
+    rates = [rate * i / max(total - 1, 1) for i in range(total)]
+    starts = [sum(layers[:k]) for k in range(len(layers))]
+    return [rates[start:start + count] for start, count in zip(starts, layers)]
 
 
 class ResNet(nn.Module):
@@ -118,6 +128,8 @@ class ResNet(nn.Module):
         output_stride: 32, 16 or 8; lower values dilate the last stages instead of striding them.
         global_pool: timm pool type for the head ("avg", "max", "avgmax", "" for none).
         drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, the largest block's drop probability (``drop_path_rates``); 0 (the
+            default) builds no drop path at all, so the official models' outputs are unchanged.
         norm_layer: a norm class/callable or a name ("batchnorm", "groupnorm", "frozenbn").
         act_layer: activation class, called with ``inplace=True``.
         attn_layer: channel attention after each block's last norm (a timm name such as "se"), or None.
@@ -148,6 +160,7 @@ class ResNet(nn.Module):
         output_stride: int = 32,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         norm_layer: Union[str, NormLayer] = "batchnorm",
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         attn_layer: Optional[str] = None,
@@ -159,7 +172,7 @@ class ResNet(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate, frozen_stages)
+        _check_trunk_args(stem_type, layers, widths, in_chans, num_classes, drop_rate, frozen_stages, drop_path_rate)
         self.frozen_stages, self.norm_eval = frozen_stages, bool(norm_eval)
         # Build under the requested device so nothing is allocated elsewhere first (timm's meta-device contract).
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -174,10 +187,13 @@ class ResNet(nn.Module):
             reduction = self._make_stem_layers(stem_type, in_chans, stem_width, widths[0], norm_layer, act_layer)
             common = dict(cardinality=cardinality, base_width=base_width, norm_layer=norm_layer, act_layer=act_layer,
                           attn_layer=attn_layer, **(block_args or {}))
+            rates = drop_path_rates(layers, float(drop_path_rate))
             for idx, (planes, blocks, (stride, dilation)) in enumerate(zip(widths, layers, _stage_strides(output_stride))):
                 # avd also applies to the first block of stages 2-4 when dilation removed their stride (a 3x3/1 blur).
                 first_avd = avd and (stride > 1 or idx > 0)
-                self.add_module(f"layer{idx + 1}", self._make_stage(block, planes, blocks, stride, dilation, first_avd, avg_down, common))
+                stage = self._make_stage(block, planes, blocks, stride, dilation, first_avd, avg_down, common,
+                                         rates[idx] if drop_path_rate else None)
+                self.add_module(f"layer{idx + 1}", stage)
                 reduction *= stride
                 self.feature_info.append(dict(num_chs=self.inplanes, reduction=reduction, module=f"layer{idx + 1}"))
 
@@ -201,17 +217,19 @@ class ResNet(nn.Module):
         return conv_stride * pool_stride
 
     def _make_stage(self, block: Type[nn.Module], planes: int, blocks: int, stride: int, dilation: int, first_avd: bool,
-                    avg_down: bool, common: dict[str, Any]) -> nn.Sequential:
-        """One stage; ``common`` holds the keyword arguments every block gets (width rule, layers, block_args)."""
+                    avg_down: bool, common: dict[str, Any], drop_paths: Optional[list[float]] = None) -> nn.Sequential:
+        """One stage; ``common`` holds the keyword arguments every block gets (width rule, layers, block_args);
+        ``drop_paths`` each block's stochastic depth (None: the argument is not passed, for blocks that lack it)."""
         outplanes = planes * block.expansion
         downsample = None
         if stride != 1 or self.inplanes != outplanes:
             downsample = _make_downsample(self.inplanes, outplanes, stride, avg_down, common["norm_layer"])
         # As the official code: a dilated stage's first block uses half the dilation (1 for 2, 2 for 4).
         first_dilation = 1 if dilation in (1, 2) else 2
-        stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=first_avd, **common)]
+        each = [{} if drop_paths is None else dict(drop_path=p) for p in drop_paths or [None] * blocks]
+        stage = [block(self.inplanes, planes, stride, downsample, dilation=first_dilation, avd=first_avd, **common, **each[0])]
         self.inplanes = outplanes
-        stage += [block(outplanes, planes, 1, None, dilation=dilation, avd=False, **common) for _ in range(1, blocks)]
+        stage += [block(outplanes, planes, 1, None, dilation=dilation, avd=False, **common, **each[i]) for i in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def _init_weights(self, zero_init_last: bool) -> None:

@@ -119,6 +119,8 @@ def config_args(config: dict[str, Any]) -> dict[str, Any]:
     """The builder's arguments a training configuration sets (besides the dataset's classes and channels)."""
     args = {k: config[k] for k in ("stem_type", "norm_layer") if config.get(k) is not None}
     args.update({k: config[k] for k, default in _TUNING if config.get(k, default) != default})
+    if config.get("drop_path"):  # the configuration's name for the trunk's drop_path_rate (timm's train.py's)
+        args["drop_path_rate"] = config["drop_path"]
     return args
 
 

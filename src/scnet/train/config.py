@@ -110,6 +110,9 @@ class TrainConfig:
                                                        "--lr-gamma (default 30 60 90, the paper's)")
     lr_gamma: float = option(0.1, "the step schedule's factor (default {default})")
     label_smoothing: float = option(0.1, "default {default}")
+    drop_path: float = option(0.0, "stochastic depth: the last block's probability of dropping its residual branch in "
+                                   "training, rising linearly from 0 at the first block (timm's drop_path_rate; e.g. 0.05 "
+                                   "in ResNet strikes back's A2 recipe) (default {default}: none)")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
     ema_decay: Optional[float] = option(None, "keep an EMA of the weights with this decay, e.g. 0.999")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 with a grad scaler on GPU)")
@@ -170,6 +173,7 @@ class TrainConfig:
             raise ConfigError(f"{{warmup_epochs}} {self.warmup_epochs:g} is longer than the run's {self.epochs} {{epochs}}: the "
                               f"learning rate would never reach its peak", "warmup_epochs", "epochs")
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        _number("drop_path", self.drop_path, low=0, high=1, high_open=True)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
