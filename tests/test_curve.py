@@ -184,6 +184,8 @@ def test_an_interrupted_curve_continues_and_more_seeds_join_it(tmp_path: Path, m
     out = tmp_path / "c"
     _planned_curve(monkeypatch, fail_at=4)  # stopped during seed 0 at 64 images
     assert _curve(out, "--train-sizes", "32", "64", "--seeds", "0", "1") == 130  # as Ctrl-C ends a command
+    so_far = json.loads((out / "report.json").read_text())  # written after every pair: what finished is reported
+    assert so_far["status"] == "running" and [(p["size"], p["seeds"]) for p in so_far["curve"]["points"]] == [(32, [0])]
     calls = _planned_curve(monkeypatch)
     assert _curve(out, "--train-sizes", "32", "64", "--seeds", "0", "1") == 0
     assert calls == [(64, SC, 0), (32, PLAIN, 1), (32, SC, 1), (64, PLAIN, 1), (64, SC, 1)]  # nothing trained twice

@@ -53,7 +53,8 @@ def _run_curve(base: TrainConfig, plan: StudyPlan, names: Sequence[str], out: Pa
         for size in plan.train_sizes:
             if not set(first_seeds.seeds) <= _seeds_done(out / f"n{size}"):
                 _size_study(base, first_seeds, names, size, out, command, show_progress, keep_memory, figures=False)
-        write_curve_report(out, _curve_report(base, names, out, pool, command, "running"))
+                # after every pair, so that what is published of a running curve holds each finished pair
+                write_curve_report(out, _curve_report(base, names, out, pool, command, "running"))
     for size in plan.train_sizes:
         _size_study(base, plan, names, size, out, command, show_progress, keep_memory, figures=True)
     report = _curve_report(base, names, out, pool, command, "done")
