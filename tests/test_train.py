@@ -58,6 +58,35 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         assert torch.equal(value["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
 
 
+def test_lamb_and_the_bce_loss_train_and_resume_exactly(tmp_path: Path) -> None:
+    """``--opt lamb`` is timm's LAMB with our decay groups and ``--bce-loss`` timm's binary cross-entropy on smoothed
+    one-hot targets (re-stated here); a run of both, cut and resumed, ends with the weights of an uninterrupted one."""
+    import torch.nn.functional as F
+    from timm.optim import Lamb
+
+    from scnet.train.runner import _criterion, _optimizer
+
+    cfg = _cfg(tmp_path / "x", opt="lamb", bce_loss=True, lr=0.01, label_smoothing=0.2)
+    logits, labels = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0, 1])
+    targets = torch.full((6, 4), 0.2 / 4).scatter_(1, labels[:, None], 1 - 0.2 + 0.2 / 4)
+    torch.testing.assert_close(_criterion(cfg)(logits, labels), F.binary_cross_entropy_with_logits(logits, targets))
+    model = scnet.create_model("scnet_demo", num_classes=4, in_chans=1)
+    opt = _optimizer(cfg, model)
+    assert isinstance(opt, Lamb) and [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    recipe = dict(opt="lamb", bce_loss=True, lr=0.01)
+    fit(_cfg(tmp_path / "straight", **recipe), **quiet)
+    fit(_cfg(tmp_path / "cut", **recipe), stop_after_epoch=2, **quiet)
+    fit(merge_config(flags=dict(resume=str(tmp_path / "cut"), epochs=3)), **quiet)
+    a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
+    b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    assert b["config"]["opt"] == "lamb" and b["config"]["bce_loss"] is True
+    assert "exp_avg_sq" in next(iter(b["optimizer"]["state"].values()))  # LAMB's moments were saved and restored
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fit(_cfg(tmp_path / "run", epochs=2, ema_decay=0.9), show_progress=False, log=lambda *a: None)
     logged = read_checkpoint(tmp_path / "run" / "checkpoint-last.pth")["history"][-1]

@@ -96,7 +96,8 @@ class TrainConfig:
     accum_steps: int = option(1, "split each process's share of a batch into this many micro-batches, one backward "
                                  "each and one update: the same update in 1/N of the activation memory (batch norm "
                                  "then sees micro-batch statistics) (default {default})")
-    opt: str = option("sgd", "optimiser (default {default})", ("sgd", "adamw"))
+    opt: str = option("sgd", "optimiser (default {default}); lamb is timm's LAMB (layer-wise adaptive, as ResNet strikes back "
+                             "trains with; give it its own --lr, e.g. 5e-3 at batch 2048)", ("sgd", "adamw", "lamb"))
     lr: Optional[float] = option(None, f"peak learning rate (default {LR_PER_256} x batch size / 256, the linear scaling rule)")
     momentum: float = option(0.9, "SGD momentum (default {default})")
     nesterov: bool = option(True, "Nesterov momentum (default); --no-nesterov for plain momentum, as the PyTorch ImageNet example")
@@ -110,6 +111,8 @@ class TrainConfig:
                                                        "--lr-gamma (default 30 60 90, the paper's)")
     lr_gamma: float = option(0.1, "the step schedule's factor (default {default})")
     label_smoothing: float = option(0.1, "default {default}")
+    bce_loss: bool = option(False, "binary cross-entropy on one-hot targets (timm's BinaryCrossEntropy, smoothed by "
+                                   "--label-smoothing), as ResNet strikes back trains, instead of softmax cross-entropy")
     drop_path: float = option(0.0, "stochastic depth: the last block's probability of dropping its residual branch in "
                                    "training, rising linearly from 0 at the first block (timm's drop_path_rate; e.g. 0.05 "
                                    "in ResNet strikes back's A2 recipe) (default {default}: none)")

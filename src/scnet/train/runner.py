@@ -215,6 +215,10 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     if cfg.opt == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.opt == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
@@ -226,6 +230,16 @@ def _check_batches(cfg: TrainConfig, images: int, world: int) -> None:
     if cfg.accum_steps > cfg.batch_size // world:  # a micro-batch of less than one image per process
         raise ConfigError(f"{{accum_steps}} {cfg.accum_steps} splits each process's {cfg.batch_size // world} images of a batch "
                           f"into more micro-batches than images; use at most {cfg.batch_size // world}", "accum_steps")
+
+
+def _criterion(cfg: TrainConfig) -> nn.Module:
+    """The training loss: softmax cross-entropy, or timm's binary cross-entropy on smoothed one-hot targets (each
+    class a sigmoid, as "ResNet strikes back" trains); both take class indices and ``label_smoothing``."""
+    if cfg.bce_loss:
+        from timm.loss import BinaryCrossEntropy
+
+        return BinaryCrossEntropy(smoothing=cfg.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
 def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torch.device) -> StepParts:
@@ -240,7 +254,7 @@ def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torc
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
-    return StepParts(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device,
+    return StepParts(model, optimizer, scheduler, _criterion(cfg), device,
                      cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps)
 
 
