@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from ..errors import DataError
