@@ -87,6 +87,40 @@ def test_lamb_and_the_bce_loss_train_and_resume_exactly(tmp_path: Path) -> None:
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_random_erasing_resumes_exactly_from_the_middle_of_an_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--reprob`` erases random boxes (Python's generator) with noise (torch's), and drop path draws masks: a run
+    stopped at its 3rd step and resumed from that step's checkpoint ends with the weights of an uninterrupted run."""
+    import signal
+
+    from scnet.train.runner import _eraser
+    from scnet.train.signals import StopSignals, TrainingStopped
+
+    erase = _eraser(_cfg(tmp_path / "x", reprob=1.0), torch.device("cpu"))
+    batch = erase(torch.zeros(8, 1, 16, 16))
+    changed = (batch != 0).flatten(1).sum(1)
+    assert bool((changed > 0).all()) and bool((changed < 256).all())  # every image one box, none wholly
+    recipe = dict(data="fashion_mnist", limit_train=256, limit_val=64, epochs=2, reprob=0.5, drop_path=0.2)
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    fit(_cfg(tmp_path / "straight", **recipe), **quiet)
+    calls = []
+
+    def stop_at_third_step(self, device):
+        calls.append(1)
+        return signal.SIGINT if len(calls) == 3 else None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StopSignals, "agreed", stop_at_third_step)
+        with pytest.raises(TrainingStopped, match="at epoch 1, step 3"):
+            fit(_cfg(tmp_path / "cut", **recipe), **quiet)
+    assert "py_rng" in read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    fit(merge_config(flags=dict(resume=str(tmp_path / "cut"))), **quiet)
+    a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
+    b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 def test_eval_reproduces_the_logged_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fit(_cfg(tmp_path / "run", epochs=2, ema_decay=0.9), show_progress=False, log=lambda *a: None)
     logged = read_checkpoint(tmp_path / "run" / "checkpoint-last.pth")["history"][-1]

@@ -118,6 +118,9 @@ class TrainConfig:
                                    "in ResNet strikes back's A2 recipe) (default {default}: none)")
     clip_grad: Optional[float] = option(None, "clip the gradient norm to this value")
     ema_decay: Optional[float] = option(None, "keep an EMA of the weights with this decay, e.g. 0.999")
+    reprob: float = option(0.0, "random erasing: the probability that a training image has a random rectangle replaced "
+                                "by noise (timm's RandomErasing, per-pixel mode; e.g. 0.25 in timm's recipes) (default "
+                                "{default}: none)")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 with a grad scaler on GPU)")
     channels_last: bool = option(False, "NHWC memory format")
     fast_train: bool = option(True, "train through the fast forms of the SC layers and bottlenecks (scnet.fast_train: "
@@ -177,6 +180,7 @@ class TrainConfig:
                               f"learning rate would never reach its peak", "warmup_epochs", "epochs")
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
         _number("drop_path", self.drop_path, low=0, high=1, high_open=True)
+        _number("reprob", self.reprob, low=0, high=1)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:

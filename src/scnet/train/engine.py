@@ -220,6 +220,7 @@ class StepParts:
     ema: Any = None
     scaler: Optional[torch.amp.GradScaler] = None
     accum_steps: int = 1
+    erase: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # random erasing of a batch, in place (``--reprob``)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,6 +302,8 @@ def train_one_epoch(parts: StepParts, loader, epoch: int, show_progress: bool = 
                initial=int(totals["steps"]), total=int(totals["steps"]) + len(loader))
     for images, labels in bar:
         images, labels = _to_device(images, labels, parts.device, parts.channels_last)
+        if parts.erase is not None:  # after normalisation, as timm erases: noise on the normalised scale
+            images = parts.erase(images)
         parts.optimizer.zero_grad(set_to_none=True)
         bad_loss = _forward_backward(parts, images, labels, totals)
         skips = 0 if bad_loss is None else skips + 1

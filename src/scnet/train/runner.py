@@ -114,7 +114,8 @@ class Run:
                   step=step, history=self.history, best_acc=self.best_acc, config=self.cfg.to_dict(), arch=self.cfg.model,
                   data_info=asdict(self.data.info), job=job_id())
         if step:
-            ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state())
+            # The generators a step draws from: torch's (drop path, erasing's noise) and Python's (erasing's boxes).
+            ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state(), py_rng=random.getstate())
         if p.ema is not None:
             ck["model_ema"] = p.ema.module.state_dict()
         if p.scaler is not None:
@@ -232,6 +233,20 @@ def _check_batches(cfg: TrainConfig, images: int, world: int) -> None:
                           f"into more micro-batches than images; use at most {cfg.batch_size // world}", "accum_steps")
 
 
+def _state_tuple(value: Any) -> Any:
+    """Python's generator state as ``random.setstate`` takes it: tuples all the way down (a checkpoint may hold lists)."""
+    return tuple(_state_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _eraser(cfg: TrainConfig, device: torch.device) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """timm's random erasing of a normalised batch (each image with probability ``reprob``), or None."""
+    if not cfg.reprob:
+        return None
+    from timm.data.random_erasing import RandomErasing
+
+    return RandomErasing(cfg.reprob, mode="pixel", device=str(device))
+
+
 def _criterion(cfg: TrainConfig) -> nn.Module:
     """The training loss: softmax cross-entropy, or timm's binary cross-entropy on smoothed one-hot targets (each
     class a sigmoid, as "ResNet strikes back" trains); both take class indices and ``label_smoothing``."""
@@ -255,7 +270,7 @@ def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torc
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     return StepParts(model, optimizer, scheduler, _criterion(cfg), device,
-                     cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps)
+                     cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps, _eraser(cfg, device))
 
 
 def _build_training(cfg: TrainConfig, data: RunData, resumed: Resumed, rank: int, world: int, device: torch.device,
@@ -328,7 +343,9 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     _seed_all(cfg.seed * 1000 + epoch)  # model-side randomness (dropout, ...) per epoch: resume-exact
     skip = run.resumed.step if epoch == run.resumed.epoch else 0
     if skip and "rng" in run.resumed.state:
-        torch.set_rng_state(run.resumed.state["rng"])  # mid-epoch: the generator as it was at the checkpoint
+        torch.set_rng_state(run.resumed.state["rng"])  # mid-epoch: the generators as they were at the checkpoint
+        if "py_rng" in run.resumed.state:
+            random.setstate(_state_tuple(run.resumed.state["py_rng"]))
     sampler.set_epoch(epoch, skip)
     if isinstance(train_loader, DataLoader):
         train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
