@@ -171,9 +171,9 @@ def build(resolved: Resolved, **kwargs: Any) -> nn.Module:
     initialisation and are adapted to other input channels (``load_weights``)."""
     args = {**resolved.model_args, **{k: v for k, v in kwargs.items() if v is not None}}
     model = registry.create_any_model(resolved.arch, **args)
+    classifier, described = ("fc", None) if not resolved.trained else (None, f"{resolved.arch} on {resolved.checkpoint['data_info']['name']}")
     for tensors, source in resolved.weights:
-        load_weights(model, tensors, source, classifier=None if resolved.trained else "fc",
-                     name=f"{resolved.arch} on {resolved.checkpoint['data_info']['name']}" if resolved.trained else None)
+        load_weights(model, tensors, source, classifier=classifier, name=described)
     if resolved.pretrained_cfg:
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **resolved.pretrained_cfg}
     return model

@@ -2,7 +2,8 @@
 from .config import ConfigError, TrainConfig, load_yaml, merge_config
 from .engine import EpochBatches, SeededSamples, evaluate, save_checkpoint, train_one_epoch, warmup_cosine
 from .compare import StudyPlan, compare
-from .runner import evaluate_checkpoint, fit
+from .checkpoint_eval import evaluate_checkpoint
+from .runner import fit
 
 __all__ = [
     "ConfigError", "EpochBatches", "StudyPlan", "compare", "SeededSamples", "TrainConfig", "evaluate", "evaluate_checkpoint", "fit",

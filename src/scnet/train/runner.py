@@ -32,19 +32,17 @@ from ..files import release_metadata, write_release, write_text_atomically
 from ..load import model_from_config
 from ..models.resolve import resolve
 from ..models.weights import load_weights
-from .checkpoint_eval import evaluate_checkpoint
 from .config import ConfigError, TrainConfig
 from .distributed import init_distributed, job_id
 from .folder import adopt_folder, check_out_writable, own_folder, prepare_out
 from .records import plot_curves, tensorboard, write_log, yaml_text
 from .peers import PeerFailed, shared_failures
-from .resume import RESUMABLE, Resumed, read_training_checkpoint, resolve_resume, resume_conflicts, resume_from
+from .resume import Resumed, resume_from
 from .signals import StopSignals, TrainingStopped
 from .engine import (EpochBatches, EpochTotals, SeededSamples, StepParts, TensorBatches, check_finite_weights, evaluate,
                      reduce_totals, save_checkpoint, train_one_epoch, lr_schedule)
 
-__all__ = ["TrainingStopped", "PeerFailed", "fit", "evaluate_checkpoint", "build_model_for", "resolve_resume", "resume_conflicts",
-           "read_training_checkpoint", "RESUMABLE"]
+__all__ = ["TrainingStopped", "PeerFailed", "fit", "build_model_for"]
 
 SHORT_RUN_STEPS = 100  # below this many steps in all, a run is told it is too short to learn much
 
@@ -233,11 +231,6 @@ def _check_batches(cfg: TrainConfig, images: int, world: int) -> None:
                           f"into more micro-batches than images; use at most {cfg.batch_size // world}", "accum_steps")
 
 
-def _state_tuple(value: Any) -> Any:
-    """Python's generator state as ``random.setstate`` takes it: tuples all the way down (a checkpoint may hold lists)."""
-    return tuple(_state_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def _eraser(cfg: TrainConfig, device: torch.device) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """timm's random erasing of a normalised batch (each image with probability ``reprob``), or None."""
     if not cfg.reprob:
@@ -345,7 +338,7 @@ def _train_epoch(run: Run, epoch: int, stop: "StopSignals") -> None:
     if skip and "rng" in run.resumed.state:
         torch.set_rng_state(run.resumed.state["rng"])  # mid-epoch: the generators as they were at the checkpoint
         if "py_rng" in run.resumed.state:
-            random.setstate(_state_tuple(run.resumed.state["py_rng"]))
+            random.setstate(run.resumed.state["py_rng"])
     sampler.set_epoch(epoch, skip)
     if isinstance(train_loader, DataLoader):
         train_loader.dataset.set_epoch(epoch)  # SeededSamples: per-sample augmentation seeds
