@@ -149,11 +149,20 @@ def test_deploy_exports_to_onnx(tmp_path) -> None:
     from scnet.engines import check_onnx
     from scnet.export import export_onnx
 
+    import json
+
+    import onnx
+
+    from scnet.models.scnet import default_spec
+    from scnet.models.spec import ModelSpec
+
     model = _seeded("scnet_demo")
     path = tmp_path / "fused.onnx"
-    export_onnx(deploy(model), path, in_chans=3)
+    export_onnx(deploy(model), path, in_chans=3, spec=default_spec("scnet_demo"))
     for row in check_onnx(model, path, [(61, 75), (97, 130)], in_chans=3):  # against the unfused model
         assert row["rel_error"] < 1e-5 and row["argmax_equal"], row
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}  # what the file says
+    assert ModelSpec.from_dict(json.loads(meta["data_info"])) == default_spec("scnet_demo") and meta["input_size"] == "[3, 32, 32]"
 
 
 @pytest.mark.slow

@@ -30,6 +30,15 @@ def test_import_runs_no_tensor_operation_and_sets_no_flag() -> None:
     assert result["after"] == result["before"]
 
 
+def test_the_models_spec_needs_no_data_or_transforms() -> None:
+    """The spec lives beside the models: ``import scnet`` (models, load, the public API) loads neither the datasets
+    nor torchvision's transforms (it did while the spec lived in ``data``); the transform imports them when asked."""
+    child = ("import sys, scnet; print(sorted(m for m in ('scnet.data', 'torchvision.transforms.v2') if m in sys.modules)); "
+             "scnet.PRETRAINED['scnet50'].transform(); print('torchvision.transforms.v2' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["[]", "True"]
+
+
 def test_onednn_probe_runs_on_first_use_and_once(monkeypatch) -> None:
     from scnet.fast import fusion
 

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 import scnet
 from scnet.models import SCBottleneck, weights
 from scnet.models.resolve import load_pretrained
-from scnet.models.weights import PretrainedWeights, WeightsUnavailableError
+from scnet.models.spec import ModelSpec
+from scnet.models.weights import IMAGENET_MEAN, IMAGENET_STD, WeightsUnavailableError
 from seeded import seeded_input, seeded_state_dict
 
 
@@ -30,9 +31,13 @@ def _save_seeded(model: torch.nn.Module, path: Path, **save_kwargs) -> dict:
     return state
 
 
-def _spec_for(path: Path, url: str, prefix_len: int = 8) -> PretrainedWeights:
+def _published(url: str, sha256: str) -> ModelSpec:
+    return ModelSpec("imagenet", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, (), crop_pct=0.875, url=url, sha256=sha256)
+
+
+def _spec_for(path: Path, url: str, prefix_len: int = 8) -> ModelSpec:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return PretrainedWeights(url, digest[:prefix_len], top1=0.0, top5=0.0)
+    return _published(url, digest[:prefix_len])
 
 
 def _assert_loaded(model: torch.nn.Module, state: dict) -> None:
@@ -85,7 +90,7 @@ def test_download_from_loopback_server(loopback_server, hub_dir: Path, monkeypat
 def test_wrong_hash_is_refused_and_nothing_is_kept(loopback_server, hub_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, base = loopback_server
     _save_seeded(_tiny(), root / "tiny-weights.pth")
-    monkeypatch.setitem(weights.PRETRAINED, "tiny", PretrainedWeights(f"{base}/tiny-weights.pth", "00000000", 0.0, 0.0))
+    monkeypatch.setitem(weights.PRETRAINED, "tiny", _published(f"{base}/tiny-weights.pth", "00000000"))
     with pytest.raises(WeightsUnavailableError, match="did not match its sha256 prefix 00000000"):
         load_pretrained(_tiny(), "tiny", progress=False)
     assert not (hub_dir / "tiny-weights.pth").exists()
@@ -106,7 +111,7 @@ def test_offline_error_names_the_file_and_where_to_put_it(hub_dir: Path, monkeyp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/scnet50-dc6a7e87.pth"
-    monkeypatch.setitem(weights.PRETRAINED, "scnet50", PretrainedWeights(url, "dc6a7e87", 77.81, 93.92))
+    monkeypatch.setitem(weights.PRETRAINED, "scnet50", _published(url, "dc6a7e87"))
     with pytest.raises(WeightsUnavailableError) as info:
         scnet.create_model("scnet50", pretrained=True)
     message = str(info.value)
@@ -122,7 +127,7 @@ def test_official_weight_table() -> None:
     table = scnet.PRETRAINED
     assert sorted(table) == ["scnet101", "scnet50", "scnet50_v1d"]
     for name, spec in table.items():
-        assert spec.filename.startswith(name + "-") and spec.filename == f"{name}-{spec.sha256_prefix}.pth"
+        assert spec.filename.startswith(name + "-") and spec.filename == f"{name}-{spec.sha256}.pth" and spec.arch == name
     assert (table["scnet50"].top1, table["scnet50_v1d"].top1, table["scnet101"].top1) == (77.81, 80.47, 78.94)
     assert scnet.create_model("scnet50").pretrained_cfg["crop_pct"] == 0.875
 

@@ -118,7 +118,7 @@ def _export(args: argparse.Namespace) -> int:
         export_torchscript(model, out)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): TorchScript, any batch and input size")
         return 0
-    min_side = export_onnx(model, out, in_chans=model.in_chans)
+    min_side = export_onnx(model, out, in_chans=model.in_chans, spec=loaded.info)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): ONNX, dynamic batch/height/width, inputs >= {min_side}x{min_side}")
     if args.no_check:
         return 0

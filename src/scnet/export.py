@@ -7,13 +7,14 @@ valid for inputs at which every calibrated map is at least r pixels on each side
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .data import DataInfo
+from .models.spec import ModelSpec, spec_of
 from .errors import SettingError
 from .files import write_atomically
 
@@ -56,8 +57,12 @@ def min_export_size(model: nn.Module, in_chans: int = 3, limit: int = 4096) -> i
     return lo
 
 
-def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, example_size: int = 224, max_size: int = 4096) -> int:
-    """Write ``model`` (eval mode) as one ONNX file with dynamic batch/height/width; returns the minimum side."""
+def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, example_size: int = 224, max_size: int = 4096,
+                spec: Optional[ModelSpec] = None) -> int:
+    """Write ``model`` (eval mode) as one ONNX file with dynamic batch/height/width; returns the minimum side.
+
+    With ``spec``, the file carries it as ONNX metadata (``ModelSpec.metadata``: the keys a release has), so whoever
+    runs it knows the classes and the preprocessing without the library."""
     from torch.export import Dim
 
     model = model.eval()
@@ -65,10 +70,18 @@ def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, exa
     example_size = max(example_size, min_side)
     dims = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=min_side, max=max_size), 3: Dim("width", min=min_side, max=max_size)}
     example = (torch.randn(2, in_chans, example_size, example_size),)
-    write_atomically(Path(path), lambda tmp: torch.onnx.export(  # whole or not at all, like every file we write
-        model, example, str(tmp), dynamo=True, external_data=False,
-        dynamic_shapes={"x": dims}, input_names=["input"], output_names=["output"], verbose=False,
-    ))
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(model, example, str(tmp), dynamo=True, external_data=False, dynamic_shapes={"x": dims},
+                          input_names=["input"], output_names=["output"], verbose=False)
+        if spec is not None:
+            import onnx
+
+            graph = onnx.load(str(tmp))
+            onnx.helper.set_model_props(graph, spec.metadata())
+            onnx.save(graph, str(tmp))
+
+    write_atomically(Path(path), write)  # whole or not at all, like every file we write
     return min_side
 
 
@@ -78,22 +91,20 @@ def export_torchscript(model: nn.Module, path: Union[str, Path]) -> None:
     write_atomically(Path(path), lambda tmp: scripted.save(str(tmp)))
 
 
-def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info: Optional[DataInfo] = None) -> dict[str, str]:
+def export_safetensors(model: nn.Module, arch: str, path: Union[str, Path], info: Optional[ModelSpec] = None) -> dict[str, str]:
     """The weights alone, as safetensors with what a user needs to rebuild and feed the model (metadata).
 
-    Why safetensors: loading one can never run code, unlike a pickle. The metadata (``files.release_metadata``, the
+    Why safetensors: loading one can never run code, unlike a pickle. The metadata (``ModelSpec.metadata``, the
     same keys a training run's release has) names the architecture (the loader refuses the file for another one),
-    classes, input channels and size, mean/std and the library version; a digest of the tensors lets every read
-    detect corruption. ``info`` describes the inputs (a trained model's dataset); else the model's pretrained
-    config does. Returns the metadata.
+    classes, input channels and size, mean/std and the library version, and holds the whole spec, so that
+    ``scnet.load_model(arch, file)`` gets the model's classes and preprocessing back; a digest of the tensors lets
+    every read detect corruption. ``info`` is the model's spec (a trained model's); else the model's pretrained
+    config gives it. Returns the metadata.
     """
-    from .files import release_metadata, write_release
+    from .files import write_release
 
-    if info is None:
-        from .load import data_info_of
-
-        info = data_info_of(model)
-    meta = release_metadata(arch, info)
+    spec = replace(info if info is not None else spec_of(model), arch=arch)
+    meta = spec.metadata()
     write_release(model.state_dict(), Path(path), meta)
     return meta
 
@@ -116,12 +127,9 @@ def export_hf(loaded: "LoadedModel", out: Union[str, Path]) -> Path:
     info, out = loaded.info, Path(out)
     if out.exists() and not out.is_dir():
         raise SettingError(f"{{out}} {out} is a file; the Hub layout is a folder", "out")
-    # timm's preprocessing reproduces ours (data.eval_transform) from these: size, crop, interpolation, mean/std.
-    data_config = dict(input_size=info.input_size, mean=tuple(info.mean), std=tuple(info.std),
-                       crop_pct=info.crop_pct, interpolation=info.interpolation)
     labels = list(info.classes)  # at the top (timm's place) and inside pretrained_cfg (where readers look first)
     inner = dict(label_names=labels, num_classes=info.num_classes)  # timm drops label names of another class count
     save_for_hf(loaded.model, str(out), model_config=dict(label_names=labels, pretrained_cfg=inner),
                 model_args=dict(loaded.model_args),
-                safe_serialization=True, data_config=data_config)
+                safe_serialization=True, data_config=info.data_config())
     return out

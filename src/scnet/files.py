@@ -5,8 +5,8 @@
 - timm's Hub layout (a folder, or a Hugging Face Hub repository, with ``config.json`` and ``model.safetensors``):
   read by ``read_hub_config`` from ``local-dir:PATH`` or ``hf-hub:ORG/NAME``; written by ``export.export_hf``.
 - released weights (``.safetensors``): tensors with string metadata and a digest of the tensors, written by
-  ``write_release`` with the metadata of ``release_metadata`` (the one format: training's best weights and
-  ``scnet export`` write the same keys), read back by ``read_checkpoint`` as a dict like a checkpoint's.
+  ``write_release`` with the metadata of ``models.spec.ModelSpec.metadata`` (the one format: training's best
+  weights and ``scnet export`` write the same keys), read back by ``read_checkpoint`` as a dict like a checkpoint's.
 
 Nothing here knows a model or a training loop: ``scnet.load`` turns what these read into models.
 """
@@ -18,14 +18,11 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
-if TYPE_CHECKING:
-    from .data import DataInfo
-
-__all__ = ["HUB_PREFIXES", "read_checkpoint", "read_hub_config", "write_atomically", "write_release", "release_metadata",
+__all__ = ["HUB_PREFIXES", "read_checkpoint", "read_hub_config", "write_atomically", "write_release",
            "tensors_sha256", "check_arch", "is_training_checkpoint"]
 
 HUB_PREFIXES = ("local-dir:", "hf-hub:")  # timm's model references for its Hub layout
@@ -168,23 +165,6 @@ def is_training_checkpoint(obj: dict[str, Any]) -> bool:
     """Whether a file read by ``read_checkpoint`` describes its own model: a training checkpoint or a release of one
     (its configuration and dataset description are inside), as opposed to bare weights."""
     return isinstance(obj.get("config"), dict) and isinstance(obj.get("data_info"), dict) and isinstance(obj.get("model"), dict)
-
-
-def release_metadata(arch: str, info: "DataInfo", **extra: Any) -> dict[str, str]:
-    """The metadata of a released ``.safetensors`` file: what a user needs to rebuild the model and feed it.
-
-    From ``info`` (the model's inputs and classes): the class count, input channels, ``input_size`` as (C, H, W)
-    like timm's ``pretrained_cfg``, mean and std, crop_pct and interpolation. ``extra`` (a training run's config, data_info, epoch, val_acc) is
-    stored too, dicts and lists as JSON. Safetensors metadata holds strings only.
-    """
-    from .version import __version__
-
-    meta = dict(format="scnet", arch=arch, num_classes=str(info.num_classes), in_chans=str(info.in_chans),
-                input_size=json.dumps(list(info.input_size)), mean=json.dumps(list(info.mean)), std=json.dumps(list(info.std)),
-                crop_pct=str(info.crop_pct), interpolation=info.interpolation, scnet_version=__version__)
-    for key, value in extra.items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
-    return meta
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

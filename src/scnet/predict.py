@@ -13,23 +13,22 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .data import DataInfo
+from .models.spec import ModelSpec
 from .errors import SettingError
 
 __all__ = ["load_image", "load_predictor", "predict"]
 
-def load_image(path: str | Path, info: DataInfo) -> torch.Tensor:
-    """One image file as a normalised (C, S, S) tensor, prepared by ``data.eval_transform`` (short side to
+def load_image(path: str | Path, info: ModelSpec) -> torch.Tensor:
+    """One image file as a normalised (C, S, S) tensor, prepared by the spec's ``transform`` (short side to
     S / crop_pct, centre crop, mean/std), as the model's own evaluation prepares one."""
-    from .data import eval_transform
     from .data.images import open_image
 
     img = open_image(path, info.in_chans, short_side=info.resize_side)  # bounded: checked before decoding or resizing
-    return eval_transform(info)(img)  # (C, S, S): exactly as the model's evaluation prepares an image
+    return info.transform()(img)  # (C, S, S): exactly as the model's evaluation prepares an image
 
 
 def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None, pretrained: bool = False,
-                   weights: Optional[str] = None, use_ema: bool = False) -> tuple[nn.Module, DataInfo]:
+                   weights: Optional[str] = None, use_ema: bool = False) -> tuple[nn.Module, ModelSpec]:
     """A model in eval mode and the description of its inputs and classes (``scnet.load.load_model``)."""
     from .load import load_model
 
@@ -39,7 +38,7 @@ def load_predictor(checkpoint: Optional[str] = None, model: Optional[str] = None
     return loaded.model, loaded.info
 
 
-def predict(model: nn.Module, info: DataInfo, images: Sequence[str | Path], topk: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
+def predict(model: nn.Module, info: ModelSpec, images: Sequence[str | Path], topk: int = 3, batch_size: int = 32) -> list[dict[str, Any]]:
     """For each image: its path and the ``topk`` (class, probability) pairs, most likely first."""
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")

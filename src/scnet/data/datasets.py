@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
 from ..errors import DataError
+from ..models.spec import IMAGENET_CROP_PCT, DataInfo, eval_transform
 
 __all__ = ["BatchAugment", "DataError", "DataInfo", "DATASETS", "IMAGENET_CROP_PCT", "eval_transform", "TensorImages", "build_datasets", "FASHION_MNIST_SYSTEM_DIR",
            "PATHFINDER_TRAIN", "PATHFINDER_VAL"]
@@ -35,61 +36,6 @@ _FASHION_FILES = {
 # Shifts of up to 2 px (and flips) for 28 px images: the augmentation the 5-epoch demo recipe was tuned with.
 FASHION_MNIST_PAD = 2
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    name: str
-    num_classes: int
-    in_chans: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-    skipped_images: int = 0  # unreadable image files left out (ImageFolder with bad_images="skip")
-    # The share of the resized image the centre crop keeps (timm's crop_pct): an image's short side is resized to
-    # image_size / crop_pct, then cropped to image_size. 0.875 for ImageNet-style folders, 1.0 for the sets whose
-    # images are already the model's size.
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"  # of that resize: "bilinear" (the official evaluation's), "bicubic" or "nearest"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
-
-    @property
-    def resize_side(self) -> int:
-        """The short side an image is resized to before the centre crop: ``image_size / crop_pct``."""
-        return int(self.image_size / self.crop_pct)
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        """(C, H, W) of the model's inputs, as timm's ``pretrained_cfg`` writes it."""
-        return self.in_chans, self.image_size, self.image_size
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DataInfo":
-        """A description saved in a checkpoint (lists for tuples); saved before crop_pct was, an ImageNet-style
-        set's is the 0.875 its evaluation used."""
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        values.setdefault("crop_pct", IMAGENET_CROP_PCT if values.get("name") in ("imagenet", "imagefolder") else 1.0)
-        return cls(**values)
-
-
-IMAGENET_CROP_PCT = 0.875  # resize to 256, crop 224: the evaluation of the ImageNet literature (and the paper)
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
-
-def eval_transform(info: DataInfo):
-    """The one preparation of an image (PIL, already of the model's channels) for a model described by ``info``:
-    evaluation of an ImageNet-style folder, ``scnet predict``, ``scnet cam`` and the others all go through it, so one
-    image gets one set of logits. Short side to ``image_size / crop_pct`` (``info.interpolation``), centre crop, scale
-    to [0, 1], mean/std."""
-    resize = T.Resize(info.resize_side, interpolation=T.InterpolationMode(info.interpolation), antialias=True)
-    return T.Compose([resize, T.CenterCrop(info.image_size),
-                      T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(info.mean), list(info.std))])
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ the tensors to load, in order. ``create_model`` and ``scnet.load_model`` are thi
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from ..files import HUB_PREFIXES, check_arch, is_training_checkpoint, read_checkpoint, read_hub_config, tensor_shapes
 from . import registry
+from .spec import ModelSpec
 from .weights import PRETRAINED, load_weights, pretrained_file
 
 __all__ = ["BareWeightsError", "Resolved", "resolve", "state_dict_of", "create_model", "load_checkpoint", "load_pretrained"]
@@ -40,6 +42,7 @@ class Resolved:
     model_args: dict[str, Any] = field(default_factory=dict)
     weights: tuple[tuple[Tensors, str], ...] = ()
     checkpoint: Optional[dict[str, Any]] = None  # a training checkpoint or release as read: config, data_info, history
+    spec: Optional[ModelSpec] = None  # what the source says the model is and expects (published weights, a run's file)
     pretrained_cfg: dict[str, Any] = field(default_factory=dict)  # a Hub model's description (size, mean/std, labels)
 
     @property
@@ -76,6 +79,7 @@ def resolve(name: Optional[str] = None, file: Union[str, Path, None] = None, *, 
     if name is not None and name.startswith(HUB_PREFIXES):
         return _hub(name)
     weights: list[tuple[Tensors, str]] = []
+    spec: Optional[ModelSpec] = None
     if file is not None:
         obj = read_checkpoint(file)  # the one read of the file
         if described and is_training_checkpoint(obj):
@@ -85,12 +89,21 @@ def resolve(name: Optional[str] = None, file: Union[str, Path, None] = None, *, 
             raise BareWeightsError(f"{file} holds bare weights: give the model's name too")
         ours = name if name in registry.list_models() else None  # our files name their architecture: checked
         weights.append((state_dict_of(obj, file, ours), str(file)))
+        spec = _declared_spec(obj, name) if described else None
     if not name:
         raise ValueError("give a model name or a checkpoint")
     if pretrained:
         path = pretrained_file(name)
         weights.insert(0, (state_dict_of(read_checkpoint(path), path, name), str(path)))
-    return Resolved(name, weights=tuple(weights))
+        spec = PRETRAINED[name] if file is None else spec  # a file loaded over them says what it is, if it can
+    declared = {} if spec is None else dict(spec.model_args, num_classes=spec.num_classes, in_chans=spec.in_chans)
+    return Resolved(name, declared, tuple(weights), spec=spec)
+
+
+def _declared_spec(obj: dict[str, Any], arch: str) -> Optional[ModelSpec]:
+    """The spec a weights file carries (``scnet export`` releases: their ``data_info``), or None."""
+    declared = obj.get("data_info")
+    return dataclasses.replace(ModelSpec.from_dict(declared), arch=arch) if isinstance(declared, dict) else None
 
 
 def _official_arch(path: Path) -> Optional[str]:
@@ -111,8 +124,8 @@ def _trained(path: str, obj: dict[str, Any], name: Optional[str], use_ema: bool)
     key = "model_ema" if use_ema else "model"
     if not isinstance(obj.get(key), dict):
         raise ValueError(f"{path} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
-    return Resolved(arch, dict(config_args(config), num_classes=info["num_classes"], in_chans=info["in_chans"]),
-                    ((obj[key], path),), obj)
+    spec = dataclasses.replace(ModelSpec.from_dict(info), arch=arch, model_args=config_args(config))
+    return Resolved(arch, dict(spec.model_args, num_classes=spec.num_classes, in_chans=spec.in_chans), ((obj[key], path),), obj, spec)
 
 
 def config_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +157,7 @@ def _hub(ref: str) -> Resolved:
         if isinstance(cfg.get(key), list):
             cfg[key] = tuple(cfg[key])
     cfg.update(source=ref.partition(":")[0], file=ref)
-    return Resolved(arch, saved, ((read_checkpoint(weights)["model"], ref),), None, cfg)
+    return Resolved(arch, saved, ((read_checkpoint(weights)["model"], ref),), pretrained_cfg=cfg)
 
 
 def _check_hub_shapes(ref: str, arch: str, saved: dict[str, Any], weights: Path) -> None:
@@ -171,7 +184,7 @@ def build(resolved: Resolved, **kwargs: Any) -> nn.Module:
     initialisation and are adapted to other input channels (``load_weights``)."""
     args = {**resolved.model_args, **{k: v for k, v in kwargs.items() if v is not None}}
     model = registry.create_any_model(resolved.arch, **args)
-    classifier, described = ("fc", None) if not resolved.trained else (None, f"{resolved.arch} on {resolved.checkpoint['data_info']['name']}")
+    classifier, described = ("fc", None) if not resolved.trained else (None, f"{resolved.arch} on {resolved.spec.name}")
     for tensors, source in resolved.weights:
         load_weights(model, tensors, source, classifier=classifier, name=described)
     if resolved.pretrained_cfg:

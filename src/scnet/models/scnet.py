@@ -5,7 +5,8 @@ Each variant is a row of keyword arguments; the caller's keyword arguments win o
 convolution parameter counts are equal and comparisons are like for like.
 
 Importing this module registers every variant in scnet's registry and in timm's (``timm.create_model``),
-with a timm ``pretrained_cfg`` derived from the one weight table in ``weights.py``.
+with a timm ``pretrained_cfg`` derived from each name's ``ModelSpec`` (``default_spec``: the weight table's, else
+ImageNet's at the stem's size).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from timm.models import register_model as timm_register_model
 from .blocks import Bottleneck, SCBottleneck
 from .registry import apply_build_options, register_model, split_build_options
 from .resnet import STEM_STRIDES, ResNet
-from .weights import IMAGENET_MEAN, IMAGENET_STD, PRETRAINED, filter_state_dict
+from .spec import IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from .weights import PRETRAINED, filter_state_dict
 
-__all__ = ["ARCHS", "OFFICIAL_CODE", "build_model", "plain_twin", "sc_twin"]
+__all__ = ["ARCHS", "OFFICIAL_CODE", "build_model", "default_spec", "plain_twin", "sc_twin"]
 
 _R50 = dict(layers=(3, 4, 6, 3))
 _R101 = dict(layers=(3, 4, 23, 3))
@@ -62,25 +64,30 @@ def _arch_args(name: str) -> dict[str, Any]:
     return dict(args, block=SCBottleneck if sc_twin(name) == name else Bottleneck)
 
 
+def default_spec(name: str) -> ModelSpec:
+    """What ``name`` expects as built: its published weights' spec, else ImageNet's description at the size its stem
+    was made for (32 px and no crop for the small stems, 224 px and ImageNet's crop for the others)."""
+    if name in PRETRAINED:
+        return PRETRAINED[name]
+    small = _small_stem(name)
+    return ModelSpec("imagenet", 1000, 3, 32 if small else 224, IMAGENET_MEAN, IMAGENET_STD, (),
+                     crop_pct=1.0 if small else IMAGENET_CROP_PCT, arch=name, origin="https://github.com/MCG-NKU/SCNet")
+
+
+def _small_stem(name: str) -> bool:
+    """A stem for 32 px images: its convolution does not stride."""
+    return STEM_STRIDES[_arch_args(name).get("stem_type") or ""][0] == 1
+
+
 def _timm_cfg(name: str) -> dict[str, Any]:
-    """timm's pretrained cfg. The sha256 prefix is in the file name (torch.hub's convention)."""
-    spec = PRETRAINED.get(name)
+    """timm's pretrained cfg: ``default_spec``'s, with what only the architecture knows."""
     stem = _arch_args(name).get("stem_type")
     conv_stride, pool_stride = STEM_STRIDES[stem or ""]
-    small = conv_stride == 1  # a stem for 32 px images
-    last_map = (32 if small else 224) // (conv_stride * pool_stride * 8)  # the stages stride 8 in all
-    return dict(
-        url=spec.url if spec else "",
-        num_classes=1000, input_size=(3, 32, 32) if small else (3, 224, 224),
-        min_input_size=(3, 16, 16) if small else (3, 32, 32),
-        pool_size=(last_map, last_map),
-        crop_pct=spec.crop_pct if spec else (1.0 if small else 0.875), interpolation=spec.interpolation if spec else "bilinear",
-        mean=spec.mean if spec else IMAGENET_MEAN, std=spec.std if spec else IMAGENET_STD,
-        first_conv="conv1.0" if stem == "deep" else "conv1", classifier="fc", license="mit",
-        origin_url="https://github.com/MCG-NKU/SCNet",
-        paper_name="Improving Convolutional Networks with Self-Calibrated Convolutions",
-        notes=(f"sha256 prefix {spec.sha256_prefix}; reported top-1 {spec.top1}",) if spec else (),
-    )
+    spec = default_spec(name)
+    last_map = spec.image_size // (conv_stride * pool_stride * 8)  # the stages stride 8 in all
+    return spec.timm_cfg(min_input_size=(3, 16, 16) if _small_stem(name) else (3, 32, 32), pool_size=(last_map, last_map),
+                         first_conv="conv1.0" if stem == "deep" else "conv1", classifier="fc", license="mit",
+                         paper_name="Improving Convolutional Networks with Self-Calibrated Convolutions")
 
 
 _NAMES = [n for base in ARCHS for n in (base, plain_twin(base))]

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from ..errors import SettingError
 from ..files import check_is_file, tensors_sha256
+from .spec import IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 __all__ = [
-    "PretrainedWeights", "PRETRAINED", "WeightsUnavailableError", "download_weights", "pretrained_file",
+    "PRETRAINED", "WeightsUnavailableError", "download_weights", "pretrained_file",
     "adapt_input_channels", "filter_state_dict", "load_weights", "verify_sha256", "tensors_sha256", "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -28,32 +27,19 @@ __all__ = [
 _OFFICIAL_HOST = "https://backseason.oss-cn-beijing.aliyuncs.com/scnet/"
 
 
-@dataclass(frozen=True)
-class PretrainedWeights:
-    """Where a weight file lives and what it expects. ``sha256_prefix`` is the hash part of the file name."""
-
-    url: str
-    sha256_prefix: str
-    top1: float
-    top5: float
-    num_classes: int = 1000
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    crop_pct: float = 0.875  # Resize(256) + CenterCrop(224), the PyTorch ImageNet example the authors used
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    origin: str = "https://github.com/MCG-NKU/SCNet"
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+def _official(arch: str, sha256_prefix: str, top1: float, top5: float) -> ModelSpec:
+    """The spec of an official ImageNet-1k file: 224 px, Resize(256) + CenterCrop(224) with bilinear resizing (the
+    PyTorch ImageNet example the authors evaluated with), ImageNet mean/std; names of the classes: timm's."""
+    return ModelSpec("imagenet", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_STD, (), crop_pct=IMAGENET_CROP_PCT, arch=arch,
+                     url=f"{_OFFICIAL_HOST}{arch}-{sha256_prefix}.pth", sha256=sha256_prefix, top1=top1, top5=top5,
+                     origin="https://github.com/MCG-NKU/SCNet")
 
 
 # Accuracies are the official README's (ImageNet-1k val, 224 px, single crop).
-PRETRAINED: dict[str, PretrainedWeights] = {
-    "scnet50": PretrainedWeights(_OFFICIAL_HOST + "scnet50-dc6a7e87.pth", "dc6a7e87", top1=77.81, top5=93.92),
-    "scnet50_v1d": PretrainedWeights(_OFFICIAL_HOST + "scnet50_v1d-4109d1e1.pth", "4109d1e1", top1=80.47, top5=95.32),
-    "scnet101": PretrainedWeights(_OFFICIAL_HOST + "scnet101-44c5b751.pth", "44c5b751", top1=78.94, top5=94.25),
+PRETRAINED: dict[str, ModelSpec] = {
+    "scnet50": _official("scnet50", "dc6a7e87", top1=77.81, top5=93.92),
+    "scnet50_v1d": _official("scnet50_v1d", "4109d1e1", top1=80.47, top5=95.32),
+    "scnet101": _official("scnet101", "44c5b751", top1=78.94, top5=94.25),
 }
 
 
@@ -86,32 +72,32 @@ def verify_sha256(path: Union[str, Path], expected: str) -> str:
     return digest
 
 
-def download_weights(spec: PretrainedWeights, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> Path:
-    """Return the local path of ``spec``'s file, downloading it into the torch hub cache if needed.
+def download_weights(spec: ModelSpec, cache_dir: Union[str, Path, None] = None, progress: bool = True) -> Path:
+    """Return the local path of ``spec``'s file (its ``url``), downloading it into the torch hub cache if needed.
 
-    The sha256 prefix is checked both for a cached file and for a fresh download. Offline, the error names
+    The sha256 (prefix) is checked both for a cached file and for a fresh download. Offline, the error names
     the file, its URL and the exact place to put a copy fetched by hand.
     """
     cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
     dest = cache / spec.filename
     if dest.exists():
         digest = _sha256(dest)
-        if not digest.startswith(spec.sha256_prefix):
+        if not digest.startswith(spec.sha256):
             raise WeightsUnavailableError(
-                f"{dest} has sha256 {digest[:16]}..., expected a prefix {spec.sha256_prefix}: the file is corrupt or "
+                f"{dest} has sha256 {digest[:16]}..., expected a prefix {spec.sha256}: the file is corrupt or "
                 f"not the published one; delete it and try again"
             )
         return dest
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256_prefix, progress=progress)
+        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256, progress=progress)
     except (urllib.error.URLError, OSError) as e:
         raise WeightsUnavailableError(
             f"could not download {spec.url} ({getattr(e, 'reason', e)}). If this machine is offline, download "
             f"{spec.filename} elsewhere and copy it to {dest} (or pass checkpoint_path=...)"
         ) from e
     except RuntimeError as e:  # torch.hub's hash check; it has already removed the partial file
-        raise WeightsUnavailableError(f"{spec.url} did not match its sha256 prefix {spec.sha256_prefix}: {e}") from e
+        raise WeightsUnavailableError(f"{spec.url} did not match its sha256 prefix {spec.sha256}: {e}") from e
     return dest
 
 

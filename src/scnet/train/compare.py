@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from ..data import DataInfo, build_datasets
+from ..data import build_datasets
+from ..models.spec import ModelSpec
 from ..errors import SettingError
 from ..files import write_text_atomically
 from ..hostmem import keep_freed_memory_on_cpu
@@ -165,7 +166,7 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _sizes(base: TrainConfig, names: Sequence[str], info: DataInfo) -> dict[str, dict[str, Any]]:
+def _sizes(base: TrainConfig, names: Sequence[str], info: ModelSpec) -> dict[str, dict[str, Any]]:
     """Parameters and multiply-adds of each model, counted on the meta device (nothing allocated)."""
     sizes = {}
     for name in names:

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,11 +26,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data import DataInfo, TensorImages, build_datasets, nested_subset
+from ..data import TensorImages, build_datasets, nested_subset
 from ..fast import fast_train
-from ..files import release_metadata, write_release, write_text_atomically
+from ..files import write_release, write_text_atomically
 from ..load import model_from_config
-from ..models.resolve import resolve
+from ..models.resolve import config_args, resolve
+from ..models.spec import ModelSpec
 from ..models.weights import load_weights
 from .config import ConfigError, TrainConfig
 from .distributed import init_distributed, job_id
@@ -57,7 +58,7 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     """The log of every process but the first: one line per event, not one per process."""
 
 
-def build_model_for(cfg: TrainConfig, info: DataInfo) -> nn.Module:
+def build_model_for(cfg: TrainConfig, info: ModelSpec) -> nn.Module:
     """The run's model with random weights (``scnet.load.model_from_config``); tests wrap it to train in float64."""
     return model_from_config(cfg.to_dict(), info)
 
@@ -69,7 +70,7 @@ class RunData:
 
     train_set: Any
     val_set: Any
-    info: DataInfo
+    info: ModelSpec
     epoch_length: Optional[int] = None
 
 
@@ -98,6 +99,12 @@ class Run:
         return Path(self.cfg.out)
 
     @property
+    def spec(self) -> ModelSpec:
+        """What the trained model is and expects (the data's description with the architecture): checkpoints and
+        releases carry it."""
+        return replace(self.data.info, arch=self.cfg.model, model_args=config_args(self.cfg.to_dict()))
+
+    @property
     def main_process(self) -> bool:
         return self.rank == 0
 
@@ -110,7 +117,7 @@ class Run:
         p = self.parts
         ck = dict(model=self.model.state_dict(), optimizer=p.optimizer.state_dict(), scheduler=p.scheduler.state_dict(), epoch=epoch,
                   step=step, history=self.history, best_acc=self.best_acc, config=self.cfg.to_dict(), arch=self.cfg.model,
-                  data_info=asdict(self.data.info), job=job_id())
+                  data_info=self.spec.to_dict(), job=job_id())
         if step:
             # The generators a step draws from: torch's (drop path, erasing's noise) and Python's (erasing's boxes).
             ck.update(epoch_totals=dict(epoch_totals), rng=torch.get_rng_state(), py_rng=random.getstate())
@@ -382,8 +389,7 @@ def _record_epoch(run: Run, epoch: int, row: dict[str, Any]) -> None:
         # previous one and redoes this epoch, best checkpoint and release included.
         if is_best:
             save_checkpoint(ck, run.out / "checkpoint-best.pth")
-            meta = release_metadata(run.cfg.model, run.data.info, config=run.cfg.to_dict(), data_info=asdict(run.data.info), epoch=epoch + 1,
-                                    val_acc=f"{row['val_acc']:.4f}")
+            meta = run.spec.metadata(config=run.cfg.to_dict(), epoch=epoch + 1, val_acc=f"{row['val_acc']:.4f}")
             write_release(run.model.state_dict(), run.out / "weights-best.safetensors", meta)
         save_checkpoint(ck, run.out / "checkpoint-last.pth")
         write_log(run.out, run.history)

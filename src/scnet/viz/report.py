@@ -8,13 +8,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data import DataInfo
+from ..models.spec import ModelSpec
 from .erf import THRESHOLDS
 
 __all__ = ["display_image", "write_box_cams", "write_cam_figures", "write_erf_report"]
 
 
-def display_image(x: torch.Tensor, info: DataInfo) -> np.ndarray:
+def display_image(x: torch.Tensor, info: ModelSpec) -> np.ndarray:
     """A normalised (C, H, W) model input back as an (H, W, 3) float image in [0, 1] for display."""
     mean = torch.tensor(info.mean, dtype=x.dtype).view(-1, 1, 1)
     std = torch.tensor(info.std, dtype=x.dtype).view(-1, 1, 1)

@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import DataInfo
+from ..models.spec import ModelSpec
 from ..errors import SettingError
 from .erf import FeatureMap, erf, erf_area_ratios, stage_names
 
 __all__ = ["ErfOptions", "run_cam", "run_erf"]
 
 
-def _load(name: Optional[str], checkpoint: Optional[str], data_info: Optional[DataInfo] = None) -> tuple[nn.Module, DataInfo, str]:
+def _load(name: Optional[str], checkpoint: Optional[str], data_info: Optional[ModelSpec] = None) -> tuple[nn.Module, ModelSpec, str]:
     """(model in eval mode, its inputs, a label) through the front door. ``data_info`` shapes a model built from a
     name alone (channels, classes) to a dataset, for measuring it at initialisation on that dataset's images."""
     from ..load import load_model
@@ -59,7 +59,7 @@ def run_cam(images: Sequence[str], models: Sequence[ModelRef], layer: Optional[s
     return dict(summary, files=[str(p) for p in paths])
 
 
-def _dataset_inputs(data: str, data_dir: Optional[str], count: int, size: Optional[int]) -> tuple[list[torch.Tensor], DataInfo]:
+def _dataset_inputs(data: str, data_dir: Optional[str], count: int, size: Optional[int]) -> tuple[list[torch.Tensor], ModelSpec]:
     """The first ``count`` validation images of a dataset, normalised, optionally resized to ``size``."""
     from ..data import build_datasets
 
@@ -116,7 +116,7 @@ def run_erf(models: Sequence[ModelRef], options: ErfOptions = ErfOptions(), out:
 
 
 def _erf_of(name: Optional[str], ck: Optional[str], o: ErfOptions, inputs: Optional[list[torch.Tensor]],
-            data_info: Optional[DataInfo]) -> tuple[str, dict[str, Any], int]:
+            data_info: Optional[ModelSpec]) -> tuple[str, dict[str, Any], int]:
     """(label, stage -> ERF map averaged over the initialisations, input side) of one model."""
     draws = 1 if ck else o.inits
     summed: dict[str, Any] = {}
