@@ -17,7 +17,9 @@ from scnet.train import load_yaml, merge_config
 from scnet.train.config import ConfigError, bundled_configs, config_path
 from scnet.train.engine import lr_schedule
 
-CONFIGS = sorted(p for p in (Path(scnet.__file__).parent / "configs" / "imagenet").glob("*.yaml") if p.stem != "paper-recipe")
+_FOLDER = Path(scnet.__file__).parent / "configs" / "imagenet"
+CONFIGS = sorted(p for p in _FOLDER.glob("*.yaml") if p.stem != "paper-recipe" and not p.stem.startswith("rsb-"))
+RSB = sorted(_FOLDER.glob("rsb-*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +65,19 @@ def test_step_schedule_gives_the_recipes_learning_rates() -> None:
     assert lr_at[60] == pytest.approx(0.001) and lr_at[90] == lr_at[99] == pytest.approx(0.0001)
 
 
+def test_every_configs_model_builds_for_its_recipe() -> None:
+    """Each file's model exists and builds with the recipe's options (on the meta device: no memory); the files
+    differ only in the model, whose training step every model's sweep tests, so one of them trains below."""
+    for path in [*CONFIGS, *RSB]:
+        cfg = merge_config(load_yaml(str(path)))
+        with torch.device("meta"):
+            model = scnet.create_model(cfg.model, num_classes=2, drop_path_rate=cfg.drop_path)
+        assert model.num_classes == 2, path.stem
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_runs_a_few_steps_on_a_tiny_imagefolder(config: Path, tiny_imagefolder: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def test_the_paper_recipe_runs_a_few_steps_on_a_tiny_imagefolder(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    config, out = _FOLDER / "scnet50.yaml", tmp_path / "run"
     assert main(["train", "--config", str(config), "--data-dir", str(tiny_imagefolder), "--image-size", "64", "--batch-size", "4",
                  "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
     state = read_checkpoint(out / "checkpoint-last.pth")
@@ -74,8 +85,33 @@ def test_config_runs_a_few_steps_on_a_tiny_imagefolder(config: Path, tiny_imagef
     assert state["history"][0]["lr"] == pytest.approx(0.1) and state["config"]["decay_all"] is True
 
 
+def test_the_resnet_strikes_back_recipes_carry_the_papers_settings() -> None:
+    """A2 and A3 as Table 1 of "ResNet strikes back" gives them (re-stated here), for SCNet-50 and its twin alike."""
+    assert {p.stem for p in RSB} == {f"rsb-{r}{m}" for r in ("a2", "a3") for m in ("", "-scnet50", "-scnet50_plain")}
+    common = dict(opt="lamb", batch_size=2048, schedule="cosine", warmup_epochs=5, bce_loss=True, label_smoothing=0.0,
+                  mixup=0.1, cutmix=1.0, weight_decay=0.02, amp=True, decay_all=False)
+    papers = dict(a2=dict(epochs=300, lr=5e-3, image_size=224, drop_path=0.05, auto_augment="rand-m7-mstd0.5-inc1"),
+                  a3=dict(epochs=100, lr=8e-3, image_size=160, drop_path=0.0, auto_augment="rand-m6-mstd0.5-inc1"))
+    for recipe, own in papers.items():
+        for model in ("scnet50", "scnet50_plain"):
+            cfg = merge_config(load_yaml(f"imagenet/rsb-{recipe}-{model}"))
+            assert cfg.model == model and {k: getattr(cfg, k) for k in {**common, **own}} == {**common, **own}
+
+
+@pytest.mark.slow
+def test_the_a3_recipe_runs_a_few_steps_on_a_tiny_imagefolder(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    """RandAugment on PIL images, mixup/cutmix, LAMB and BCE through the ImageFolder path, resumable config and all."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", "imagenet/rsb-a3-scnet50", "--data-dir", str(tiny_imagefolder), "--image-size", "64",
+                 "--batch-size", "4", "--lr", "0.001", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--no-amp",
+                 "--out", str(out)]) == 0
+    state = read_checkpoint(out / "checkpoint-last.pth")
+    assert state["config"]["auto_augment"] == "rand-m6-mstd0.5-inc1" and state["config"]["cutmix"] == 1.0
+    assert np.isfinite(state["history"][0]["train_loss"])
+
+
 def test_a_bundled_recipe_is_found_by_name_and_a_file_of_that_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert bundled_configs() == sorted(f"imagenet/{p.stem}" for p in [*CONFIGS, CONFIGS[0].with_name("paper-recipe.yaml")])
+    assert bundled_configs() == sorted(f"imagenet/{p.stem}" for p in [*CONFIGS, *RSB, CONFIGS[0].with_name("paper-recipe.yaml")])
     by_name, by_file = load_yaml("imagenet/scnet50"), load_yaml(str(CONFIGS[0].with_name("scnet50.yaml")))
     assert by_name == by_file and by_name["model"] == "scnet50" and by_name["epochs"] == 100  # with its base's options
     assert config_path("imagenet/scnet50.yaml") == config_path("imagenet/scnet50")
@@ -83,7 +119,7 @@ def test_a_bundled_recipe_is_found_by_name_and_a_file_of_that_path_comes_first(t
     (tmp_path / "imagenet").mkdir()
     (tmp_path / "imagenet" / "scnet50").write_text("model: scnet_demo\n")
     assert load_yaml("imagenet/scnet50") == {"model": "scnet_demo"}
-    with pytest.raises(ConfigError, match="no bundled recipe of that name; bundled: imagenet/paper-recipe, imagenet/scnet101"):
+    with pytest.raises(ConfigError, match="no bundled recipe of that name; bundled: imagenet/paper-recipe, imagenet/rsb-a2, "):
         load_yaml("imagenet/scnet51")
 
 

@@ -76,10 +76,64 @@ def test_lamb_and_the_bce_loss_are_timms() -> None:
     assert isinstance(opt, Lamb) and [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
 
 
+def test_mixup_and_cutmix_are_timms_seeded_per_step() -> None:
+    """``--mixup``: each image blended with its partner in the reversed batch, the targets by the same weight
+    (re-stated here); ``--cutmix``: one box taken from the partner, the targets weighted by the box's share. The
+    draws are seeded per (seed, epoch, step): the same step mixes alike, another differently, and the global NumPy
+    generator is left as it was. The loss does not smooth targets that carry the smoothing already."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from scnet.train.runner import _criterion, _mixer
+
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(6, 1, 8, 8, generator=gen), torch.tensor([0, 1, 2, 3, 1, 2])
+    state = np.random.get_state()[1].copy()
+    blend = _mixer(_cfg(Path("unused"), mixup=0.4, label_smoothing=0.0), 4)
+    mixed, targets = blend(images.clone(), labels, 0, 5)
+    lam = float(targets[0, labels[0]])
+    assert 0 < lam < 1 and np.array_equal(np.random.get_state()[1], state)
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * images.flip(0))
+    torch.testing.assert_close(targets, lam * F.one_hot(labels, 4).float() + (1 - lam) * F.one_hot(labels.flip(0), 4).float())
+    assert torch.equal(blend(images.clone(), labels, 0, 5)[0], mixed) and not torch.equal(blend(images.clone(), labels, 0, 6)[0], mixed)
+    cut, targets = _mixer(_cfg(Path("unused"), cutmix=1.0, label_smoothing=0.0), 4)(images.clone(), labels, 1, 0)
+    taken = (cut != images).any(0).any(0)  # (8, 8): the box (where an image and its partner differ)
+    assert bool(torch.equal(cut[:, :, taken], images.flip(0)[:, :, taken]))
+    torch.testing.assert_close(targets[0, labels[0]], 1 - taken.float().mean())
+    smoothed = _cfg(Path("unused"), mixup=0.4, label_smoothing=0.1)
+    assert _criterion(smoothed).label_smoothing == 0.0 and _criterion(_cfg(Path("unused"))).label_smoothing == 0.1
+
+
+def test_an_augmentation_policy_depends_on_each_images_seed_alone() -> None:
+    """RandAugment (timm's) on the in-memory batch path, after the shift and flip: an image augmented in a batch of 8
+    equals the same image with the same seed augmented alone (what resuming and splitting over processes need), another seed differs, and
+    Python's global generator is left as it was. Policies timm lacks, or that cannot run with this Pillow, are refused
+    by name."""
+    import random
+
+    from scnet.data import BatchAugment
+    from scnet.train.config import ConfigError
+
+    aug = BatchAugment(pad=2, flip=True, policy="rand-m9-mstd0.5-inc1", fill=(0.3,))
+    images = (torch.arange(8 * 28 * 28) % 251).reshape(8, 1, 28, 28).to(torch.uint8)
+    params = aug.draw(8, torch.Generator().manual_seed(1))
+    state = random.getstate()
+    whole = aug.apply(images, params)
+    assert random.getstate() == state and whole.dtype == torch.uint8 and whole.shape == images.shape
+    alone = aug.apply(images[3:4], {k: v[3:4] for k, v in params.items()})
+    assert torch.equal(whole[3:4], alone)
+    other = aug.apply(images[3:4], {**{k: v[3:4] for k, v in params.items()}, "seed": params["seed"][3:4] + 1})
+    plain = BatchAugment(pad=2, flip=True).apply(images, {k: v for k, v in params.items() if k != "seed"})
+    assert not torch.equal(other, alone) and not torch.equal(whole, plain)  # the shifts and flips, then the policy
+    for bad, said in (("v0", "posterizes to 0 bits"), ("rand-x9", "not a policy timm knows")):
+        with pytest.raises(ConfigError, match=said):
+            _cfg(Path("unused"), auto_augment=bad)
+
+
 def test_the_modern_recipe_resumes_exactly_from_the_middle_of_an_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Random erasing (boxes from Python's generator, noise from torch's), drop path (torch's), LAMB and the BCE loss:
-    a run stopped at its 3rd step and resumed from that step's checkpoint ends with the weights of an uninterrupted
-    run."""
+    """The whole modern recipe: RandAugment (Python's and NumPy's generators), mixup/cutmix (NumPy's), random erasing
+    (boxes from Python's generator, noise from torch's), drop path (torch's), LAMB and the BCE loss: a run stopped at
+    its 3rd step and resumed from that step's checkpoint ends with the weights of an uninterrupted run."""
     import signal
 
     from scnet.train.runner import _eraser
@@ -90,7 +144,7 @@ def test_the_modern_recipe_resumes_exactly_from_the_middle_of_an_epoch(tmp_path:
     changed = (batch != 0).flatten(1).sum(1)
     assert bool((changed > 0).all()) and bool((changed < 256).all())  # every image one box, none wholly
     recipe = dict(data="fashion_mnist", limit_train=256, limit_val=64, epochs=2, reprob=0.5, drop_path=0.2, opt="lamb",
-                  bce_loss=True, lr=0.01)
+                  bce_loss=True, lr=0.01, auto_augment="rand-m9-mstd0.5-inc1", mixup=0.2, cutmix=1.0)
     quiet = dict(show_progress=False, log=lambda *a: None)
     fit(_cfg(tmp_path / "straight", **recipe), **quiet)
     calls = []
@@ -107,7 +161,7 @@ def test_the_modern_recipe_resumes_exactly_from_the_middle_of_an_epoch(tmp_path:
     fit(merge_config(flags=dict(resume=str(tmp_path / "cut"))), **quiet)
     a = read_checkpoint(tmp_path / "straight" / "checkpoint-last.pth")
     b = read_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")
-    assert b["config"]["opt"] == "lamb" and b["config"]["bce_loss"] is True
+    assert b["config"]["opt"] == "lamb" and b["config"]["bce_loss"] is True and b["config"]["cutmix"] == 1.0
     assert "exp_avg_sq" in next(iter(b["optimizer"]["state"].values()))  # LAMB's moments were saved and restored
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     for key, value in a["model"].items():
@@ -446,3 +500,21 @@ def test_more_micro_batches_than_images_are_refused(tmp_path: Path, capsys: pyte
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--accum-steps 16 splits each process's 8 images of a batch into more micro-batches" in err, err
+
+
+def test_data_workers_follow_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --workers: one fewer than the CPUs of this process's affinity, shared among torchrun's local
+    processes, at most 8 (known counts); a given number is kept, 0 included."""
+    import os
+
+    from scnet.train.runner import data_workers
+
+    for cpus, local, want in ((2, None, 1), (1, None, 0), (64, None, 8), (16, "8", 1), (16, "4", 3)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        if local is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert data_workers(None) == want, (cpus, local)
+    assert data_workers(0) == 0 and data_workers(3) == 3
+    assert _cfg(Path("unused")).workers is None

@@ -50,12 +50,17 @@ class BatchAugment:
 
     pad: int = 0
     flip: bool = True
+    policy: Optional[str] = None  # a per-image policy after the shift and flip (``data.policies``: RandAugment, ...)
+    fill: tuple[float, ...] = (0.5,)  # the policy's fill colour: the dataset's mean, on the [0, 1] scale
 
     def draw(self, count: int, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        """Offsets in [0, 2 * pad] (rows, columns) and flip flags for ``count`` images."""
+        """Offsets in [0, 2 * pad] (rows, columns) and flip flags for ``count`` images; with a policy, a seed each."""
         span = 2 * self.pad + 1
-        return dict(dy=torch.randint(0, span, (count,), generator=generator), dx=torch.randint(0, span, (count,), generator=generator),
-                    flip=torch.rand(count, generator=generator) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool))
+        params = dict(dy=torch.randint(0, span, (count,), generator=generator), dx=torch.randint(0, span, (count,), generator=generator),
+                      flip=torch.rand(count, generator=generator) < 0.5 if self.flip else torch.zeros(count, dtype=torch.bool))
+        if self.policy is not None:  # drawn last: the shifts and flips of a run without a policy stay as they were
+            params["seed"] = torch.randint(0, 2**31 - 1, (count,), generator=generator)
+        return params
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """``images`` (N, C, H, W) shifted and flipped as ``params`` say (the same dtype and shape)."""
@@ -65,7 +70,25 @@ class BatchAugment:
             rows = (params["dy"][:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
             cols = (params["dx"][:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
             images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]  # (N, C, H, W)
-        return torch.where(params["flip"][:, None, None, None], images.flip(-1), images)
+        images = torch.where(params["flip"][:, None, None, None], images.flip(-1), images)
+        if self.policy is not None and "seed" in params:
+            images = self._apply_policy(images, params["seed"])
+        return images
+
+    def _apply_policy(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Each uint8 image (C, H, W) through the policy as a PIL image, with its own seed (``policies.seeded``)."""
+        from PIL import Image
+
+        from .policies import policy_transform, seeded
+
+        policy = policy_transform(self.policy, images.shape[-1], self.fill)
+        out = torch.empty_like(images)
+        for i, (image, seed) in enumerate(zip(images, seeds.tolist())):
+            pixels = image.permute(1, 2, 0).numpy()  # (H, W, C)
+            with seeded(seed):
+                done = policy(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+            out[i] = torch.from_numpy(np.asarray(done).copy()).reshape(pixels.shape).permute(2, 0, 1)  # (C, H, W)
+        return out
 
 
 class TensorImages(Dataset):
@@ -277,16 +300,20 @@ def _check_links(dataset, root: Path) -> None:
         seen[real] = path
 
 
-def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "error") -> tuple[Dataset, Dataset, DataInfo]:
+def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "error",
+                 auto_augment: Optional[str] = None) -> tuple[Dataset, Dataset, DataInfo]:
     from torchvision.datasets import ImageFolder
 
     from .images import open_image
+    from .policies import policy_transform
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs {{data_dir}} with train/<class>/* and val/<class>/* subfolders (got {data_dir})", "data_dir")
     mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
     described = DataInfo("imagefolder", 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)  # classes: below
-    train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    policy = [policy_transform(auto_augment, image_size, tuple(mean))] if auto_augment else []  # on the PIL image, as timm's
+    train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), *policy,
+                          T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
     val_tf = eval_transform(described)
     loader = lambda path: open_image(path, 3, described.resize_side)  # noqa: E731 - one reading of every file, as predict's
     try:
@@ -387,13 +414,14 @@ DATASETS = ("fashion_mnist", "cluttered_fashion_mnist", "cifar10", "cifar100", "
 
 def build_datasets(
     name: str, data_dir: Optional[str] = None, limit_train: Optional[int] = None, limit_val: Optional[int] = None,
-    image_size: int = 224, download: bool = False, seed: int = 0, bad_images: str = "error",
+    image_size: int = 224, download: bool = False, seed: int = 0, bad_images: str = "error", auto_augment: Optional[str] = None,
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """(train, val, info) for a dataset name; ``limit_*`` keep N samples (deterministic: the first N of the
     in-memory sets, a stratified draw of an ImageFolder's, whose files are sorted by class).
 
     ``bad_images`` (ImageFolder): "error" stops at the first file PIL cannot decode, naming it; "skip" leaves
-    every such file out and counts them in ``info.skipped_images``. ``pathfinder{size}-{length}`` (e.g.
+    every such file out and counts them in ``info.skipped_images``. ``auto_augment`` (``data.policies``: e.g.
+    ``rand-m9-mstd0.5-inc1``) augments every training image after its crop and flip. ``pathfinder{size}-{length}`` (e.g.
     ``pathfinder32-14``) is generated, ``limit_*`` images of it (default 160,000 and 20,000), and cached in
     ``data_dir`` (default ``~/.cache/scnet/data``).
 
@@ -410,7 +438,7 @@ def build_datasets(
     elif name in ("cifar10", "cifar100"):
         train, val, info = _cifar(name, folder)
     elif name == "imagefolder":
-        train, val, info = _imagefolder(folder, image_size, bad_images)
+        train, val, info = _imagefolder(folder, image_size, bad_images, auto_augment)
     elif name == "synthetic":
         train, val, info = _synthetic(seed)
     elif name == "cluttered_fashion_mnist":
@@ -424,6 +452,9 @@ def build_datasets(
         close = difflib.get_close_matches(name, DATASETS, n=1)
         raise DataError(f"unknown dataset {name!r}" + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(DATASETS)}"))
     _check_limits(limit_train, limit_val)
+    if auto_augment is not None and isinstance(train, TensorImages):
+        base = train.augment if train.augment is not None else BatchAugment(flip=False)
+        train.augment = dataclasses.replace(base, policy=auto_augment, fill=tuple(info.mean))
     return _head(train, limit_train), _head(val, limit_val), info
 
 

@@ -33,7 +33,8 @@ from .study_stats import check_study_args, next_seed, tally
 __all__ = ["CURVE_KIND", "StudyPlan", "compare", "study_folder"]
 
 # Config keys that name one run or how it is kept, not how it is trained: the recipe is everything else.
-RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every")
+# What differs between the runs of one study, or changes nothing they compute: not part of its recipe.
+RUN_KEYS = ("model", "seed", "out", "resume", "checkpoint_every", "workers")
 DONE = "compare-run.json"  # written into a run directory once its training has finished
 CURVE_KIND = "learning curve"  # study.json's kind for a folder of one study per training-set size (``curve``)
 _ABSENT = object()

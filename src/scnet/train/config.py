@@ -121,6 +121,15 @@ class TrainConfig:
     reprob: float = option(0.0, "random erasing: the probability that a training image has a random rectangle replaced "
                                 "by noise (timm's RandomErasing, per-pixel mode; e.g. 0.25 in timm's recipes) (default "
                                 "{default}: none)")
+    auto_augment: Optional[str] = option(None, "a per-image augmentation policy after the crop and flip, as timm spells it: "
+                                               "RandAugment rand-m9-mstd0.5-inc1 (ResNet strikes back: rand-m7-mstd0.5-inc1), "
+                                               "augmix-m5-w3, original, 3a, or trivialaugment (torchvision's)")
+    mixup: float = option(0.0, "mixup's alpha: each batch blended with itself reversed, weight ~ Beta(alpha, alpha), the "
+                               "targets too (timm's Mixup; e.g. 0.1-0.2) (default {default}: none)")
+    cutmix: float = option(0.0, "cutmix's alpha: a box of each image replaced by its partner's (timm's; e.g. 1.0) "
+                                "(default {default}: none)")
+    mixup_switch_prob: float = option(0.5, "with both mixup and cutmix, the probability a batch is cut rather than "
+                                           "blended (default {default})")
     amp: bool = option(False, "mixed precision (bf16 autocast on CPU, fp16 with a grad scaler on GPU)")
     channels_last: bool = option(False, "NHWC memory format")
     fast_train: bool = option(True, "train through the fast forms of the SC layers and bottlenecks (scnet.fast_train: "
@@ -128,7 +137,9 @@ class TrainConfig:
                                     "--no-fast-train runs the reference forms")
     compile: bool = option(False, "torch.compile the model for training (inductor; the first steps compile; needs a C++ "
                                   "compiler on CPU)")
-    workers: int = option(0, "data-loading processes (default {default})")
+    workers: Optional[int] = option(None, "data-loading processes of an image folder (default: one fewer than the CPUs "
+                                          "this process may use, shared among torchrun's processes on the machine, at "
+                                          "most 8; the in-memory sets need none)")
     seed: int = option(0, "default {default}")
     limit_train: Optional[int] = option(None, "use only N training images: the first N, or of an imagefolder (sorted by "
                                               "class) a fixed draw with each class its share")
@@ -153,7 +164,8 @@ class TrainConfig:
         for name in ("epochs", "checkpoint_every", "limit_train", "limit_val", "train_subset"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), low=1, integer=True)
-        _number("workers", self.workers, low=0, integer=True)
+        if self.workers is not None:
+            _number("workers", self.workers, low=0, integer=True)
         _number("dist_timeout", self.dist_timeout, low=0, low_open=True)
         _number("frozen_stages", self.frozen_stages, low=-1, high=4, integer=True)
         if self.pretrained and self.checkpoint:
@@ -181,6 +193,9 @@ class TrainConfig:
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
         _number("drop_path", self.drop_path, low=0, high=1, high_open=True)
         _number("reprob", self.reprob, low=0, high=1)
+        _number("mixup", self.mixup, low=0)
+        _number("cutmix", self.cutmix, low=0)
+        _number("mixup_switch_prob", self.mixup_switch_prob, low=0, high=1)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
@@ -193,6 +208,13 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{{{name}}} must be a name, got {shown(getattr(self, name))}", name)
         _check_types(self)
+        if self.auto_augment is not None:
+            from ..data.policies import check_policy
+
+            try:
+                check_policy(self.auto_augment)
+            except ValueError as e:
+                raise ConfigError(f"{{auto_augment}} {e}", "auto_augment") from None
         if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
         return self

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
+from ..data.policies import seeded
 from ..files import write_atomically
 
 __all__ = [
@@ -107,8 +108,7 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(augment_seed(self.seed, self.epoch, index))
+        with seeded(augment_seed(self.seed, self.epoch, index)):  # torch's, Python's (timm's policies) and NumPy's
             return self.dataset[index]
 
 
@@ -221,6 +221,8 @@ class StepParts:
     scaler: Optional[torch.amp.GradScaler] = None
     accum_steps: int = 1
     erase: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # random erasing of a batch, in place (``--reprob``)
+    # mixup/cutmix: (images, labels, epoch, step) -> (mixed images, soft targets); accuracy stays on the labels
+    mix: Optional[Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]] = None
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,24 +230,27 @@ def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
     return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), labels
 
 
-def _micro_batches(p: StepParts, images: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+def _micro_batches(p: StepParts, images: torch.Tensor, labels: torch.Tensor,
+                   targets: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
     """This process's batch as ``accum_steps`` micro-batches (fewer when it is shorter), each with whether its
     backward is the last one: under DDP only that one all-reduces, the others run inside ``no_sync``."""
     size = math.ceil(labels.shape[0] / p.accum_steps)
-    parts = list(zip(images.split(size), labels.split(size)))
-    for i, (x, y) in enumerate(parts):
-        yield x, y, i == len(parts) - 1
+    parts = list(zip(images.split(size), labels.split(size), targets.split(size)))
+    for i, (x, y, t) in enumerate(parts):
+        yield x, y, t, i == len(parts) - 1
 
 
-def _forward_backward(p: StepParts, images: torch.Tensor, labels: torch.Tensor, totals: EpochTotals) -> Optional[torch.Tensor]:
+def _forward_backward(p: StepParts, images: torch.Tensor, labels: torch.Tensor, totals: EpochTotals,
+                      targets: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The gradient of the batch's mean loss, summed over its micro-batches, each loss weighted by its share of the
-    batch; the loss and accuracy sums go into ``totals``. Returns the first non-finite loss (nothing counted), or None."""
+    batch; the loss and accuracy sums go into ``totals``. ``targets`` (mixed soft targets) replace the labels in the
+    loss, not in the accuracy. Returns the first non-finite loss (nothing counted), or None."""
     loss_sum, correct = 0.0, 0
-    for x, y, last in _micro_batches(p, images, labels):
+    for x, y, t, last in _micro_batches(p, images, labels, labels if targets is None else targets):
         with p.model.no_sync() if not last and hasattr(p.model, "no_sync") else nullcontext():
             with autocast(p.device, p.amp):
                 logits = p.model(x)
-                loss = p.criterion(logits, y)
+                loss = p.criterion(logits, t)
             if not bool(torch.isfinite(loss)):
                 return loss
             weighted = loss * (y.shape[0] / labels.shape[0])
@@ -304,8 +309,11 @@ def train_one_epoch(parts: StepParts, loader, epoch: int, show_progress: bool = 
         images, labels = _to_device(images, labels, parts.device, parts.channels_last)
         if parts.erase is not None:  # after normalisation, as timm erases: noise on the normalised scale
             images = parts.erase(images)
+        targets = None
+        if parts.mix is not None:  # after erasing, as timm's loader mixes its erased batches
+            images, targets = parts.mix(images, labels, epoch, int(totals["steps"]))
         parts.optimizer.zero_grad(set_to_none=True)
-        bad_loss = _forward_backward(parts, images, labels, totals)
+        bad_loss = _forward_backward(parts, images, labels, totals, targets)
         skips = 0 if bad_loss is None else skips + 1
         if bad_loss is None:
             _optimiser_step(parts)

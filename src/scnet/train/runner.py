@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
 import signal
 from dataclasses import dataclass, replace
@@ -187,7 +188,7 @@ def _load_data(cfg: TrainConfig, main: bool, log: Callable[..., None]) -> RunDat
     """The datasets, then the run directory (made only once the data has been read)."""
     _seed_all(cfg.seed)
     train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size,
-                                              cfg.download, cfg.seed, cfg.bad_images)
+                                              cfg.download, cfg.seed, cfg.bad_images, cfg.auto_augment)
     if info.skipped_images:
         log(f"left out {info.skipped_images} unreadable image files (--bad-images skip)")
     data = RunData(train_set, val_set, info)
@@ -196,6 +197,20 @@ def _load_data(cfg: TrainConfig, main: bool, log: Callable[..., None]) -> RunDat
     if main:
         prepare_out(Path(cfg.out))
     return data
+
+
+def data_workers(requested: Optional[int]) -> int:
+    """Data-loading processes: ``requested``, else one fewer than the CPUs this process may use (the training process
+    keeps one), shared among the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``), at most 8.
+    Which images a run sees does not depend on it (``SeededSamples``)."""
+    if requested is not None:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))  # a container's or taskset's limit, not the machine's count
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    share = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, share - 1))
 
 
 def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[Any, Any, EpochBatches]:
@@ -208,8 +223,9 @@ def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[An
     val_batches = EpochBatches(len(val_set), cfg.batch_size, shuffle=False, drop_last=False, rank=rank, world=world)
     if isinstance(train_set, TensorImages) and isinstance(val_set, TensorImages):
         return TensorBatches(train_set, sampler, cfg.seed, augment=True), TensorBatches(val_set, val_batches, cfg.seed, augment=False), sampler
-    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers)
-    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=cfg.workers)
+    workers = data_workers(cfg.workers)
+    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=workers)
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers)
     return train_loader, val_loader, sampler
 
 
@@ -233,6 +249,9 @@ def _check_batches(cfg: TrainConfig, images: int, world: int) -> None:
     if cfg.batch_size > images:  # one step an epoch, and the learning rate scaled for a batch never seen
         raise ConfigError(f"{{batch_size}} {cfg.batch_size} is larger than the {images} training images; "
                           f"use at most {images}", "batch_size")
+    if (cfg.mixup or cfg.cutmix) and (cfg.batch_size // world) % 2:  # timm mixes a batch with itself reversed
+        raise ConfigError(f"{{batch_size}} {cfg.batch_size} leaves {cfg.batch_size // world} images per process, an odd "
+                          f"number; mixup and cutmix pair each image with another: use an even share", "batch_size")
     if cfg.accum_steps > cfg.batch_size // world:  # a micro-batch of less than one image per process
         raise ConfigError(f"{{accum_steps}} {cfg.accum_steps} splits each process's {cfg.batch_size // world} images of a batch "
                           f"into more micro-batches than images; use at most {cfg.batch_size // world}", "accum_steps")
@@ -247,17 +266,43 @@ def _eraser(cfg: TrainConfig, device: torch.device) -> Optional[Callable[[torch.
     return RandomErasing(cfg.reprob, mode="pixel", device=str(device))
 
 
+def _mixer(cfg: TrainConfig, num_classes: int) -> Optional[Callable[[torch.Tensor, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]]:
+    """timm's mixup/cutmix of each process's batch (one lambda per batch, ``mixup_switch_prob`` choosing cutmix),
+    the label smoothing in its soft targets; or None.
+
+    timm draws from NumPy's global generator: here it is seeded per (seed, epoch, step) for the call, so a resumed run
+    mixes as an uninterrupted one, and every process draws the same lambda (each mixes its own share of the batch).
+    """
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from timm.data import Mixup
+
+    from ..data.policies import seeded
+    from .engine import augment_seed
+
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
+                  label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+    def mix(images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with seeded(augment_seed(cfg.seed, epoch, step)):
+            return mixup(images, labels)
+
+    return mix
+
+
 def _criterion(cfg: TrainConfig) -> nn.Module:
     """The training loss: softmax cross-entropy, or timm's binary cross-entropy on smoothed one-hot targets (each
-    class a sigmoid, as "ResNet strikes back" trains); both take class indices and ``label_smoothing``."""
+    class a sigmoid, as "ResNet strikes back" trains); both take class indices and ``label_smoothing``, and the soft
+    targets of mixup/cutmix, which carry the smoothing themselves (``_mixer``), so it is not applied twice."""
+    smoothing = 0.0 if cfg.mixup or cfg.cutmix else cfg.label_smoothing
     if cfg.bce_loss:
         from timm.loss import BinaryCrossEntropy
 
-        return BinaryCrossEntropy(smoothing=cfg.label_smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return BinaryCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=smoothing)
 
 
-def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torch.device) -> StepParts:
+def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torch.device, num_classes: int) -> StepParts:
     """Optimiser, schedule, loss, grad scaler and EMA: what every step runs."""
     optimizer = _optimizer(cfg, model)
     steps = cfg.epochs * per_epoch
@@ -270,7 +315,8 @@ def _step_parts(cfg: TrainConfig, model: nn.Module, per_epoch: int, device: torc
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     return StepParts(model, optimizer, scheduler, _criterion(cfg), device,
-                     cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps, _eraser(cfg, device))
+                     cfg.amp, cfg.channels_last, cfg.clip_grad, ema, scaler, cfg.accum_steps, _eraser(cfg, device),
+                     _mixer(cfg, num_classes))
 
 
 def _build_training(cfg: TrainConfig, data: RunData, resumed: Resumed, rank: int, world: int, device: torch.device,
@@ -288,7 +334,7 @@ def _build_training(cfg: TrainConfig, data: RunData, resumed: Resumed, rank: int
     if cfg.epochs * len(loaders[2]) < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
         log(f"note: {cfg.epochs * len(loaders[2])} optimiser steps in all, too few to learn much; a smaller --batch-size "
             f"(the learning rate follows it) or more --epochs gives more")
-    parts = _step_parts(cfg, model, len(loaders[2]), device)
+    parts = _step_parts(cfg, model, len(loaders[2]), device, data.info.num_classes)
     if resumed.state is not None:
         _restore(cfg, model, parts, resumed)
     elif cfg.pretrained or cfg.checkpoint:
