@@ -208,3 +208,23 @@ def test_an_exif_orientation_is_honoured_in_training_and_predict_alike(tmp_path:
     assert upright[:20].mean() > 200 and upright[20:].mean() < 50  # the white half is on top once turned
     info = DataInfo("x", 2, 3, 20, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), ("a", "b"))
     assert load_image(path, info).shape == (3, 20, 20)  # predict reads it turned too (then resizes and crops)
+
+
+def test_an_image_folders_policy_depends_on_the_samples_seed_alone(tmp_path: Path) -> None:
+    """``--auto-augment`` on an image folder: the policy runs on each PIL image after the crop and flip, and a sample
+    of an epoch comes out the same however often (and in whichever worker) it is read, since Python's, NumPy's and
+    torch's generators are seeded for it (``SeededSamples``) and restored after; another epoch draws anew."""
+    import random
+
+    from scnet.data.policies import policy_transform
+    from scnet.train.engine import SeededSamples
+
+    train, _, info = build_datasets("imagefolder", str(_folder(tmp_path / "data")), image_size=32,
+                                    auto_augment="rand-m9-mstd0.5-inc1")
+    assert policy_transform("rand-m9-mstd0.5-inc1", 32, tuple(info.mean)) in train.transform.transforms
+    samples = SeededSamples(train, seed=5)
+    state = random.getstate()
+    first, again = samples[3][0], samples[3][0]
+    assert torch.equal(first, again) and random.getstate() == state
+    samples.set_epoch(1)
+    assert not torch.equal(samples[3][0], first)
