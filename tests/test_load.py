@@ -138,3 +138,5 @@ def test_a_stored_spec_keeps_its_format() -> None:
     assert ModelSpec.from_dict(old).crop_pct == 0.875 and ModelSpec.from_dict(dict(old, name="toy")).crop_pct == 1.0
     with pytest.raises(ValueError, match=r"unknown entries \['colour'\]"):
         ModelSpec.from_dict(dict(old, colour="red"))
+    grouped = dataclasses.replace(built, model_args=dict(norm_layer=torch.nn.GroupNorm)).metadata()  # a class from Python
+    assert "GroupNorm" in grouped["data_info"] and grouped["arch"] == "scnet_demo" and grouped["input_size"] == "[1, 32, 32]"

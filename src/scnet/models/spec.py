@@ -110,13 +110,14 @@ class ModelSpec:
         """String metadata for a released file (safetensors, ONNX): what a user needs to rebuild the model and feed
         it, as flat keys any reader sees (``arch``, ``num_classes``, ``input_size`` as (C, H, W), mean/std, crop),
         the whole spec as JSON under ``data_info`` (what ``from_dict`` reads back), and ``extra`` (a training run's
-        config, epoch, accuracy), dicts and lists as JSON."""
+        config, epoch, accuracy), dicts and lists as JSON. A builder argument that JSON cannot hold (a norm layer's
+        class, given from Python) is written as its text."""
         from ..version import __version__
 
         meta = dict(format="scnet", arch=self.arch, num_classes=str(self.num_classes), in_chans=str(self.in_chans),
                     input_size=json.dumps(list(self.input_size)), mean=json.dumps(list(self.mean)),
                     std=json.dumps(list(self.std)), crop_pct=str(self.crop_pct), interpolation=self.interpolation,
-                    data_info=json.dumps(self.to_dict()), scnet_version=__version__)
+                    data_info=json.dumps(self.to_dict(), default=str), scnet_version=__version__)
         for key, value in extra.items():
             meta[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
         return meta
