@@ -81,7 +81,7 @@ def _spec_for(model: nn.Module, declared: Optional[ModelSpec], arch: str, args: 
     """The spec of a model built by name: the one its source or caller declares when the model has its classes and
     channels, else the model's own (``spec_of``); with the architecture and the builder's arguments it was built with,
     and a name for every class."""
-    own = spec_of(model, arch)
+    own = spec_of(model, arch, named=False)  # named once, below
     if declared is None or (declared.num_classes, declared.in_chans) != (own.num_classes, own.in_chans):
         declared = own
     return replace(declared, arch=arch, model_args=args, classes=declared.labels)

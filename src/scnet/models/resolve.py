@@ -96,8 +96,7 @@ def resolve(name: Optional[str] = None, file: Union[str, Path, None] = None, *, 
         path = pretrained_file(name)
         weights.insert(0, (state_dict_of(read_checkpoint(path), path, name), str(path)))
         spec = PRETRAINED[name] if file is None else spec  # a file loaded over them says what it is, if it can
-    declared = {} if spec is None else dict(spec.model_args, num_classes=spec.num_classes, in_chans=spec.in_chans)
-    return Resolved(name, declared, tuple(weights), spec=spec)
+    return Resolved(name, {} if spec is None else spec.build_args, tuple(weights), spec=spec)
 
 
 def _declared_spec(obj: dict[str, Any], arch: str) -> Optional[ModelSpec]:
@@ -125,7 +124,7 @@ def _trained(path: str, obj: dict[str, Any], name: Optional[str], use_ema: bool)
     if not isinstance(obj.get(key), dict):
         raise ValueError(f"{path} has no {'EMA ' if use_ema else ''}weights (no '{key}' entry)")
     spec = dataclasses.replace(ModelSpec.from_dict(info), arch=arch, model_args=config_args(config))
-    return Resolved(arch, dict(spec.model_args, num_classes=spec.num_classes, in_chans=spec.in_chans), ((obj[key], path),), obj, spec)
+    return Resolved(arch, spec.build_args, ((obj[key], path),), obj, spec)
 
 
 def config_args(config: dict[str, Any]) -> dict[str, Any]:

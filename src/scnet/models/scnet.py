@@ -69,14 +69,9 @@ def default_spec(name: str) -> ModelSpec:
     was made for (32 px and no crop for the small stems, 224 px and ImageNet's crop for the others)."""
     if name in PRETRAINED:
         return PRETRAINED[name]
-    small = _small_stem(name)
+    small = STEM_STRIDES[_arch_args(name).get("stem_type") or ""][0] == 1  # a stem for 32 px images: no strided conv
     return ModelSpec("imagenet", 1000, 3, 32 if small else 224, IMAGENET_MEAN, IMAGENET_STD, (),
                      crop_pct=1.0 if small else IMAGENET_CROP_PCT, arch=name, origin="https://github.com/MCG-NKU/SCNet")
-
-
-def _small_stem(name: str) -> bool:
-    """A stem for 32 px images: its convolution does not stride."""
-    return STEM_STRIDES[_arch_args(name).get("stem_type") or ""][0] == 1
 
 
 def _timm_cfg(name: str) -> dict[str, Any]:
@@ -85,7 +80,7 @@ def _timm_cfg(name: str) -> dict[str, Any]:
     conv_stride, pool_stride = STEM_STRIDES[stem or ""]
     spec = default_spec(name)
     last_map = spec.image_size // (conv_stride * pool_stride * 8)  # the stages stride 8 in all
-    return spec.timm_cfg(min_input_size=(3, 16, 16) if _small_stem(name) else (3, 32, 32), pool_size=(last_map, last_map),
+    return spec.timm_cfg(min_input_size=(3, 16, 16) if conv_stride == 1 else (3, 32, 32), pool_size=(last_map, last_map),
                          first_conv="conv1.0" if stem == "deep" else "conv1", classifier="fc", license="mit",
                          paper_name="Improving Convolutional Networks with Self-Calibrated Convolutions")
 

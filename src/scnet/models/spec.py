@@ -72,6 +72,11 @@ class ModelSpec:
         return self.in_chans, self.image_size, self.image_size
 
     @property
+    def build_args(self) -> dict[str, Any]:
+        """The builder's arguments that make this model: its own, with the classes and channels."""
+        return dict(self.model_args, num_classes=self.num_classes, in_chans=self.in_chans)
+
+    @property
     def filename(self) -> str:
         """The published file's name (the end of ``url``)."""
         return self.url.rsplit("/", 1)[-1]
@@ -152,10 +157,10 @@ def _default(f: dataclasses.Field) -> Any:
 DataInfo = ModelSpec  # the name the datasets' description had: one type now
 
 
-def spec_of(model: nn.Module, arch: str = "") -> ModelSpec:
+def spec_of(model: nn.Module, arch: str = "", named: bool = True) -> ModelSpec:
     """The spec of a model built by name, from its timm ``pretrained_cfg``: input size, crop, interpolation and
     mean/std (ImageNet's by default, adapted to the model's channels: ``channel_stats``), its classifier's class count,
-    the class names a Hub model carries (else ImageNet's for 1000 classes: ``labels``), url and notes."""
+    the class names a Hub model carries (else, with ``named``, ImageNet's for 1000 classes: ``labels``), url."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     classes = getattr(model, "num_classes", None) or [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features  # torchvision's have no attribute
@@ -164,7 +169,7 @@ def spec_of(model: nn.Module, arch: str = "") -> ModelSpec:
     spec = ModelSpec("imagenet", classes, in_chans, size, mean, std, tuple(cfg.get("label_names") or ()),
                      crop_pct=float(cfg.get("crop_pct", IMAGENET_CROP_PCT)), interpolation=str(cfg.get("interpolation") or "bilinear"),
                      arch=arch or str(cfg.get("architecture") or ""), url=str(cfg.get("url") or ""))
-    return dataclasses.replace(spec, classes=spec.labels)
+    return dataclasses.replace(spec, classes=spec.labels) if named else spec
 
 
 def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:

@@ -194,9 +194,6 @@ class TrainConfig:
         _number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
         _number("drop_path", self.drop_path, low=0, high=1, high_open=True)
         _number("reprob", self.reprob, low=0, high=1)
-        _number("mixup", self.mixup, low=0)
-        _number("cutmix", self.cutmix, low=0)
-        _number("mixup_switch_prob", self.mixup_switch_prob, low=0, high=1)
         if self.clip_grad is not None:
             _number("clip_grad", self.clip_grad, low=0, low_open=True)
         if self.ema_decay is not None:
@@ -209,19 +206,32 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{{{name}}} must be a name, got {shown(getattr(self, name))}", name)
         _check_types(self)
-        if self.auto_augment is not None:
-            from ..data.policies import check_policy
-
-            try:
-                check_policy(self.auto_augment)
-            except ValueError as e:
-                raise ConfigError(f"{{auto_augment}} {e}", "auto_augment") from None
+        _check_augmentation(self)
         if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
             self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
         return self
 
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix): the targets are soft and carry the label smoothing."""
+        return bool(self.mixup or self.cutmix)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_augmentation(cfg: "TrainConfig") -> None:
+    """Mixup's and cutmix's numbers, and a policy timm (or torchvision) has and this Pillow can run."""
+    _number("mixup", cfg.mixup, low=0)
+    _number("cutmix", cfg.cutmix, low=0)
+    _number("mixup_switch_prob", cfg.mixup_switch_prob, low=0, high=1)
+    if cfg.auto_augment is not None:
+        from ..data.policies import check_policy
+
+        try:
+            check_policy(cfg.auto_augment)
+        except ValueError as e:
+            raise ConfigError(f"{{auto_augment}} {e}", "auto_augment") from None
 
 
 def _check_types(cfg: "TrainConfig") -> None:

@@ -249,7 +249,7 @@ def _check_batches(cfg: TrainConfig, images: int, world: int) -> None:
     if cfg.batch_size > images:  # one step an epoch, and the learning rate scaled for a batch never seen
         raise ConfigError(f"{{batch_size}} {cfg.batch_size} is larger than the {images} training images; "
                           f"use at most {images}", "batch_size")
-    if (cfg.mixup or cfg.cutmix) and (cfg.batch_size // world) % 2:  # timm mixes a batch with itself reversed
+    if cfg.mixing and (cfg.batch_size // world) % 2:  # timm mixes a batch with itself reversed
         raise ConfigError(f"{{batch_size}} {cfg.batch_size} leaves {cfg.batch_size // world} images per process, an odd "
                           f"number; mixup and cutmix pair each image with another: use an even share", "batch_size")
     if cfg.accum_steps > cfg.batch_size // world:  # a micro-batch of less than one image per process
@@ -273,7 +273,7 @@ def _mixer(cfg: TrainConfig, num_classes: int) -> Optional[Callable[[torch.Tenso
     timm draws from NumPy's global generator: here it is seeded per (seed, epoch, step) for the call, so a resumed run
     mixes as an uninterrupted one, and every process draws the same lambda (each mixes its own share of the batch).
     """
-    if not (cfg.mixup or cfg.cutmix):
+    if not cfg.mixing:
         return None
     from timm.data import Mixup
 
@@ -294,7 +294,7 @@ def _criterion(cfg: TrainConfig) -> nn.Module:
     """The training loss: softmax cross-entropy, or timm's binary cross-entropy on smoothed one-hot targets (each
     class a sigmoid, as "ResNet strikes back" trains); both take class indices and ``label_smoothing``, and the soft
     targets of mixup/cutmix, which carry the smoothing themselves (``_mixer``), so it is not applied twice."""
-    smoothing = 0.0 if cfg.mixup or cfg.cutmix else cfg.label_smoothing
+    smoothing = 0.0 if cfg.mixing else cfg.label_smoothing
     if cfg.bce_loss:
         from timm.loss import BinaryCrossEntropy
 
