@@ -255,6 +255,7 @@ def test_runs_saved_before_newer_options_are_still_this_recipe(tmp_path: Path) -
     here = _recipe(TrainConfig(data="synthetic").validate().to_dict())
     old = {k: v for k, v in here.items() if k not in ("nesterov", "decay_all", "lr_milestones", "lr_gamma", "frozen_stages")}
     _refuse_other(tmp_path, "a run with another recipe", old, here)  # accepted
+    _refuse_other(tmp_path, "a run with another recipe", {**old, "workers": 0}, here)  # a run key recorded then: accepted
     with pytest.raises(ValueError, match="nesterov is False there, True here"):
         _refuse_other(tmp_path, "a run with another recipe", {**old, "nesterov": False}, here)
 

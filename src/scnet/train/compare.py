@@ -59,8 +59,9 @@ def _shown(value: Any) -> str:
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config saved by an earlier version, with the options added since at their defaults (which change nothing)."""
-    return {**{f.name: f.default for f in fields(TrainConfig) if f.name not in RUN_KEYS}, **saved}
+    """A config saved by an earlier version, with the options added since at their defaults (which change nothing),
+    and without the keys that have become a run's own since (``workers``: an earlier study recorded it)."""
+    return {**{f.name: f.default for f in fields(TrainConfig) if f.name not in RUN_KEYS}, **_recipe(saved)}
 
 
 def _refuse_other(where: Path, what: str, there: dict[str, Any], here: dict[str, Any]) -> None:
