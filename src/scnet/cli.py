@@ -317,6 +317,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.sharding import shard_image_folder
+
+    index = shard_image_folder(Path(args.folder), Path(args.out), args.shard_size, args.bad_images)
+    splits = ", ".join(f"{sum(e['counts'])} {split} images in {len(e['shards'])} shards" for split, e in index["splits"].items())
+    skipped = f" ({index['skipped_images']} unreadable files left out)" if index["skipped_images"] else ""
+    print(f"{len(index['classes'])} classes: {splits}{skipped} -> {args.out}; train with --data wds:{args.out}")
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field, its help and choices from the field's metadata (``config.option``).
 
@@ -490,13 +502,28 @@ def _add_eval_command(sub: Any) -> None:
     ev.set_defaults(func=_eval)
 
 
+def _add_shard_command(sub: Any) -> None:
+    from .data import BAD_IMAGE_POLICIES
+    from .data.sharding import DEFAULT_SHARD_SIZE
+
+    sh = sub.add_parser("shard", help="write an image folder tree (train/<class>/*, val/<class>/*) as WebDataset shards")
+    sh.add_argument("folder", help="the image folder tree (as --data imagefolder --data-dir reads)")
+    sh.add_argument("out", help="folder for train-NNNNNN.tar, val-NNNNNN.tar and info.json (the classes and each shard's length)")
+    sh.add_argument("--shard-size", type=_int_in(1, 10**9), default=DEFAULT_SHARD_SIZE,
+                    help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
+    sh.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, default="error",
+                    help="stop at an unreadable image file (default) or leave them out")
+    sh.set_defaults(func=_shard)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
     parser = argparse.ArgumentParser(prog="scnet", description="Self-calibrated convolutions and the SCNet family.")
     parser.add_argument("--version", action="version", version=f"scnet {__version__} (distribution scnet-pytorch)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info_command, _add_export_command, _add_bench_command, _add_train_command, _add_compare_command, _add_predict_command, _add_cam_command, _add_erf_command, _add_eval_command):
+    for add in (_add_info_command, _add_export_command, _add_bench_command, _add_train_command, _add_compare_command, _add_predict_command, _add_cam_command, _add_erf_command, _add_eval_command,
+                _add_shard_command):
         add(sub)
     for name in ("export", "predict", "eval", "cam"):
         sub.choices[name].add_argument("--sha256", help="refuse the weight file unless its sha256 starts with these hex digits (8 to 64)")

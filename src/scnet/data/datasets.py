@@ -246,18 +246,6 @@ def _cifar(name: str, data_dir: Optional[Path]) -> tuple[Dataset, Dataset, DataI
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 
-def _unreadable(path: str, short_side: int) -> Optional[str]:
-    """Why ``path`` cannot be used (None when it can): PIL cannot decode it, it declares more pixels than allowed,
-    or resizing its short side to ``short_side`` would exceed the resize limit (``images.open_image``)."""
-    from .images import ImageFileError, open_image
-
-    try:
-        open_image(path, 3, short_side)
-    except ImageFileError as e:
-        return e.reason
-    return None
-
-
 def _screen_images(dataset, policy: str, short_side: int) -> int:
     """Find the image files PIL cannot decode before training starts: raise on the first, or leave them all out.
 
@@ -266,9 +254,11 @@ def _screen_images(dataset, policy: str, short_side: int) -> int:
     """
     from tqdm.auto import tqdm
 
+    from .images import unreadable
+
     bad = []
     for path, target in tqdm(dataset.samples, desc=f"checking {Path(dataset.root).name} images", leave=False, disable=None):
-        reason = _unreadable(path, short_side)
+        reason = unreadable(path, short_side)
         if reason is not None:
             if policy == "error":
                 raise DataError(f"{path} cannot be read ({reason}); remove it or pass {{bad_images}} skip to leave such files out", "bad_images")
@@ -300,21 +290,29 @@ def _check_links(dataset, root: Path) -> None:
         seen[real] = path
 
 
+def folder_transforms(name: str, image_size: int, auto_augment: Optional[str] = None) -> tuple[Any, Any, DataInfo]:
+    """(train, val) transforms of PIL images and the description (classes still to be filled in) of every dataset of
+    photographs: an image folder, shards, a Hugging Face dataset. ImageNet's statistics, the norm for pretrained
+    backbones; training crops at random scale and flips, then ``auto_augment``; validation resizes and centre-crops."""
+    from .policies import policy_transform
+
+    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    described = DataInfo(name, 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)
+    policy = [policy_transform(auto_augment, image_size, tuple(mean))] if auto_augment else []  # on the PIL image, as timm's
+    train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), *policy,
+                          T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    return train_tf, eval_transform(described), described
+
+
 def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "error",
                  auto_augment: Optional[str] = None) -> tuple[Dataset, Dataset, DataInfo]:
     from torchvision.datasets import ImageFolder
 
     from .images import open_image
-    from .policies import policy_transform
 
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs {{data_dir}} with train/<class>/* and val/<class>/* subfolders (got {data_dir})", "data_dir")
-    mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # ImageNet statistics, the norm for pretrained backbones
-    described = DataInfo("imagefolder", 0, 3, image_size, mean, std, (), crop_pct=IMAGENET_CROP_PCT)  # classes: below
-    policy = [policy_transform(auto_augment, image_size, tuple(mean))] if auto_augment else []  # on the PIL image, as timm's
-    train_tf = T.Compose([T.RGB(), T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip(), *policy,
-                          T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
-    val_tf = eval_transform(described)
+    train_tf, val_tf, described = folder_transforms("imagefolder", image_size, auto_augment)
     loader = lambda path: open_image(path, 3, described.resize_side)  # noqa: E731 - one reading of every file, as predict's
     try:
         train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
@@ -332,6 +330,45 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
         if not ds.samples:
             raise DataError(f"no readable images left in {data_dir / split}")
     return train, val, dataclasses.replace(described, num_classes=len(train.classes), classes=tuple(train.classes), skipped_images=skipped)
+
+
+# ---- shards and Hugging Face datasets -------------------------------------------------------------------------
+def _shards(spec: str, val_spec: Optional[str], image_size: int, bad_images: str, auto_augment: Optional[str],
+            seed: int) -> tuple[Dataset, Dataset, DataInfo]:
+    """``wds:FOLDER`` (made by ``scnet shard``: both splits) or ``wds:PATTERN`` with ``val_data`` ``wds:PATTERN``."""
+    from .shards import ShardedImages, find_shards
+
+    if val_spec is None and not Path(spec).expanduser().is_dir():
+        raise DataError(f"wds:{spec} names training shards; give the validation shards with {{val_data}} wds:PATTERN", "val_data")
+    if val_spec is not None and not val_spec.startswith("wds:"):
+        raise DataError(f"{{val_data}} must be wds:PATTERN (shards), got {val_spec!r}", "val_data")
+    train_tf, val_tf, described = folder_transforms("wds", image_size, auto_augment)
+    side = described.resize_side
+    train = find_shards(spec, "train", bad_images, side)
+    val = find_shards(spec if val_spec is None else val_spec[4:], "val", bad_images, side)
+    classes = max(train.classes, val.classes, key=len)  # counted shards name classes by index: the larger count
+    if train.classes[:len(val.classes)] != val.classes[:len(train.classes)]:
+        raise DataError(f"the training and validation shards name other classes ({train.classes[:3]} ... and {val.classes[:3]} ...)")
+    if len(classes) < 2:
+        raise DataError(f"the shards wds:{spec} hold one class; a classifier needs two or more")
+    skipped = len(train.skip) + len(val.skip)
+    return (ShardedImages(train, train_tf, shuffle=True, seed=seed, short_side=side), ShardedImages(val, val_tf, shuffle=False, short_side=side),
+            dataclasses.replace(described, num_classes=len(classes), classes=classes, skipped_images=skipped))
+
+
+def _hf(spec: str, image_size: int, bad_images: str, auto_augment: Optional[str]) -> tuple[Dataset, Dataset, DataInfo]:
+    """``hf:PATH``: a Hugging Face DatasetDict saved to disk, its images screened as an image folder's."""
+    from .hf import load_hf, screen
+
+    train_tf, val_tf, described = folder_transforms("hf", image_size, auto_augment)
+    train, val, classes = load_hf(spec, train_tf, val_tf, described.resize_side)
+    if len(classes) < 2:
+        raise DataError(f"hf:{spec} has one class; a classifier needs two or more")
+    (train, bad_train), (val, bad_val) = screen(train, bad_images), screen(val, bad_images)
+    for ds in (train, val):
+        if not len(ds):
+            raise DataError(f"no readable images left in {ds.name}")
+    return train, val, dataclasses.replace(described, num_classes=len(classes), classes=classes, skipped_images=bad_train + bad_val)
 
 
 # ---- synthetic -------------------------------------------------------------------------------------------
@@ -409,12 +446,13 @@ def _canvases(train: torch.Tensor, val: torch.Tensor) -> dict[str, Any]:
 
 
 DATASETS = ("fashion_mnist", "cluttered_fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
-            "pathfinder32-14", "pathfinder64-14")
+            "pathfinder32-14", "pathfinder64-14", "wds:FOLDER", "hf:PATH")
 
 
 def build_datasets(
     name: str, data_dir: Optional[str] = None, limit_train: Optional[int] = None, limit_val: Optional[int] = None,
     image_size: int = 224, download: bool = False, seed: int = 0, bad_images: str = "error", auto_augment: Optional[str] = None,
+    val_data: Optional[str] = None,
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """(train, val, info) for a dataset name; ``limit_*`` keep N samples (deterministic: the first N of the
     in-memory sets, a stratified draw of an ImageFolder's, whose files are sorted by class).
@@ -423,17 +461,25 @@ def build_datasets(
     every such file out and counts them in ``info.skipped_images``. ``auto_augment`` (``data.policies``: e.g.
     ``rand-m9-mstd0.5-inc1``) augments every training image after its crop and flip. ``pathfinder{size}-{length}`` (e.g.
     ``pathfinder32-14``) is generated, ``limit_*`` images of it (default 160,000 and 20,000), and cached in
-    ``data_dir`` (default ``~/.cache/scnet/data``).
+    ``data_dir`` (default ``~/.cache/scnet/data``). ``wds:FOLDER`` reads the shards ``scnet shard`` wrote,
+    ``wds:PATTERN`` WebDataset shards (files or ``pipe:`` commands) with ``val_data`` ``wds:PATTERN``
+    (``data.shards``); ``hf:PATH`` a saved Hugging Face DatasetDict (``data.hf``).
 
     Raises ``DataError`` (a ``ValueError``) naming the file or setting when a dataset is unknown, missing, damaged
     or asked for with impossible limits.
     """
+    if val_data is not None and not name.startswith("wds:"):
+        raise DataError(f"{{val_data}} names validation shards; {name} has its own validation set", "val_data")
     if bad_images not in BAD_IMAGE_POLICIES:
         raise DataError(f"{{bad_images}} must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {bad_images!r}", "bad_images")
     folder = Path(data_dir).expanduser() if data_dir else None
     if folder is not None and not folder.is_dir() and not (PATHFINDER_PATTERN.fullmatch(name) and not folder.exists()):
         raise DataError(f"{{data_dir}} {folder} is not a directory", "data_dir")  # a cache folder for generated sets is made
-    if name == "fashion_mnist":
+    if name.startswith("wds:"):
+        train, val, info = _shards(name[4:], val_data, image_size, bad_images, auto_augment, seed)
+    elif name.startswith("hf:"):
+        train, val, info = _hf(name[3:], image_size, bad_images, auto_augment)
+    elif name == "fashion_mnist":
         train, val, info = _fashion_mnist(folder, download)
     elif name in ("cifar10", "cifar100"):
         train, val, info = _cifar(name, folder)
@@ -473,4 +519,8 @@ def _head(dataset: Dataset, limit: Optional[int]) -> Dataset:
 
     if limit is None or limit >= len(dataset):
         return dataset
-    return dataset.head(limit) if isinstance(dataset, TensorImages) else nested_subset(dataset, limit, seed=0)
+    from .shards import ShardedImages
+
+    if isinstance(dataset, (TensorImages, ShardedImages)):  # shards: the first images, in shard order
+        return dataset.head(limit)
+    return nested_subset(dataset, limit, seed=0)

@@ -7,6 +7,7 @@ scaled, never clipped: a 16-bit grayscale file means the same thing to every too
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["MAX_RESIZED_PIXELS", "ImageFileError", "check_resized", "open_image"]
+__all__ = ["MAX_RESIZED_PIXELS", "ImageFileError", "check_resized", "open_image", "unreadable"]
 
 
 class ImageFileError(DataError):
@@ -41,7 +42,7 @@ def check_resized(size: tuple[int, int], short_side: int, path: Union[str, Path]
         raise ImageFileError(f"{path} is {reason}; crop it first", reason)
 
 
-def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] = None):
+def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] = None, data: Optional[bytes] = None):
     """A PIL image of ``channels`` (1: 8-bit grayscale "L", 3: "RGB"), decoded within Pillow's pixel limit and, when
     it is to be resized to ``short_side``, refused before decoding if that would exceed MAX_RESIZED_PIXELS.
 
@@ -49,15 +50,16 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
     is read as intensities in [0, 1] and scaled by 255 (a float image with values outside [0, 1] has no stated
     range and is refused); an EXIF orientation is applied (a phone's portrait photo is upright); alpha is dropped; palettes, CMYK and the rest are converted by Pillow. Only regular files
     are opened (a FIFO would wait for a writer forever). Raises ``DataError`` with one line for every unreadable file.
+    ``data``: the encoded image itself (a member of a shard, a dataset's cell), ``path`` then only names it.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_file():
+    if data is None and isinstance(path, (str, Path)) and Path(path).exists() and not Path(path).is_file():
         raise ImageFileError(f"{path} is not a regular file (a folder, FIFO or device); refused before reading", "not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit is an error, not a warning
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 if short_side is not None:
                     check_resized(img.size, short_side, path)
                 img.load()
@@ -71,7 +73,10 @@ def open_image(path: Union[str, Path], channels: int, short_side: Optional[int] 
         reason = f"declares more pixels than allowed ({str(err).splitlines()[0]})"
         raise ImageFileError(f"{path} {reason}; refused before decoding", reason) from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'cannot decode'}"
+        said = str(err).splitlines()[0] if str(err) else "cannot decode"
+        if isinstance(err, UnidentifiedImageError):  # Pillow names the file (or a BytesIO object): the message has it
+            said = "no image format Pillow knows"
+        reason = f"{type(err).__name__}: {said}"
         raise ImageFileError(f"cannot read {path} as an image ({reason})", reason) from None
 
 
@@ -91,3 +96,14 @@ def _eight_bits(img, path: Union[str, Path, Any] = "the image"):
         return img
     arr = np.asarray(img, dtype=np.float64)  # (H, W)
     return Image.fromarray(np.round(np.clip(arr, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8), mode="L")
+
+
+def unreadable(path: str, short_side: int, data: Optional[bytes] = None) -> Optional[str]:
+    """Why ``path`` (or the encoded image ``data`` it names) cannot be used (None when it can): PIL cannot decode it,
+    it declares more pixels than allowed, or resizing its short side to ``short_side`` would exceed the resize limit
+    (``images.open_image``)."""
+    try:
+        open_image(path, 3, short_side, data)
+    except ImageFileError as e:
+        return e.reason
+    return None

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-__all__ = ["TRIVIAL", "check_policy", "policy_transform", "seeded"]
+__all__ = ["TRIVIAL", "augment_seed", "check_policy", "policy_transform", "seeded"]
 
 TRIVIAL = "trivialaugment"
 # timm's v0 policy asks Pillow for 0-bit posterization, which Pillow 10 and later refuse (a ValueError mid-epoch,
@@ -71,3 +71,8 @@ def seeded(seed: int) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def augment_seed(seed: int, epoch: int, item: int) -> int:
+    """The RNG seed of one item's augmentation (a sample, or a whole batch): distinct for every (seed, epoch, item)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + item

@@ -44,7 +44,8 @@ def evaluate_checkpoint(
     cfg.data = data or cfg.data
     cfg.data_dir = data_dir if data_dir is not None else cfg.data_dir
     cfg.limit_val = limit_val if limit_val is not None else cfg.limit_val
-    _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images)
+    _, val_set, info = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, cfg.seed, cfg.bad_images,
+                                      val_data=cfg.val_data)
     if tuple(info.classes) != tuple(loaded.info.classes):  # another label set: an accuracy would mean nothing
         raise ConfigError(f"{checkpoint} was trained on {loaded.info.name} ({_classes(loaded.info, ' classes')}); {info.name} has other "
                           f"classes ({_classes(info)}); evaluate it on data with its own classes")

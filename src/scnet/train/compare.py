@@ -210,7 +210,8 @@ def _localization(cfg: TrainConfig, run: Path) -> Optional[dict[str, float]]:
     from ..load import load_model
     from ..viz.localization import localization
 
-    _, val, _ = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, 0, cfg.bad_images)
+    _, val, _ = build_datasets(cfg.data, cfg.data_dir, 1, cfg.limit_val, cfg.image_size, cfg.download, 0, cfg.bad_images,
+                              val_data=cfg.val_data)
     if getattr(val, "boxes", None) is None:
         return None
     model = load_model(file=str(run / "checkpoint-last.pth")).model.to(_device())
@@ -377,7 +378,8 @@ def _run_study(base: TrainConfig, plan: StudyPlan, study: dict[str, Any], out: P
     (``figures=False``: none, for a learning curve's rounds before its last)."""
     names, seeds, until_resolved, max_seeds = study["models"], plan.seeds, plan.until_resolved, plan.max_seeds
     # The datasets at their real size: a generated set is made (and cached) once here, not by both workers at once.
-    _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0)
+    _, _, info = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0,
+                                  val_data=base.val_data)
     report = dict(data=info.name, models={n: dict(s, runs=[]) for n, s in _sizes(base, names, info).items()}, seeds=[],
                   recipe=study["recipe"], until_resolved=until_resolved, max_seeds=max_seeds, machine=describe_machine(_device()),
                   command=command)
@@ -441,7 +443,8 @@ def _cam_page(base: TrainConfig, names: Sequence[str], seed: int, out: Path, cou
     from ..viz.localization import box_scores
     from ..viz.report import display_image, write_box_cams
 
-    _, val, info = build_datasets(base.data, base.data_dir, 1, count, base.image_size, base.download, 0, base.bad_images)
+    _, val, info = build_datasets(base.data, base.data_dir, 1, count, base.image_size, base.download, 0, base.bad_images,
+                                  val_data=base.val_data)
     images, labels = val.batch(torch.arange(len(val)))
     boxes = val.boxes.numpy()
     columns = []

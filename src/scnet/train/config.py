@@ -83,8 +83,13 @@ class TrainConfig:
     frozen_stages: int = option(-1, "freeze the stem (0) and the first N stages (1-4): no gradients, eval mode; "
                                     "-1 trains everything (default)")
     norm_eval: bool = option(False, "keep every norm in eval mode while training (running statistics frozen)")
-    data: str = option("fashion_mnist", "fashion_mnist, cluttered_fashion_mnist, cifar10, cifar100, imagefolder, synthetic or "
-                                        "pathfinderSIZE-LENGTH (generated, e.g. pathfinder32-14: size 32 or 64, length 6, 9 or 14) (default {default})")
+    data: str = option("fashion_mnist", "fashion_mnist, cluttered_fashion_mnist, cifar10, cifar100, imagefolder, synthetic, "
+                                        "pathfinderSIZE-LENGTH (generated, e.g. pathfinder32-14: size 32 or 64, length 6, 9 or 14), "
+                                        "wds:FOLDER (shards written by scnet shard), wds:PATTERN (WebDataset shards, e.g. "
+                                        "'wds:/data/train-{{000000..000127}}.tar' or 'wds:pipe:aws s3 cp s3://b/train-{{0..9}}.tar -', "
+                                        "with --val-data) or hf:PATH (a saved Hugging Face DatasetDict; hf:PATH#image=COL,label=COL "
+                                        "names its columns) (default {default})")
+    val_data: Optional[str] = option(None, "the validation shards of --data wds:PATTERN, as wds:PATTERN")
     data_dir: Optional[str] = option(None, "dataset folder (Fashion-MNIST defaults to the Debian package's); for Pathfinder, where "
                                               "generated images are cached (default ~/.cache/scnet/data)")
     download: bool = option(False, "download Fashion-MNIST if it is not found")
@@ -208,7 +213,7 @@ class TrainConfig:
         _check_types(self)
         _check_augmentation(self)
         if self.out is None and not self.resume:  # a resumed run continues where its checkpoint is
-            self.out = str(Path("runs") / f"{self.model}-{self.data}-seed{self.seed}")
+            self.out = str(Path("runs") / f"{self.model}-{self.data.partition(':')[0]}-seed{self.seed}")  # wds:/a/b: "wds"
         return self
 
     @property

@@ -117,7 +117,7 @@ def _check_sizes(base: TrainConfig, sizes: Sequence[int]) -> int:
     """The training set's length (after ``limit_train``), made once here for a generated set; every size must fit
     in it and hold at least one batch."""
     train, _, _ = build_datasets(base.data, base.data_dir, base.limit_train, base.limit_val, base.image_size, base.download, 0,
-                                 base.bad_images)
+                                 base.bad_images, val_data=base.val_data)
     too_large = [n for n in sizes if n > len(train)]
     if too_large:
         raise SettingError(f"{{train_sizes}} {too_large[0]:,} is more than the {len(train):,} training images of {base.data}"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from ..data.policies import seeded
+from ..data.policies import augment_seed, seeded
 from ..files import write_atomically
 
 __all__ = [
@@ -88,11 +88,6 @@ class EpochBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for _, _, _, mine in self.slices():
             yield mine
-
-
-def augment_seed(seed: int, epoch: int, item: int) -> int:
-    """The RNG seed of one item's augmentation (a sample, or a whole batch): distinct for every (seed, epoch, item)."""
-    return (seed * 1_000_003 + epoch) * 10_000_019 + item
 
 
 class SeededSamples(Dataset):

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import TensorImages, build_datasets, nested_subset
+from ..data.shards import ShardedImages, ShardLoader
 from ..fast import fast_train
 from ..files import write_release, write_text_atomically
 from ..load import model_from_config
@@ -188,10 +189,13 @@ def _load_data(cfg: TrainConfig, main: bool, log: Callable[..., None]) -> RunDat
     """The datasets, then the run directory (made only once the data has been read)."""
     _seed_all(cfg.seed)
     train_set, val_set, info = build_datasets(cfg.data, cfg.data_dir, cfg.limit_train, cfg.limit_val, cfg.image_size,
-                                              cfg.download, cfg.seed, cfg.bad_images, cfg.auto_augment)
+                                              cfg.download, cfg.seed, cfg.bad_images, cfg.auto_augment, cfg.val_data)
     if info.skipped_images:
         log(f"left out {info.skipped_images} unreadable image files (--bad-images skip)")
     data = RunData(train_set, val_set, info)
+    if cfg.train_subset is not None and isinstance(train_set, ShardedImages):
+        raise ConfigError("{train_subset} draws images at random, which a stream of shards cannot do; use "
+                          "{limit_train} (the first N images) or write a smaller set of shards", "train_subset")
     if cfg.train_subset is not None:  # less data, the same steps: an epoch stays as long as the whole set
         data = RunData(nested_subset(train_set, cfg.train_subset, cfg.seed), val_set, info, len(train_set))
     if main:
@@ -213,10 +217,15 @@ def data_workers(requested: Optional[int]) -> int:
     return max(0, min(8, share - 1))
 
 
-def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[Any, Any, EpochBatches]:
-    """Batches of seeded permutations, ``data.epoch_length`` items an epoch (default: the training set's length):
-    gathered from memory for tensor datasets, else by a DataLoader."""
+def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[Any, Any, Any]:
+    """(train, val, the epoch's batches: ``len`` and ``set_epoch(epoch, start)``): seeded permutations,
+    ``data.epoch_length`` items an epoch (default: the training set's length), gathered from memory for tensor
+    datasets, else by a DataLoader; shards are read as a stream (``ShardLoader``)."""
     train_set, val_set = data.train_set, data.val_set
+    if isinstance(train_set, ShardedImages):
+        workers, share = data_workers(cfg.workers), cfg.batch_size // world
+        train = ShardLoader(train_set, share, workers, rank, world, train=True)
+        return train, ShardLoader(val_set, share, workers, rank, world, train=False), train
     length = data.epoch_length or len(train_set)
     sampler = EpochBatches(len(train_set), cfg.batch_size, shuffle=True, drop_last=length >= cfg.batch_size, seed=cfg.seed, rank=rank,
                            world=world, epoch_length=data.epoch_length)
@@ -277,8 +286,7 @@ def _mixer(cfg: TrainConfig, num_classes: int) -> Optional[Callable[[torch.Tenso
         return None
     from timm.data import Mixup
 
-    from ..data.policies import seeded
-    from .engine import augment_seed
+    from ..data.policies import augment_seed, seeded
 
     mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob,
                   label_smoothing=cfg.label_smoothing, num_classes=num_classes)
@@ -331,6 +339,10 @@ def _build_training(cfg: TrainConfig, data: RunData, resumed: Resumed, rank: int
         fast_train(model)
     _check_batches(cfg, len(data.train_set), world)
     loaders = _loaders(cfg, data, rank, world)
+    if isinstance(loaders[2], ShardLoader) and loaders[2].images_per_epoch < len(data.train_set):
+        log(f"note: {loaders[2].images_per_epoch} of the {len(data.train_set)} training images an epoch: every process "
+            f"takes as many full batches as the one with the fewest (the shards do not split evenly over {world} "
+            f"process(es) x {max(data_workers(cfg.workers), 1)} loader stream(s) in batches of {cfg.batch_size // world})")
     if cfg.epochs * len(loaders[2]) < SHORT_RUN_STEPS:  # e.g. 512 images in batches of 256: 2 steps an epoch
         log(f"note: {cfg.epochs * len(loaders[2])} optimiser steps in all, too few to learn much; a smaller --batch-size "
             f"(the learning rate follows it) or more --epochs gives more")
