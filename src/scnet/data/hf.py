@@ -97,9 +97,18 @@ def _parse(spec: str) -> tuple[Path, dict[str, str]]:
     return Path(path).expanduser(), named
 
 
+def _require_datasets() -> None:
+    try:
+        import datasets  # noqa: F401
+    except ImportError as e:
+        raise ImportError("--data hf:... needs Hugging Face's datasets package: pip install 'scnet-pytorch[hf]' "
+                          "(or pip install datasets)") from e
+
+
 def load_hf(spec: str, train_tf: Callable, val_tf: Callable, short_side: Optional[int]) -> tuple[HFImages, HFImages, tuple[str, ...]]:
     """(train, validation, class names) of ``hf:PATH[#image=..,label=..]``: a ``DatasetDict`` saved to disk with a
     ``train`` split and a ``validation``, ``val`` or ``test`` one."""
+    _require_datasets()
     from datasets import DatasetDict, load_from_disk
 
     path, named = _parse(spec)

@@ -56,10 +56,20 @@ class ShardSet:
         return replace(self, counts=tuple(caps))
 
 
+def _webdataset() -> Any:
+    try:
+        import webdataset
+    except ImportError as e:
+        raise ImportError("shards (--data wds:...) need the webdataset package: pip install 'scnet-pytorch[shards]' "
+                          "(or pip install webdataset)") from e
+    return webdataset
+
+
 # ---- finding the shards ----------------------------------------------------------------------------------------
 def _expand(pattern: str) -> list[str]:
     """The shard urls of a brace pattern (``train-{000000..000127}.tar``); local files must exist and be files."""
-    from braceexpand import braceexpand
+    _webdataset()
+    from braceexpand import braceexpand  # webdataset's own requirement
 
     urls = [u for part in pattern.split("::") for u in braceexpand(part)]
     for url in urls:
@@ -153,8 +163,7 @@ def count_shards(urls: Sequence[str], bad_images: str, short_side: int) -> Shard
 
 def _samples(url: str) -> Iterator[tuple[str, bytes, int]]:
     """(key, encoded image, class index) of every sample of one shard, in order; a DataError names the shard."""
-    import webdataset as wds
-
+    wds = _webdataset()
     try:
         for sample in wds.tarfile_samples([{"url": url}]):
             key = sample["__key__"]
@@ -299,8 +308,9 @@ def write_shards(samples: Sequence[tuple[str, int]], out: Path, split: str, shar
     Each shard is written to a temporary name and renamed when complete: a crash leaves whole shards only."""
     import os
 
-    import webdataset as wds
     from tqdm.auto import tqdm
+
+    wds = _webdataset()
 
     names, counts = [], []
     for first in tqdm(range(0, len(samples), shard_size), desc=f"writing {split} shards", disable=not progress or None, leave=False):
