@@ -111,22 +111,23 @@ def test_two_processes_read_every_image_once_an_epoch(folder: Path, tmp_path: Pa
     """The same under torchrun: two processes with a loader worker each, every image seen once per epoch."""
     _shard(folder, tmp_path / "even", 12)
     script = tmp_path / "ranks.py"
-    script.write_text(
+    script.write_text(  # a main guard: loader workers start from a fork server, which imports this file again
         "import json, sys, torch.distributed as dist\n"
         "from test_shards import _number\n"
         "from scnet.data.shards import ShardedImages, ShardLoader, find_shards\n"
-        "dist.init_process_group('gloo')\n"
-        "rank, world = dist.get_rank(), dist.get_world_size()\n"
-        "loader = ShardLoader(ShardedImages(find_shards(sys.argv[1], 'train', 'error', 16), _number, True, 3), 4, 1, rank, world, True)\n"
-        "seen = []\n"
-        "for epoch in (0, 1):\n"
-        "    loader.set_epoch(epoch)\n"
-        "    seen.append([int(n) for numbers, _ in loader for n in numbers])\n"
-        "everyone = [None] * world\n"
-        "dist.all_gather_object(everyone, seen)\n"
-        "if rank == 0:\n"
-        "    print(json.dumps(everyone))\n"
-        "dist.destroy_process_group()\n")
+        "if __name__ == '__main__':\n"
+        "    dist.init_process_group('gloo')\n"
+        "    rank, world = dist.get_rank(), dist.get_world_size()\n"
+        "    images = ShardedImages(find_shards(sys.argv[1], 'train', 'error', 16), _number, True, 3)\n"
+        "    loader, seen = ShardLoader(images, 4, 1, rank, world, True), []\n"
+        "    for epoch in (0, 1):\n"
+        "        loader.set_epoch(epoch)\n"
+        "        seen.append([int(n) for numbers, _ in loader for n in numbers])\n"
+        "    everyone = [None] * world\n"
+        "    dist.all_gather_object(everyone, seen)\n"
+        "    if rank == 0:\n"
+        "        print(json.dumps(everyone))\n"
+        "    dist.destroy_process_group()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),

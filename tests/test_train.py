@@ -503,11 +503,11 @@ def test_more_micro_batches_than_images_are_refused(tmp_path: Path, capsys: pyte
 
 
 def test_data_workers_follow_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``workers: null``: one fewer than the CPUs of this process's affinity, shared among torchrun's local
-    processes, at most 8 (known counts); a given number is kept, 0 included."""
+    """Not given (the default): one fewer than the CPUs of this process's affinity, shared among torchrun's local
+    processes, at most 8 (known counts); a given number is kept, 0 included. Workers start from a fork server."""
     import os
 
-    from scnet.train.runner import data_workers
+    from scnet.data.loading import data_workers, loader_options
 
     for cpus, local, want in ((2, None, 1), (1, None, 0), (64, None, 8), (16, "8", 1), (16, "4", 3)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
@@ -517,4 +517,5 @@ def test_data_workers_follow_the_cpus_this_process_may_use(monkeypatch: pytest.M
             monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
         assert data_workers(None) == want, (cpus, local)
     assert data_workers(0) == 0 and data_workers(3) == 3
-    assert _cfg(Path("unused")).workers == 0  # auto (None) is not the default yet: see the issue's note
+    assert _cfg(Path("unused")).workers is None
+    assert loader_options(0) == {"num_workers": 0} and loader_options(2)["multiprocessing_context"].get_start_method() == "forkserver"

@@ -6,6 +6,7 @@ get it; the CLI prints it without a traceback.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -313,7 +314,7 @@ def _imagefolder(data_dir: Optional[Path], image_size: int, bad_images: str = "e
     if data_dir is None or not (data_dir / "train").is_dir() or not (data_dir / "val").is_dir():
         raise DataError(f"imagefolder needs {{data_dir}} with train/<class>/* and val/<class>/* subfolders (got {data_dir})", "data_dir")
     train_tf, val_tf, described = folder_transforms("imagefolder", image_size, auto_augment)
-    loader = lambda path: open_image(path, 3, described.resize_side)  # noqa: E731 - one reading of every file, as predict's
+    loader = functools.partial(open_image, channels=3, short_side=described.resize_side)  # as predict reads; picklable
     try:
         train, val = (ImageFolder(str(data_dir / split), tf, loader=loader) for split, tf in (("train", train_tf), ("val", val_tf)))
     except (FileNotFoundError, RuntimeError, OSError) as e:

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataError
+from .loading import loader_options
 
 __all__ = ["IMAGE_MEMBERS", "SHARD_INFO", "ShardLoader", "ShardSet", "ShardedImages", "find_shards", "write_shards"]
 
@@ -295,7 +296,7 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.dataset.epoch = self.epoch
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.workers, drop_last=self.train)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=self.train, **loader_options(self.workers))
         yield from itertools.islice(loader, self.start, self.steps)
 
 

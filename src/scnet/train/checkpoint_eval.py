@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import build_datasets
+from ..data.loading import loader_options
 from ..engines import EngineModel
 from ..load import BareWeightsError, load_model
 from .config import ConfigError, TrainConfig
@@ -49,7 +50,7 @@ def evaluate_checkpoint(
     if tuple(info.classes) != tuple(loaded.info.classes):  # another label set: an accuracy would mean nothing
         raise ConfigError(f"{checkpoint} was trained on {loaded.info.name} ({_classes(loaded.info, ' classes')}); {info.name} has other "
                           f"classes ({_classes(info)}); evaluate it on data with its own classes")
-    loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(val_set, batch_size=batch_size or cfg.batch_size, shuffle=False, **loader_options(workers))
     model = loaded.model if engine == "torch" else EngineModel(loaded.model, engine)
     result = evaluate(model, loader, torch.device("cpu"))
     return dict(checkpoint=str(checkpoint), model=cfg.model, data=info.name, epoch=state.get("epoch"), engine=engine, **result)

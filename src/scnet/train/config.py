@@ -142,10 +142,10 @@ class TrainConfig:
                                     "--no-fast-train runs the reference forms")
     compile: bool = option(False, "torch.compile the model for training (inductor; the first steps compile; needs a C++ "
                                   "compiler on CPU)")
-    workers: Optional[int] = option(0, "data-loading processes of an image folder (default {default}: in the training "
-                                       "process; workers: null in a config file: one fewer than the CPUs this process "
-                                       "may use, shared among torchrun's processes on the machine, at most 8); the "
-                                       "in-memory sets need none")
+    workers: Optional[int] = option(None, "data-loading processes of an image folder, shards or a Hugging Face dataset "
+                                          "(default: one fewer than the CPUs this process may use, shared among "
+                                          "torchrun's processes on the machine, at most 8; 0: in the training process); "
+                                          "the in-memory sets need none")
     seed: int = option(0, "default {default}")
     limit_train: Optional[int] = option(None, "use only N training images: the first N, or of an imagefolder (sorted by "
                                               "class) a fixed draw with each class its share")

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import random
 import signal
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data import TensorImages, build_datasets, nested_subset
+from ..data.loading import data_workers, loader_options
 from ..data.shards import ShardedImages, ShardLoader
 from ..fast import fast_train
 from ..files import write_release, write_text_atomically
@@ -203,20 +203,6 @@ def _load_data(cfg: TrainConfig, main: bool, log: Callable[..., None]) -> RunDat
     return data
 
 
-def data_workers(requested: Optional[int]) -> int:
-    """Data-loading processes: ``requested``, else one fewer than the CPUs this process may use (the training process
-    keeps one), shared among the processes torchrun started on this machine (``LOCAL_WORLD_SIZE``), at most 8.
-    Which images a run sees does not depend on it (``SeededSamples``)."""
-    if requested is not None:
-        return requested
-    try:
-        cpus = len(os.sched_getaffinity(0))  # a container's or taskset's limit, not the machine's count
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    share = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(0, min(8, share - 1))
-
-
 def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[Any, Any, Any]:
     """(train, val, the epoch's batches: ``len`` and ``set_epoch(epoch, start)``): seeded permutations,
     ``data.epoch_length`` items an epoch (default: the training set's length), gathered from memory for tensor
@@ -233,8 +219,8 @@ def _loaders(cfg: TrainConfig, data: RunData, rank: int, world: int) -> tuple[An
     if isinstance(train_set, TensorImages) and isinstance(val_set, TensorImages):
         return TensorBatches(train_set, sampler, cfg.seed, augment=True), TensorBatches(val_set, val_batches, cfg.seed, augment=False), sampler
     workers = data_workers(cfg.workers)
-    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, num_workers=workers)
-    val_loader = DataLoader(val_set, batch_sampler=val_batches, num_workers=workers)
+    train_loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_sampler=sampler, **loader_options(workers))
+    val_loader = DataLoader(val_set, batch_sampler=val_batches, **loader_options(workers))
     return train_loader, val_loader, sampler
 
 
