@@ -33,6 +33,17 @@ def _timm_sdist() -> Path:
     return path
 
 
+def _parallel() -> list[str]:
+    """pytest-xdist's processes, one a CPU (at most 4), when it is installed: the suite is the longest single test,
+    and this process only waits for it."""
+    try:
+        import xdist  # noqa: F401
+    except ImportError:
+        return []
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ["-n", str(min(4, cpus))] if cpus > 1 else []
+
+
 @pytest.mark.slow
 def test_timm_model_suite_passes_for_every_scnet_model(tmp_path: Path) -> None:
     with tarfile.open(_timm_sdist()) as tar:
@@ -44,7 +55,7 @@ def test_timm_model_suite_passes_for_every_scnet_model(tmp_path: Path) -> None:
     report = tmp_path / "report.xml"
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "test_models.py", "-k", "(scnet or scnext) and not pretrained", "-p", "no:cacheprovider",
-         "-q", f"--junitxml={report}"],
+         "-q", f"--junitxml={report}", *_parallel()],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]  # exit 5 (nothing collected) fails too
