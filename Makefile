@@ -32,7 +32,7 @@ demo: setup data
 
 # The suite, then the wheel as a user gets it: built, checked, installed into a fresh venv and used outside the tree.
 test: setup data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 	bash scripts/smoke_wheel.sh $(PY)
 
 # The edit-test loop: the suite without the checks marked slow (CI and make test run those too).
