@@ -75,6 +75,8 @@ def test_shard_writes_every_file_unchanged_and_reads_back_as_the_folder(folder: 
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
     with pytest.raises(DataError, match="already holds shards"):
         main(["shard", str(folder), str(tmp_path / "shards"), "--debug"])
+    _shard(folder, tmp_path / "again", 10)  # the same images, the same bytes
+    assert all((tmp_path / "again" / n).read_bytes() == (tmp_path / "shards" / n).read_bytes() for n in index["splits"]["train"]["shards"])
 
 
 def _numbers_seen(shards: Path, world: int, workers: int, epoch: int, batch: int = 4, start: int = 0) -> list[list[int]]:
