@@ -180,12 +180,9 @@ def profile_onnxruntime(path: Path, x: torch.Tensor, calls: int, threads: int) -
 
 def profile_openvino(path: Path, x: torch.Tensor, calls: int, threads: int) -> list[Kernel]:
     """(node, op, seconds) for every executed node over ``calls`` runs after one untimed run, OpenVINO's counters."""
-    import openvino as ov
+    from scnet.engines import openvino_core, openvino_request
 
-    from scnet.engines import openvino_request
-
-    core = ov.Core()
-    request = openvino_request(core.read_model(str(path)), tuple(x.shape), threads, profile=True, core=core)
+    request = openvino_request(openvino_core().read_model(str(path)), tuple(x.shape), threads, profile=True)
     request.infer({0: x.numpy()})
     kernels = []
     for _ in range(calls):

@@ -165,3 +165,30 @@ def test_a_missing_engine_package_is_named_before_any_export(monkeypatch: pytest
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else found(name, *a))
     with pytest.raises(ImportError, match="engine openvino needs the openvino package: pip install openvino"):
         EngineModel(scnet.create_model("scnet_demo").eval(), "openvino")
+
+
+_SIGNAL_AFTER_TWO_ENGINES = """
+import gc, signal, subprocess, sys
+import torch
+import scnet
+from scnet.engines import EngineModel
+
+x = torch.zeros(1, 3, 32, 32)
+first, second = (EngineModel(scnet.create_model("scnet_demo").eval(), "openvino") for _ in range(2))
+first(x), second(x)
+del first; gc.collect()
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *_: None)  # as a DataLoader with workers does: handled on the signal stack
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("alive")
+"""
+
+
+def test_a_signal_after_two_openvino_engines_are_gone_is_handled() -> None:
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core and puts back what it found when destroyed: two
+    Cores gone in the order they were made left a freed stack in place and the next handled signal was a segfault."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_ENGINES], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "alive", (done.returncode, done.stderr[-2000:])

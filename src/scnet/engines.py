@@ -9,6 +9,7 @@ int8 kernels too.
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn as nn
 from .fast.deploy import relative_error
 
 __all__ = ["ENGINES", "ONNX_ENGINES", "OnnxModel", "onnx_model", "EngineModel", "EngineMismatch", "relative_error",
-           "onnxruntime_options", "openvino_request", "check_onnx"]
+           "onnxruntime_options", "openvino_core", "openvino_request", "check_onnx"]
 
 ONNX_ENGINES = ("onnxruntime", "openvino")  # engines that run an ONNX file
 ENGINES = ("torch", "deploy", *ONNX_ENGINES)  # torch: eager; deploy: ``scnet.deploy``'s fused form
@@ -52,11 +53,24 @@ def _onnxruntime(path: Path, threads: int, spin: Optional[bool]) -> Runner:
     return lambda array: session.run(None, {name: array})[0]
 
 
-def openvino_request(network, shape: tuple[int, ...], threads: int, profile: bool = False, core=None):
+@functools.cache
+def openvino_core():
+    """The one ``openvino.Core`` of this process, kept until it exits.
+
+    Why one: each Core's CPU plugin installs a larger signal stack for the calling thread (AMX kernels need room) and
+    puts back the one it found when it is destroyed. Two Cores destroyed in the order they were made put back a stack
+    the first one had already freed, and the next signal with a Python handler (SIGCHLD once a DataLoader has used
+    workers) then kills the process with a segmentation fault. One Core never destroyed keeps the stack valid."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def openvino_request(network, shape: tuple[int, ...], threads: int, profile: bool = False):
     """An OpenVINO infer request for ``network`` (a read ONNX model, left unchanged) compiled for one input shape, as
     every OpenVINO run here uses it: float32 (its default on CPUs with bf16 units would be bf16), the latency hint,
-    ``threads`` threads (0: its default); ``profile`` turns its per-node performance counters on. ``core``: the
-    ``openvino.Core`` that read the network (a new one if None)."""
+    ``threads`` threads (0: its default); ``profile`` turns its per-node performance counters on. Compiled by
+    :func:`openvino_core`, which should also read the network."""
     import openvino as ov
 
     shaped = network.clone()
@@ -66,21 +80,18 @@ def openvino_request(network, shape: tuple[int, ...], threads: int, profile: boo
         config["INFERENCE_NUM_THREADS"] = threads
     if profile:
         config["PERF_COUNT"] = True
-    return (core or ov.Core()).compile_model(shaped, "CPU", config).create_infer_request()
+    return openvino_core().compile_model(shaped, "CPU", config).create_infer_request()
 
 
 def _openvino(path: Path, threads: int) -> Runner:
     """OpenVINO on the CPU, one network compiled per input shape: the file's batch and size are dynamic, its compiled
     kernels are fastest for a fixed shape."""
-    import openvino as ov
-
-    core = ov.Core()
-    network = core.read_model(str(path))
+    network = openvino_core().read_model(str(path))
     compiled: dict[tuple[int, ...], Callable] = {}
 
     def run(array: np.ndarray) -> np.ndarray:
         if array.shape not in compiled:
-            compiled[array.shape] = openvino_request(network, array.shape, threads, core=core)
+            compiled[array.shape] = openvino_request(network, array.shape, threads)
         request = compiled[array.shape]
         request.infer({0: array})
         return request.get_output_tensor(0).data.copy()
