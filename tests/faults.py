@@ -15,6 +15,7 @@ import gzip
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -456,8 +457,12 @@ def run_folders(tmp: Path) -> list[Record]:
     deadline = time.time() + 120
     while not (shared / ".lock").exists() and time.time() < deadline:
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "scnet.cli", *ARGS, "--lr", "0.1", "--epochs", "1", "--out", str(shared)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    runner.send_signal(signal.SIGSTOP)  # the first holds its folder, however long the second takes to start
+    try:
+        second = subprocess.run([sys.executable, "-m", "scnet.cli", *ARGS, "--lr", "0.1", "--epochs", "1", "--out", str(shared)],
+                                env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        runner.send_signal(signal.SIGCONT)
     first_code = runner.wait(timeout=600)
     kept = read_checkpoint(shared / "checkpoint-last.pth")
     whole = kept["epoch"] == 3 and kept["config"]["lr"] == RUN.get("lr", kept["config"]["lr"]) and "lr: 0.1" not in (shared / "config.yaml").read_text()
@@ -578,8 +583,6 @@ def _damaged_chunks(folder: Path) -> list[Record]:
 
 def _orphans(folder: Path) -> Record:
     """``scnet train`` SIGKILLed while its generator workers make Pathfinder images: are any left running?"""
-    import signal
-
     env = {**os.environ, "TQDM_DISABLE": "1"}
     train = subprocess.Popen([sys.executable, "-m", "scnet.cli", "train", "--data", "pathfinder32-9", "--data-dir", str(folder / "gen"),
                               "--limit-train", "40000", "--limit-val", "1000", "--out", str(folder / "gen-run")], env=env,

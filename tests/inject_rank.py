@@ -7,7 +7,8 @@ KIND, on process RANK only:
   kill   SIGKILL itself after optimiser step AT, on a first attempt only (torchrun restarts run clean);
   raise  raise RuntimeError after optimiser step AT;
   nan    the loss of step AT is NaN (as a diverging shard of data would make it);
-  hang   sleep for an hour after optimiser step AT;
+  hang   sleep for an hour after optimiser step AT, ending at once when torchrun sends SIGTERM to the survivors (the
+         run's own handler would wait for the end of a step that never ends, and torchrun 30 s before SIGKILL);
   data   read the training data from the folder AT instead of the one given by --data-dir.
 Before the fault the process prints ``FAULT <kind> <unix time>`` to standard error, so a test can time the exit.
 Nothing in the library knows about this driver.
@@ -38,6 +39,7 @@ def _after_step(kind: str, at: int) -> None:
             if kind == "raise":
                 raise RuntimeError(f"injected failure after step {at}")
             if kind == "hang":
+                signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
                 time.sleep(3600)
         return out
 

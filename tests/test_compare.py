@@ -291,7 +291,7 @@ def test_a_killed_study_leaves_no_run_training_and_continues_both(tmp_path: Path
     out = tmp_path / "study"
     runs = [out / f"{m}-seed0" / "checkpoint-last.pth" for m in (PLAIN, SC)]
     args = [sys.executable, "-m", "scnet", "compare", "--models", SC, "--seeds", "0", "--jobs", "2", "--data", "fashion_mnist",
-            "--limit-train", "4096", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
+            "--limit-train", "2048", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
             "--out", str(out)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -436,7 +436,7 @@ def test_sigterm_to_a_study_stops_both_runs_with_the_usual_line(tmp_path: Path) 
     out = tmp_path / "study"
     runs = [out / f"{m}-seed0" / "checkpoint-last.pth" for m in (PLAIN, SC)]
     args = [sys.executable, "-m", "scnet", "compare", "--models", SC, "--seeds", "0", "--jobs", "2", "--data", "fashion_mnist",
-            "--limit-train", "4096", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
+            "--limit-train", "2048", "--limit-val", "512", "--epochs", "2", "--batch-size", "64", "--checkpoint-every", "4",
             "--out", str(out)]
     study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.monotonic() + 120

@@ -169,13 +169,16 @@ def test_a_missing_engine_package_is_named_before_any_export(monkeypatch: pytest
 
 _SIGNAL_AFTER_TWO_ENGINES = """
 import gc, signal, subprocess, sys
-import torch
-import scnet
-from scnet.engines import EngineModel
+import numpy as np, onnx, torch
+from onnx import TensorProto, helper
+from scnet.engines import OnnxModel
 
-x = torch.zeros(1, 3, 32, 32)
-first, second = (EngineModel(scnet.create_model("scnet_demo").eval(), "openvino") for _ in range(2))
-first(x), second(x)
+io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("input", "output")]
+graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "relu", io[:1], io[1:])
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+x = torch.randn(1, 3, 8, 8)
+first, second = (OnnxModel(sys.argv[1], engine="openvino") for _ in range(2))
+assert torch.equal(first(x), x.relu()) and torch.equal(second(x), x.relu())
 del first; gc.collect()
 del second; gc.collect()
 signal.signal(signal.SIGCHLD, lambda *_: None)  # as a DataLoader with workers does: handled on the signal stack
@@ -184,11 +187,11 @@ print("alive")
 """
 
 
-def test_a_signal_after_two_openvino_engines_are_gone_is_handled() -> None:
+def test_a_signal_after_two_openvino_engines_are_gone_is_handled(tmp_path: Path) -> None:
     """OpenVINO's CPU plugin swaps the thread's signal stack per Core and puts back what it found when destroyed: two
     Cores gone in the order they were made left a freed stack in place and the next handled signal was a segfault."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_ENGINES], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_ENGINES, str(tmp_path / "relu.onnx")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "alive", (done.returncode, done.stderr[-2000:])
