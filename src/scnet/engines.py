@@ -130,12 +130,13 @@ class OnnxModel:
 
 
 def onnx_model(model: nn.Module, example: torch.Tensor, path: Union[str, Path, None] = None, threads: int = 0,
-               engine: str = "onnxruntime", spin: Optional[bool] = None) -> OnnxModel:
-    """The float32 ONNX export of an eval-mode model, run by ``engine``; ``example`` gives the channels and a size."""
+               engine: str = "onnxruntime", spin: Optional[bool] = None, rewrites: Optional[Sequence[str]] = None) -> OnnxModel:
+    """The float32 ONNX export of an eval-mode model, run by ``engine``; ``example`` gives the channels and a size;
+    ``rewrites`` as ``export.export_onnx`` takes them."""
     from .export import export_onnx
 
     out, folder = (Path(path), None) if path is not None else OnnxModel.in_temporary_folder()
-    export_onnx(model.eval(), out, in_chans=example.shape[1], example_size=max(example.shape[-2:]))
+    export_onnx(model.eval(), out, in_chans=example.shape[1], example_size=max(example.shape[-2:]), rewrites=rewrites)
     return OnnxModel(out, threads, engine, spin, _folder=folder)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from .fast.onnx_form import onnx_form
 from .models.spec import ModelSpec, spec_of
 from .errors import SettingError
 from .files import write_atomically
@@ -58,15 +59,19 @@ def min_export_size(model: nn.Module, in_chans: int = 3, limit: int = 4096) -> i
 
 
 def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, example_size: int = 224, max_size: int = 4096,
-                spec: Optional[ModelSpec] = None) -> int:
+                spec: Optional[ModelSpec] = None, rewrites: Optional[Sequence[str]] = None) -> int:
     """Write ``model`` (eval mode) as one ONNX file with dynamic batch/height/width; returns the minimum side.
 
     With ``spec``, the file carries it as ONNX metadata (``ModelSpec.metadata``: the keys a release has), so whoever
-    runs it knows the classes and the preprocessing without the library."""
+    runs it knows the classes and the preprocessing without the library. ``rewrites``: None writes the model's own
+    graph; a sequence (empty included: norms folded only) writes ``fast.onnx_form(model, rewrites)``, the same
+    function in the form the engines fuse."""
     from torch.export import Dim
 
     model = model.eval()
     min_side = min_export_size(model, in_chans)
+    if rewrites is not None:
+        model = onnx_form(model, rewrites)
     example_size = max(example_size, min_side)
     dims = {0: Dim("batch", min=1, max=4096), 2: Dim("height", min=min_side, max=max_size), 3: Dim("width", min=min_side, max=max_size)}
     example = (torch.randn(2, in_chans, example_size, example_size),)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -92,12 +92,14 @@ def _quantized_ops(keep_fp32: str) -> list[str]:
 def quantize(
     model: nn.Module, calibration_batches: Iterable[torch.Tensor], path: Union[str, Path, None] = None,
     keep_fp32: str = DEFAULT_KEEP, threads: int = 0, engine: str = "onnxruntime", spin: Optional[bool] = None,
+    rewrites: Optional[Sequence[str]] = None,
 ) -> QuantizedModel:
     """An int8 copy of an eval-mode image model, calibrated on ``calibration_batches`` (normalised (N, C, H, W) tensors).
 
     ``path``: where the int8 ONNX file is written (default: a temporary folder). ``keep_fp32``: "none", "gate"
     or "convs" (see the module's docstring). ``engine``: what runs the int8 file, ONNX Runtime or OpenVINO
-    (``engines.OnnxModel``; both turn the quantize/dequantize pairs into int8 kernels). Raises ``ValueError``
+    (``engines.OnnxModel``; both turn the quantize/dequantize pairs into int8 kernels). ``rewrites``: the float32
+    graph quantized, as ``export.export_onnx`` takes them. Raises ``ValueError``
     for a model in training mode (its norms would not be the ones it is deployed with) and for calibration data
     of another shape than the model takes.
     """
@@ -116,7 +118,7 @@ def quantize(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         fp32, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
-        export_onnx(model, fp32, in_chans=batches[0].shape[1], example_size=max(batches[0].shape[-2:]))
+        export_onnx(model, fp32, in_chans=batches[0].shape[1], example_size=max(batches[0].shape[-2:]), rewrites=rewrites)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # the dynamic sizes defeat its symbolic pass
         quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32))

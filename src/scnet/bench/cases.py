@@ -15,6 +15,7 @@ __all__ = ["BenchCase", "DTYPES", "MODES", "grid", "make_inputs", "input_dtype",
 # Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
 # deploy_nchw and deploy_portable isolate the ingredients: folding alone, then + channels_last, then (deploy)
 # + oneDNN post-op fusion and pre-packed weights.
+ONNX_FORMS = {"fold": (), "merge": ("merge_conv1",), "split": ("split_conv3",), "rw": ("merge_conv1", "split_conv3")}
 MODES: dict[str, dict[str, Any]] = {
     "eager": dict(channels_last=False, deploy=None, compile=False, train=False),
     "eager_cl": dict(channels_last=True, deploy=None, compile=False, train=False),
@@ -25,13 +26,20 @@ MODES: dict[str, dict[str, Any]] = {
     "graph": dict(channels_last=True, deploy=None, compile=False, train=False, graph=True),  # CUDA graph replay
     "deploy_graph": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False, graph=True),
     # ONNX Runtime (CPU): the float32 export, and int8 static quantization with what ``keep_fp32`` keeps in float;
-    # OpenVINO (CPU) running the same two files.
+    # OpenVINO (CPU) running the same two files. ENGINE_FORM: the same, from the graph ``fast.onnx_form`` rewrites
+    # (ONNX_FORMS: norms folded only, one rewrite, or both).
     "onnx": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32"),
     "int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none"),
     "int8_gate": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="gate"),
     "int8_convs": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="convs"),
     "openvino": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino"),
     "openvino_int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino"),
+    **{f"{engine}_{name}": dict(onnx_mode, rewrites=rewrites) for engine, onnx_mode in (
+        ("onnx", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32")),
+        ("int8", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none")),
+        ("openvino", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino")),
+        ("openvino_int8", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino")),
+    ) for name, rewrites in ONNX_FORMS.items()},
     "train": dict(channels_last=False, deploy=None, compile=False, train=True),
     "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
     "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
@@ -115,7 +123,7 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
         return step
     model.eval()
     if spec.get("onnx"):
-        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype)
+        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype, spec.get("rewrites"))
     if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
         model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
@@ -139,8 +147,8 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
     return infer
 
 
-def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.device,
-                 dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.device, dtype: torch.dtype,
+                 rewrites: Optional[tuple[str, ...]] = None) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """ONNX Runtime or OpenVINO on the CPU with torch's thread count, made on the first (warm-up) call at its input's
     size; int8 is calibrated on 4 seeded random batches of that shape (timing does not depend on the values).
     ONNX Runtime's threads do not spin between calls: spinning would take the CPU from the case timed next."""
@@ -152,7 +160,7 @@ def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.d
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         if "run" not in made:
-            how = dict(threads=torch.get_num_threads(), engine=engine, spin=False)
+            how = dict(threads=torch.get_num_threads(), engine=engine, spin=False, rewrites=rewrites)
             if kind == "fp32":
                 made["run"] = onnx_model(model, x, **how)
             else:

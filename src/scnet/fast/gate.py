@@ -39,9 +39,9 @@ def broadcast_gate(x: torch.Tensor, calib: torch.Tensor, mode: str = "nearest", 
     if pooling_r > 0 and mode == "nearest" and _tiles_exactly(h, w, ph, pw, pooling_r):
         bh, bw = h // ph, w // pw
         t = x.view(n, c, ph, bh, pw, bw) + calib.view(n, c, ph, 1, pw, 1)  # (N, C, H/bh, bh, W/bw, bw)
-    else:
-        t = x + upsample(calib, [h, w], mode)  # (N, C, H, W)
-    return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W): in place on the fresh sum; a view when t kept x's layout
+        return torch.sigmoid_(t).reshape(n, c, h, w)  # (N, C, H, W): in place on the fresh sum; a view when t kept x's layout
+    # (N, C, H, W); no reshape here, which an exported graph would keep as a node of its own
+    return torch.sigmoid_(x + upsample(calib, [h, w], mode))
 
 
 def upsample_adjoint(grad: torch.Tensor, calib_shape: list[int], mode: str) -> torch.Tensor:
