@@ -123,7 +123,7 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
         return step
     model.eval()
     if spec.get("onnx"):
-        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype, spec.get("rewrites"))
+        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype, spec.get("rewrites"), name)
     if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
         model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
@@ -147,26 +147,38 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
     return infer
 
 
+# ONNX files made in this process, by (model, what is kept in float or "fp32", rewrites): both engines and every batch
+# size run the same file, so a table of many cases exports and calibrates each network once.
+_ONNX_FILES: dict[tuple[str, str, Optional[tuple[str, ...]]], Any] = {}
+
+
 def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.device, dtype: torch.dtype,
-                 rewrites: Optional[tuple[str, ...]] = None) -> Callable[[torch.Tensor, torch.Tensor], None]:
+                 rewrites: Optional[tuple[str, ...]] = None, name: str = "") -> Callable[[torch.Tensor, torch.Tensor], None]:
     """ONNX Runtime or OpenVINO on the CPU with torch's thread count, made on the first (warm-up) call at its input's
-    size; int8 is calibrated on 4 seeded random batches of that shape (timing does not depend on the values).
+    size; int8 is calibrated on 4 seeded random batches of that shape (timing does not depend on the values). A file
+    made for another case of the same ``name``, kind and rewrites is run again rather than made again.
     ONNX Runtime's threads do not spin between calls: spinning would take the CPU from the case timed next."""
+    from ..engines import OnnxModel
     from ..int8 import onnx_model, quantize
 
     if device.type != "cpu" or dtype != torch.float32:
         raise ValueError(f"the ONNX modes run in float32 on the CPU, not {dtype} on {device.type}")
     made: dict[str, Callable] = {}
+    key = (name, kind, rewrites)
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         if "run" not in made:
-            how = dict(threads=torch.get_num_threads(), engine=engine, spin=False, rewrites=rewrites)
-            if kind == "fp32":
-                made["run"] = onnx_model(model, x, **how)
+            how = dict(threads=torch.get_num_threads(), engine=engine, spin=False)
+            if name and key in _ONNX_FILES:
+                made["run"] = OnnxModel(_ONNX_FILES[key].path, **how)
+            elif kind == "fp32":
+                made["run"] = onnx_model(model, x, rewrites=rewrites, **how)
             else:
                 gen = torch.Generator().manual_seed(1)
                 batches = [torch.randn(x.shape, generator=gen) for _ in range(4)]
-                made["run"] = quantize(model, batches, keep_fp32=kind, **how)
+                made["run"] = quantize(model, batches, keep_fp32=kind, rewrites=rewrites, **how)
+            if name:
+                _ONNX_FILES.setdefault(key, made["run"])  # the first keeps its temporary folder alive
         made["run"](x)
 
     return infer

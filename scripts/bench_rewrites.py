@@ -1,0 +1,97 @@
+"""What each ONNX rewrite (``scnet.fast.onnx_form``) does to SCNet-50's speed on the two ONNX engines, beside ResNet-50.
+
+Every network runs as exported today ("export"), with its norms folded only ("fold"), and (SCNet-50) with each
+rewrite alone ("merge": conv1_a and conv1_b as one convolution; "split": conv3 split over the two halves, no
+concatenation) and both ("rw"), on ONNX Runtime and OpenVINO, float32 and int8 (the int8 file quantizes the form's
+float32 graph), at batch 1, 8 and 32. ResNet-50 (``scnet50_plain``, torchvision's ResNet-50 module for module) gets
+the rewrites that apply to it: folding. Every case is built once and timed round-robin in one process
+(``scnet.bench.run_bench``); each network, precision and form is exported once and run by both engines.
+
+    python scripts/bench_rewrites.py --repeats 5 --warmup 2 --out docs/results/engines/rewrites
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from scnet.bench import BenchCase, Rounds, run_bench, write_report
+from scnet.bench.cases import ONNX_FORMS
+
+SC, PLAIN = "scnet50", "scnet50_plain"
+ENGINES = {"openvino": "OpenVINO float32", "onnx": "ONNX Runtime float32", "openvino_int8": "OpenVINO int8",
+           "int8": "ONNX Runtime int8"}
+FORMS = ("export", *ONNX_FORMS)  # "export": the model's own graph
+PLAIN_FORMS = ("export", "fold")  # the rewrites that apply to ResNet-50
+
+
+def mode(engine: str, form: str) -> str:
+    return engine if form == "export" else f"{engine}_{form}"
+
+
+def cases(batches: list[int], size: int = 224, sc: str = SC, plain: str = PLAIN) -> list[BenchCase]:
+    made = []
+    for engine in ENGINES:
+        for batch in batches:
+            made += [BenchCase(sc, mode(engine, f), batch, size) for f in FORMS]
+            made += [BenchCase(plain, mode(engine, f), batch, size) for f in PLAIN_FORMS]
+    return made
+
+
+def table(results: list[dict[str, Any]], sc: str = SC, plain_name: str = PLAIN) -> list[dict[str, Any]]:
+    """Per engine, batch and form: SCNet-50's img/s, its ratio to ResNet-50 as exported and to ResNet-50 folded."""
+    ips = {(r["model"], r["mode"], r["batch"]): r.get("images_per_s") for r in results}
+    rows = []
+    for engine in ENGINES:
+        for batch in sorted({r["batch"] for r in results}):
+            plain = {f: ips.get((plain_name, mode(engine, f), batch)) for f in PLAIN_FORMS}
+            best_plain = max((v for v in plain.values() if v), default=None)
+            for form in FORMS:
+                got = ips.get((sc, mode(engine, form), batch))
+                rows.append(dict(engine=engine, batch=batch, form=form, scnet=got, resnet=plain["export"],
+                                 resnet_fold=plain["fold"],
+                                 ratio=got / best_plain if got and best_plain else None))
+    return rows
+
+
+def _fmt(v: Optional[float], spec: str = ".1f") -> str:
+    return "failed" if v is None else format(v, spec)
+
+
+def markdown(rows: list[dict[str, Any]], command: str, bench: dict[str, Any]) -> list[str]:
+    lines = ["# ONNX rewrites: SCNet-50 against ResNet-50 per engine, precision, batch and form", "",
+             f"Command: `{command}`", "", f"Machine: {bench['machine']}; {bench['repeats']} timed rounds round-robin "
+             f"after {bench['warmup']} warm-up calls each, median; random weights, 224 px.", "",
+             "ratio: SCNet-50 in that form against the faster of ResNet-50's two forms (as exported, folded).", "",
+             "| engine | batch | form | SCNet-50 img/s | ResNet-50 as exported | ResNet-50 folded | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {ENGINES[r['engine']]} | {r['batch']} | {r['form']} | {_fmt(r['scnet'])} | {_fmt(r['resnet'])} | "
+                     f"{_fmt(r['resnet_fold'])} | {_fmt(r['ratio'], '.3f')}x |")
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    Rounds.add_options(p)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--models", nargs=2, default=[SC, PLAIN], metavar=("SC", "PLAIN"), help="the SC network and its twin")
+    p.add_argument("--out", type=Path, default=Path("runs/rewrites"))
+    args = p.parse_args(argv)
+    command = "python scripts/bench_rewrites.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    sc, plain = args.models
+    bench = run_bench(cases(args.batches, args.size, sc, plain), Rounds.from_options(args), baseline=plain, memory=False)
+    write_report(bench, args.out, command=command)
+    rows = table(bench["results"], sc, plain)
+    (args.out / "rewrites.json").write_text(json.dumps(dict(command=command, rows=rows), indent=2))
+    (args.out / "rewrites.md").write_text("\n".join(markdown(rows, command, bench)) + "\n")
+    print(f"report: {args.out / 'rewrites.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
