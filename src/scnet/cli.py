@@ -400,10 +400,12 @@ def _add_bench_command(sub: Any) -> None:
 
     bench = sub.add_parser("bench", help="throughput, latency and peak memory side by side with torchvision's resnet50")
     bench.add_argument("--models", nargs="+", default=["scnet50"], help="models to measure (default scnet50)")
-    bench.add_argument("--modes", nargs="+", default=["eager", "deploy"], choices=tuple(MODES),
+    bench.add_argument("--modes", nargs="+", default=["eager", "deploy"], choices=tuple(MODES), metavar="MODE",
                        help="eager (NCHW), eager_cl, deploy_nchw (folding only), deploy_portable (+ channels_last), deploy (+ oneDNN "
                             "or cuDNN/Triton fusion), compiled (deploy + inductor with freezing), graph / deploy_graph (eager_cl / "
-                            "deploy replayed as a CUDA graph, GPU only), train, train_cl, train_compiled")
+                            "deploy replayed as a CUDA graph, GPU only), train, train_cl, train_compiled; onnx, openvino, int8 "
+                            "(ONNX Runtime), openvino_int8, int8_gate, int8_convs (what stays float), each ONNX one also as "
+                            "MODE_fold, _merge, _split, _rw (the graph scnet.fast.onnx_form rewrites)")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")
     bench.add_argument("--baseline", default="resnet50", help="measured alongside in the same process (default torchvision resnet50)")
