@@ -4,8 +4,9 @@ Why: OpenVINO's CPU plugin and ONNX Runtime fuse a convolution with the ReLU aft
 whose other operand comes from another branch (a residual), but the reference SC bottleneck gives them a graph
 that takes neither path where it could: K1's and the calibration's outputs are concatenated and then read by
 ``conv3``, and ``conv1_a``/``conv1_b`` read the same input as two convolutions. Each rewrite here computes the same
-function (tested against the unrewritten export), and is applied only where the engines report measured it to help
-(``ONNX_REWRITES`` lists them; ``DEFAULT_ONNX_REWRITES`` the ones applied by ``scnet export``):
+function (tested against the unrewritten export); ``export_onnx(..., rewrites=...)`` writes the form, and
+``scripts/bench_rewrites.py`` measures each on both engines. Measured so far (docs/results/engines/rewrites, batch 8),
+none pays, so ``export_onnx`` writes the model's own graph unless asked:
 
 - ``merge_conv1``: ``conv1_a`` and ``conv1_b`` as one 1x1 convolution whose output is sliced into the two halves
   (the authors' own equivalence, as ``deploy`` does);
@@ -28,10 +29,9 @@ from .deploy import deploy
 from .fusion import FusedConv
 from .inference import FusedSCBottleneck
 
-__all__ = ["ONNX_REWRITES", "DEFAULT_ONNX_REWRITES", "OnnxSCBottleneck", "onnx_form"]
+__all__ = ["ONNX_REWRITES", "OnnxSCBottleneck", "onnx_form"]
 
 ONNX_REWRITES = ("merge_conv1", "split_conv3")
-DEFAULT_ONNX_REWRITES: tuple[str, ...] = ONNX_REWRITES
 
 
 def _rows(conv: FusedConv, start: int, stop: int) -> FusedConv:
@@ -48,7 +48,7 @@ def _columns(conv: FusedConv, start: int, stop: int, bias: bool, relu: bool) -> 
 class OnnxSCBottleneck(FusedSCBottleneck):
     """``SCBottleneck`` in eval mode with the rewrites named in ``rewrites`` (norms folded in any case)."""
 
-    def __init__(self, block: SCBottleneck, rewrites: Sequence[str] = DEFAULT_ONNX_REWRITES) -> None:
+    def __init__(self, block: SCBottleneck, rewrites: Sequence[str] = ONNX_REWRITES) -> None:
         super().__init__(block, onednn=False)
         unknown = set(rewrites) - set(ONNX_REWRITES)
         if unknown:
@@ -84,7 +84,7 @@ class OnnxSCBottleneck(FusedSCBottleneck):
         return self.conv3_b(b, self.conv3_a(a, self._shortcut(x), "add"), "add")  # relu(conv3_a a + short + conv3_b b)
 
 
-def onnx_form(model: nn.Module, rewrites: Sequence[str] = DEFAULT_ONNX_REWRITES) -> nn.Module:
+def onnx_form(model: nn.Module, rewrites: Sequence[str] = ONNX_REWRITES) -> nn.Module:
     """A copy of the eval-mode ``model`` to export: ``deploy``'s portable form (norms folded, stem fused) with every
     SC bottleneck ``deploy`` fused rewritten as ``rewrites`` say. The model is not modified; what ``deploy`` keeps as
     it was (a norm it cannot fold, a subclass written elsewhere) stays as it was here too."""
