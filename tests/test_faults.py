@@ -92,6 +92,19 @@ def test_a_failed_release_write_is_one_line_and_leaves_no_temp_file(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_writer_that_fails_for_another_reason_is_not_blamed_on_the_disk(tmp_path: Path) -> None:
+    from scnet.files import write_atomically
+
+    def broken(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise ValueError("the graph has an unsupported operator\nat node 3")
+
+    with pytest.raises(OSError, match=r"could not write .*model.onnx \(the writer failed: ValueError: the graph has an "
+                                      r"unsupported operator\); no earlier file existed") as err:
+        write_atomically(tmp_path / "model.onnx", broken)
+    assert "disk" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
 def test_non_finite_loss_stops_before_the_weights_change(tmp_path: Path, reference) -> None:
     record = faults.non_finite_loss(tmp_path, reference[0])
     assert record.exit_code == 2 and _one_line(record.message) and "non-finite loss nan at epoch 2, step 4" in record.message

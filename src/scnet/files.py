@@ -194,12 +194,21 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         pass
 
 
+# Words with which the libraries that write for us report a failed write to the disk: torch.save's zip writer
+# ("[enforce fail at inline_container.cc] unexpected pos", "file write failed"), safetensors ("IoError", "StorageFull").
+_IO_FAILURE_WORDS = ("inline_container", "write failed", "ioerror", "i/o error", "storagefull", "no space", "quota", "too large")
+
+
 def _why(error: Exception) -> str:
-    """A failed write's cause in a few words: the OS's reason, or the first line of a library's message."""
+    """A failed write's cause in a few words: the OS's reason, or the first line of a library's message, with the
+    disk named as the likely cause only when that message speaks of a failed write (not, say, an export error)."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-    return f"the writer failed, is the disk full? {type(error).__name__}: {first}" if first else type(error).__name__
+    if not first:
+        return type(error).__name__
+    disk = any(word in first.lower() for word in _IO_FAILURE_WORDS)
+    return f"the writer failed{', is the disk full?' if disk else ':'} {type(error).__name__}: {first}"
 
 
 def write_text_atomically(path: Path, text: str) -> None:
