@@ -88,3 +88,18 @@ def test_torch_compile_captures_the_whole_network_as_one_graph() -> None:
     x = seeded_input((2, 3, 97, 130))
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_of_any_module_whatever_its_forward_argument_is_named(tmp_path: Path) -> None:
+    # nn.Sequential's forward takes "input", not "x": the dynamic sizes are given by position, so it exports too.
+    from scnet.engines import OnnxModel
+    from scnet.export import export_onnx
+    from scnet.layers import SCConv
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), SCConv(8), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    assert export_onnx(model, tmp_path / "seq.onnx", example_size=32) == 4  # the calibration window, r = 4
+    x = seeded_input((2, 3, 40, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(OnnxModel(tmp_path / "seq.onnx")(x), model(x), rtol=1e-4, atol=1e-5)

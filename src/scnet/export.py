@@ -77,7 +77,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], in_chans: int = 3, exa
     example = (torch.randn(2, in_chans, example_size, example_size),)
 
     def write(tmp: Path) -> None:
-        torch.onnx.export(model, example, str(tmp), dynamo=True, external_data=False, dynamic_shapes={"x": dims},
+        torch.onnx.export(model, example, str(tmp), dynamo=True, external_data=False, dynamic_shapes=(dims,),
                           input_names=["input"], output_names=["output"], verbose=False)
         if spec is not None:
             import onnx
