@@ -19,17 +19,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from scnet.bench import BenchCase, Rounds, run_bench, write_report
-from scnet.bench.cases import ONNX_FORMS
+from scnet.bench.cases import ONNX_FORMS, form_mode as mode
 
 SC, PLAIN = "scnet50", "scnet50_plain"
 ENGINES = {"openvino": "OpenVINO float32", "onnx": "ONNX Runtime float32", "openvino_int8": "OpenVINO int8",
            "int8": "ONNX Runtime int8"}
 FORMS = ("export", *ONNX_FORMS)  # "export": the model's own graph
 PLAIN_FORMS = ("export", "fold")  # the rewrites that apply to ResNet-50
-
-
-def mode(engine: str, form: str) -> str:
-    return engine if form == "export" else f"{engine}_{form}"
 
 
 def cases(batches: list[int], size: int = 224, sc: str = SC, plain: str = PLAIN) -> list[BenchCase]:

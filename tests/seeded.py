@@ -33,3 +33,17 @@ def seeded_state_dict(template: dict[str, torch.Tensor], seed: int = 0) -> dict[
 
 def seeded_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_model(name: str, **kwargs) -> torch.nn.Module:
+    """A registered model in eval mode with ``seeded_state_dict`` weights (running statistics too)."""
+    import scnet
+
+    model = scnet.create_model(name, **kwargs).eval()
+    model.load_state_dict(seeded_state_dict(model.state_dict()))
+    return model
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64, so that float64 forms can be held to rounding (~1e-15)."""
+    return float((a.double() - b.double()).norm() / b.double().norm())

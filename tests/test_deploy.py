@@ -10,47 +10,37 @@ import torchvision
 import scnet
 from scnet.fast import FusedConv, deploy, fold_conv_norm
 from scnet.fast.inference import FusedSCBottleneck
-from seeded import seeded_input, seeded_state_dict
+from seeded import rel_error, seeded_input, seeded_model, seeded_state_dict
 
 ALL_MODELS = scnet.list_models()
 ODD = (1, 3, 67, 45)  # not a multiple of the pooling rate anywhere: exercises the general upsample path
 
 
-def _seeded(name: str, **kwargs) -> nn.Module:
-    model = scnet.create_model(name, **kwargs).eval()
-    model.load_state_dict(seeded_state_dict(model.state_dict()))
-    return model
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_deploy_is_exact_in_float64(name: str) -> None:
     # In float64 the only differences left are rounding (~1e-15): any error in folding, merging or the gate shows.
-    model = _seeded(name).double()
+    model = seeded_model(name).double()
     fused = deploy(model)
     assert not fused.deploy_report.kept
     for shape in (ODD, (1, 3, 64, 96)):  # odd sizes, then sizes divisible by r (the broadcast gate)
         x = seeded_input(shape).double()
         with torch.no_grad():
-            assert _rel(fused(x), model(x)) < 1e-10, shape
+            assert rel_error(fused(x), model(x)) < 1e-10, shape
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_deploy_float32_matches_eager(name: str) -> None:
-    model = _seeded(name)
+    model = seeded_model(name)
     fused = deploy(model)
     x = seeded_input(ODD)
     with torch.inference_mode():
         want, got = model(x), fused(x)
-    assert _rel(got, want) <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1))
+    assert rel_error(got, want) <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1))
     assert got.shape == want.shape
 
 
 def test_deploy_counts_what_it_fused_and_leaves_the_input_alone() -> None:
-    model = _seeded("scnet50")
+    model = seeded_model("scnet50")
     before = copy.deepcopy(model.state_dict())
     fused = deploy(model)
     kinds = list(fused.deploy_report.fused.values())
@@ -105,7 +95,7 @@ def test_converted_torchvision_model_deploys() -> None:
     assert sum(v == "FusedSCConv" for v in fused.deploy_report.fused.values()) == 16
     x = seeded_input(ODD)
     with torch.inference_mode():
-        assert _rel(fused(x), model(x)) < 1e-4
+        assert rel_error(fused(x), model(x)) < 1e-4
 
 
 def test_training_mode_and_bad_arguments_are_refused() -> None:
@@ -131,7 +121,7 @@ def test_unfoldable_norm_is_kept_or_refused() -> None:
 
 
 def test_portable_backend_scripts_traces_and_exports() -> None:
-    model = _seeded("scnet_demo")
+    model = seeded_model("scnet_demo")
     fused = deploy(model)
     x = seeded_input((2, 3, 61, 75))
     want = model(x)
@@ -156,7 +146,7 @@ def test_deploy_exports_to_onnx(tmp_path) -> None:
     from scnet.models.scnet import default_spec
     from scnet.models.spec import ModelSpec
 
-    model = _seeded("scnet_demo")
+    model = seeded_model("scnet_demo")
     path = tmp_path / "fused.onnx"
     export_onnx(deploy(model), path, in_chans=3, spec=default_spec("scnet_demo"))
     for row in check_onnx(model, path, [(61, 75), (97, 130)], in_chans=3):  # against the unfused model
@@ -170,17 +160,17 @@ def test_deploy_exports_to_onnx(tmp_path) -> None:
 def test_deploy_compiles_with_inductor_freezing() -> None:
     import torch._inductor.config as inductor_config
 
-    model = _seeded("scnet_demo")
+    model = seeded_model("scnet_demo")
     fused = deploy(model)
     x = seeded_input((2, 3, 64, 64))
     with inductor_config.patch(freezing=True), torch.inference_mode():
         got = torch.compile(fused)(x)
         want = model(x)
-    assert _rel(got, want) < 1e-5
+    assert rel_error(got, want) < 1e-5
 
 
 def test_layout_follows_the_channels_last_flag() -> None:
-    model = _seeded("scnet_demo")
+    model = seeded_model("scnet_demo")
     x = seeded_input((1, 3, 32, 32))
     for channels_last in (True, False):
         fused = deploy(model, channels_last=channels_last, backend="portable")  # oneDNN's fused calls pick their own layout

@@ -13,26 +13,16 @@ from scnet.engines import OnnxModel
 from scnet.export import export_onnx
 from scnet.models import SCBottleneck
 from scnet.fast.onnx_form import ONNX_REWRITES, OnnxSCBottleneck, onnx_form
-from seeded import seeded_input, seeded_state_dict
+from seeded import rel_error, seeded_input, seeded_model, seeded_state_dict
 
 OFFICIAL = ("scnet50", "scnet50_v1d", "scnet101", "scnet101_v1d")
 SUBSETS = [c for k in range(len(ONNX_REWRITES) + 1) for c in itertools.combinations(ONNX_REWRITES, k)]
 
 
-def _seeded(name: str) -> torch.nn.Module:
-    model = scnet.create_model(name).eval()
-    model.load_state_dict(seeded_state_dict(model.state_dict()))  # running statistics too: folding is exercised
-    return model
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_every_rewrite_is_exact_on_the_official_variants(name: str) -> None:
     # In float64 only rounding (~1e-15) is left: a wrong split, a lost bias or a misplaced pool would show.
-    model = _seeded(name).double()
+    model = seeded_model(name).double()
     x = seeded_input((1, 3, 67, 45)).double()  # not a multiple of the pooling rate: the exported gate's path
     blocks = sum(type(m) is SCBottleneck for m in model.modules())
     with torch.no_grad():
@@ -40,19 +30,19 @@ def test_every_rewrite_is_exact_on_the_official_variants(name: str) -> None:
         for rewrites in SUBSETS if "101" not in name else [ONNX_REWRITES]:  # the deeper twins: the same blocks, more of them
             form = onnx_form(model, rewrites)
             assert sum(type(m) is OnnxSCBottleneck for m in form.modules()) == blocks  # every block rewritten
-            assert _rel(form(x), want) < 1e-12, rewrites
+            assert rel_error(form(x), want) < 1e-12, rewrites
 
 
 @pytest.mark.parametrize("name", ["sescnet50", "scnext50_32x4d", "scnet_demo"])
 def test_the_rewrites_keep_channel_attention_and_groups(name: str) -> None:
-    model = _seeded(name).double()
+    model = seeded_model(name).double()
     x = seeded_input((1, 3, 67, 45)).double()
     with torch.no_grad():
-        assert _rel(onnx_form(model)(x), model(x)) < 1e-12
+        assert rel_error(onnx_form(model)(x), model(x)) < 1e-12
 
 
 def test_the_model_is_left_as_it_was_and_unknown_rewrites_are_named() -> None:
-    model = _seeded("scnet_demo")
+    model = seeded_model("scnet_demo")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     onnx_form(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -92,4 +82,4 @@ def test_the_rewritten_onnx_file_computes_what_the_unrewritten_one_does(tmp_path
     assert after["Slice"] == before["Slice"] + 2 * blocks and "BatchNormalization" not in after
     for shape in [(2, 3, 97, 130), (1, 3, 224, 224)]:
         x = seeded_input(shape)
-        assert _rel(OnnxModel(rewritten)(x), OnnxModel(plain)(x)) < 1e-5, shape
+        assert rel_error(OnnxModel(rewritten)(x), OnnxModel(plain)(x)) < 1e-5, shape

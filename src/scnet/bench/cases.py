@@ -10,12 +10,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BenchCase", "DTYPES", "MODES", "grid", "make_inputs", "input_dtype", "prepare", "torch_settings"]
+__all__ = ["BenchCase", "DTYPES", "MODES", "ONNX_FORMS", "form_mode", "grid", "make_inputs", "input_dtype", "prepare", "torch_settings"]
 
 # Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
 # deploy_nchw and deploy_portable isolate the ingredients: folding alone, then + channels_last, then (deploy)
 # + oneDNN post-op fusion and pre-packed weights.
-ONNX_FORMS = {"fold": (), "merge": ("merge_conv1",), "split": ("split_conv3",), "rw": ("merge_conv1", "split_conv3")}
 MODES: dict[str, dict[str, Any]] = {
     "eager": dict(channels_last=False, deploy=None, compile=False, train=False),
     "eager_cl": dict(channels_last=True, deploy=None, compile=False, train=False),
@@ -26,24 +25,31 @@ MODES: dict[str, dict[str, Any]] = {
     "graph": dict(channels_last=True, deploy=None, compile=False, train=False, graph=True),  # CUDA graph replay
     "deploy_graph": dict(channels_last=True, deploy=dict(channels_last=True, backend="auto"), compile=False, train=False, graph=True),
     # ONNX Runtime (CPU): the float32 export, and int8 static quantization with what ``keep_fp32`` keeps in float;
-    # OpenVINO (CPU) running the same two files. ENGINE_FORM: the same, from the graph ``fast.onnx_form`` rewrites
-    # (ONNX_FORMS: norms folded only, one rewrite, or both).
+    # OpenVINO (CPU) running the same two files; each also as MODE_FORM (``form_mode``), from the graph
+    # ``fast.onnx_form`` rewrites (ONNX_FORMS: norms folded only, one rewrite, or both).
     "onnx": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32"),
     "int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none"),
     "int8_gate": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="gate"),
     "int8_convs": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="convs"),
     "openvino": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino"),
     "openvino_int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino"),
-    **{f"{engine}_{name}": dict(onnx_mode, rewrites=rewrites) for engine, onnx_mode in (
-        ("onnx", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32")),
-        ("int8", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none")),
-        ("openvino", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino")),
-        ("openvino_int8", dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino")),
-    ) for name, rewrites in ONNX_FORMS.items()},
     "train": dict(channels_last=False, deploy=None, compile=False, train=True),
     "train_cl": dict(channels_last=True, deploy=None, compile=False, train=True),
     "train_compiled": dict(channels_last=True, deploy=None, compile=True, train=True),
 }
+
+# The graphs the ONNX modes can also run (``scnet.fast.onnx_form``'s rewrites): norms folded only, one rewrite, both.
+ONNX_FORMS = {"fold": (), "merge": ("merge_conv1",), "split": ("split_conv3",), "rw": ("merge_conv1", "split_conv3")}
+
+
+def form_mode(mode: str, form: str) -> str:
+    """The bench mode of ONNX ``mode`` run on ``form`` (a key of ONNX_FORMS; "export": the model's own graph)."""
+    return mode if form == "export" else f"{mode}_{form}"
+
+
+MODES.update({form_mode(mode, form): dict(MODES[mode], rewrites=rewrites)
+              for mode in ("onnx", "int8", "openvino", "openvino_int8") for form, rewrites in ONNX_FORMS.items()})
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
@@ -123,7 +129,7 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
         return step
     model.eval()
     if spec.get("onnx"):
-        return _onnx_runner(model, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype, spec.get("rewrites"), name)
+        return _onnx_runner(model, name, spec["onnx"], spec.get("engine", "onnxruntime"), device, dtype, spec.get("rewrites"))
     if spec["deploy"] is not None:  # a model without SC layers or our blocks comes back unfused, as a copy
         model = deploy(model, **spec["deploy"])
     if dtype != torch.float32:
@@ -152,8 +158,8 @@ def prepare(name: str, mode: str, device: torch.device, dtype: torch.dtype) -> C
 _ONNX_FILES: dict[tuple[str, str, Optional[tuple[str, ...]]], Any] = {}
 
 
-def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.device, dtype: torch.dtype,
-                 rewrites: Optional[tuple[str, ...]] = None, name: str = "") -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _onnx_runner(model: torch.nn.Module, name: str, kind: str, engine: str, device: torch.device, dtype: torch.dtype,
+                 rewrites: Optional[tuple[str, ...]] = None) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """ONNX Runtime or OpenVINO on the CPU with torch's thread count, made on the first (warm-up) call at its input's
     size; int8 is calibrated on 4 seeded random batches of that shape (timing does not depend on the values). A file
     made for another case of the same ``name``, kind and rewrites is run again rather than made again.
@@ -169,7 +175,7 @@ def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.d
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         if "run" not in made:
             how = dict(threads=torch.get_num_threads(), engine=engine, spin=False)
-            if name and key in _ONNX_FILES:
+            if key in _ONNX_FILES:
                 made["run"] = OnnxModel(_ONNX_FILES[key].path, **how)
             elif kind == "fp32":
                 made["run"] = onnx_model(model, x, rewrites=rewrites, **how)
@@ -177,8 +183,7 @@ def _onnx_runner(model: torch.nn.Module, kind: str, engine: str, device: torch.d
                 gen = torch.Generator().manual_seed(1)
                 batches = [torch.randn(x.shape, generator=gen) for _ in range(4)]
                 made["run"] = quantize(model, batches, keep_fp32=kind, rewrites=rewrites, **how)
-            if name:
-                _ONNX_FILES.setdefault(key, made["run"])  # the first keeps its temporary folder alive
+            _ONNX_FILES.setdefault(key, made["run"])  # the first keeps its temporary folder alive
         made["run"](x)
 
     return infer

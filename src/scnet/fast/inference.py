@@ -131,13 +131,16 @@ class _FusedBottleneckBase(nn.Module):
         self.se = block.se
         self.has_se = not isinstance(block.se, nn.Identity)
 
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is None:
+            return x
+        return self.downsample(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
+
     def _tail(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = self.avd_layer(out)  # (N, w, H/s, W/s)
         if not self.has_se and self.conv3.gpu_fused(out):
             return self._tail_gpu(out, x)
-        shortcut = x
-        if self.downsample is not None:
-            shortcut = self.downsample(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
+        shortcut = self._shortcut(x)
         if self.has_se:
             return F.relu(self.se(self.conv3(out)) + shortcut)
         return self.conv3(out, shortcut, "add")  # relu(conv3(out) + shortcut) in one call

@@ -53,25 +53,19 @@ class OnnxSCBottleneck(FusedSCBottleneck):
         unknown = set(rewrites) - set(ONNX_REWRITES)
         if unknown:
             raise ValueError(f"unknown ONNX rewrites {sorted(unknown)}; choose from {ONNX_REWRITES}")
-        self.merged = "merge_conv1" in rewrites
-        self.split = "split_conv3" in rewrites
+        merged, split = "merge_conv1" in rewrites, "split_conv3" in rewrites
         width = self.conv1.weight.shape[0]
-        self.conv1_a = None if self.merged else _rows(self.conv1, 0, self.half)
-        self.conv1_b = None if self.merged else _rows(self.conv1, self.half, width)
+        self.conv1_a = None if merged else _rows(self.conv1, 0, self.half)
+        self.conv1_b = None if merged else _rows(self.conv1, self.half, width)
         relu = not self.has_se  # the ReLU after the residual sum, unless channel attention sits in between
-        self.conv3_a = _columns(self.conv3, 0, self.half, bias=True, relu=False) if self.split else None
-        self.conv3_b = _columns(self.conv3, self.half, width, bias=False, relu=relu) if self.split else None
+        self.conv3_a = _columns(self.conv3, 0, self.half, bias=True, relu=False) if split else None
+        self.conv3_b = _columns(self.conv3, self.half, width, bias=False, relu=relu) if split else None
 
     def _halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conv1_a is not None and self.conv1_b is not None:
             return self.conv1_a(x), self.conv1_b(x)  # (N, w/2, H, W) each
         ab = self.conv1(x)  # (N, w, H, W): [a | b]
         return ab[:, :self.half], ab[:, self.half:]
-
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:
-            return x
-        return self.downsample(self.down_pool(x) if self.down_pool is not None else x)  # (N, 4p, H/s, W/s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self._halves(x)
