@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import scnet
-from test_deploy import ODD, _rel, _seeded
+from seeded import rel_error, seeded_model
+from test_deploy import ODD
 from test_gate_triton import SHAPES, _layouts, _reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -66,7 +67,7 @@ def test_compiled_kernel_equals_the_formula(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("name", scnet.list_models())
 def test_deploy_on_gpu_runs_the_kernel_and_matches(name: str, exact_convolutions, kernel_calls: list) -> None:
-    model = _seeded(name).to(CUDA)
+    model = seeded_model(name).to(CUDA)
     fused = scnet.deploy(model)
     n_sc = sum(isinstance(m, scnet.layers.SelfCalibration) for m in model.modules())
     for shape in (ODD, (2, 3, 224, 224)):
@@ -75,30 +76,30 @@ def test_deploy_on_gpu_runs_the_kernel_and_matches(name: str, exact_convolutions
         with torch.inference_mode():
             want, got = model(x), fused(x)
         assert len(kernel_calls) == n_sc
-        assert _rel(got, want) <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1)), (name, shape)
+        assert rel_error(got, want) <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1)), (name, shape)
     assert fusion._CUDNN_FUSED["ok"], "cuDNN refused a fused convolution: deploy fell back to plain ops"
     model64, fused64 = model.double(), scnet.deploy(model.double())
     x = torch.randn(ODD, generator=torch.Generator().manual_seed(2)).to(CUDA, torch.float64)
     with torch.inference_mode():
-        assert _rel(fused64(x), model64(x)) < 1e-10
+        assert rel_error(fused64(x), model64(x)) < 1e-10
 
 
 def test_deploy_in_bf16_on_gpu(kernel_calls: list) -> None:
     """bf16 deploy (Triton gate) and bf16 eager against float32 eager: the fused path is no less accurate."""
-    model = _seeded("scnet50").to(CUDA)
+    model = seeded_model("scnet50").to(CUDA)
     x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(3)).to(CUDA)
     with torch.inference_mode():
         ref = model(x)
         eager = model.to(torch.bfloat16)(x.bfloat16()).float()
         fused = scnet.deploy(model.float()).to(torch.bfloat16)
         got = fused(x.bfloat16().contiguous(memory_format=torch.channels_last)).float()
-    err_fused, err_eager = _rel(got, ref), _rel(eager, ref)
+    err_fused, err_eager = rel_error(got, ref), rel_error(eager, ref)
     print(f"bf16 relative error vs float32: deploy {err_fused:.2e}, eager {err_eager:.2e}")
     assert kernel_calls and err_fused < 3e-2 and err_fused <= 2 * err_eager
 
 
 def test_cuda_graph_replays_the_deployed_model() -> None:
-    fused = scnet.deploy(_seeded("scnet50").to(CUDA)).to(torch.bfloat16)
+    fused = scnet.deploy(seeded_model("scnet50").to(CUDA)).to(torch.bfloat16)
     gen = torch.Generator().manual_seed(4)
     x1, x2 = (torch.randn(4, 3, 224, 224, generator=gen).to(CUDA, torch.bfloat16).contiguous(memory_format=torch.channels_last)
               for _ in range(2))
