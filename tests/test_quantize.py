@@ -11,7 +11,7 @@ import torch
 import scnet
 from scnet.cli import main
 from scnet.data import build_datasets
-from scnet.int8 import calibration_batches, quantize
+from scnet.int8 import calibration_batches, calibration_branch_nodes, quantize
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +57,45 @@ def test_int8_follows_float32_and_keeps_what_it_is_told(model_and_data, tmp_path
     with torch.no_grad():
         ref = model(x)
     ops = {}
-    for keep in ("none", "gate", "convs"):
+    for keep in ("none", "gate", "branch", "convs"):
         q = quantize(model, calib, path=tmp_path / f"{keep}.onnx", keep_fp32=keep)
         out = q(x)
         assert float((out - ref).norm() / ref.norm()) < 0.12, keep  # 0.08 measured with everything in int8
         assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.95, keep  # 0.96-0.99 measured
         ops[keep] = _int8_ops(q.path)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    assert ops["none"][0]["Conv"] == ops["gate"][0]["Conv"] == ops["convs"][0]["Conv"] == convs  # every conv reads int8
+    assert ops["none"][0]["Conv"] == ops["gate"][0]["Conv"] == ops["branch"][0]["Conv"] == ops["convs"][0]["Conv"] == convs  # every conv reads int8
     sc_layers = sum(isinstance(m, scnet.SelfCalibration) for m in model.modules())
     assert ops["none"][1]["Sigmoid"] == sc_layers  # the gate rounded to 8 bits
     assert "Sigmoid" not in ops["gate"][1] and ops["gate"][1]["Add"] > 0  # the gate in float, the rest in int8
+    # The calibration branch in float: the upsampling, the sum and the sigmoid write float, the sigmoid reads float;
+    # the residual sums (one per block, each block one SC layer) still write int8, and the pool and the product
+    # only as the int8 input of the convolution that reads them (K2, K4).
+    assert not {"Resize", "Sigmoid"} & set(ops["branch"][1]) and "Sigmoid" not in ops["branch"][0]
+    assert ops["branch"][1]["Add"] == ops["none"][1]["Add"] - sc_layers == sc_layers
     # Only what feeds a convolution or the classifier is quantized: the sums, the upsample and the gate stay float.
     assert not {"Sigmoid", "Add", "Resize", "Concat"} & set(ops["convs"][1])
+
+
+def _graph(nodes: list[tuple[str, str, list[str]]]) -> onnx.GraphProto:
+    """A graph of (name, op, inputs) nodes, each writing the tensor of its own name; enough for a pattern search."""
+    return onnx.helper.make_graph([onnx.helper.make_node(op, inputs, [name], name=name) for name, op, inputs in nodes],
+                                  "g", [], [])
+
+
+def test_the_calibration_branch_is_found_whole_and_only_whole() -> None:
+    graph = _graph([
+        # a block's branch as exported unfolded: pool, K2 and its norm, Up, + x, sigmoid, x K3
+        ("pool", "AveragePool", ["x"]), ("k2", "Conv", ["pool", "w"]), ("bn", "BatchNormalization", ["k2"]),
+        ("up", "Resize", ["bn", "", "", "sizes"]), ("sum", "Add", ["x", "up"]), ("sig", "Sigmoid", ["sum"]),
+        ("k3", "Conv", ["x", "w3"]), ("gated", "Mul", ["k3", "sig"]),
+        # folded, and the pooled map already the features' size (no Up)
+        ("pool1", "AveragePool", ["y"]), ("k2b", "Conv", ["pool1", "w"]), ("sum1", "Add", ["y", "k2b"]),
+        ("sig1", "Sigmoid", ["sum1"]), ("gated1", "Mul", ["k3", "sig1"]),
+        # an avd pool followed by a convolution and a residual sum: not a branch
+        ("avd", "AveragePool", ["gated"]), ("c", "Conv", ["avd", "w"]), ("res", "Add", ["c", "x"]), ("r", "Relu", ["res"]),
+    ])
+    assert calibration_branch_nodes(graph) == ["pool", "up", "sum", "sig", "gated", "pool1", "sum1", "sig1", "gated1"]
 
 
 def test_bad_input_is_one_clear_error(model_and_data) -> None:

@@ -387,7 +387,8 @@ def _add_export_command(sub: Any) -> None:
     exp.add_argument("--int8", action="store_true", help="int8 ONNX (ONNX Runtime static quantization), calibrated on the "
                      "first --calibration-images of the model's training data or --calibration-data")
     exp.add_argument("--keep-fp32", choices=KEEP_FP32, default=DEFAULT_KEEP,
-                     help="--int8: what stays in float: nothing (default), the calibration gate's sigmoid and product, or all but the convolutions")
+                     help="--int8: what stays in float: nothing (default), the calibration gate's sigmoid and product, the whole "
+                     "calibration branch but K2, or all but the convolutions")
     exp.add_argument("--calibration-data", help="--int8: dataset name to calibrate on (default: the checkpoint's own)")
     exp.add_argument("--data-dir", help="--int8: that dataset's folder")
     exp.add_argument("--calibration-images", type=_int_in(1, 100_000), default=512,
@@ -404,7 +405,7 @@ def _add_bench_command(sub: Any) -> None:
                        help="eager (NCHW), eager_cl, deploy_nchw (folding only), deploy_portable (+ channels_last), deploy (+ oneDNN "
                             "or cuDNN/Triton fusion), compiled (deploy + inductor with freezing), graph / deploy_graph (eager_cl / "
                             "deploy replayed as a CUDA graph, GPU only), train, train_cl, train_compiled; onnx, openvino, int8 "
-                            "(ONNX Runtime), openvino_int8, int8_gate, int8_convs (what stays float), each ONNX one also as "
+                            "(ONNX Runtime), openvino_int8, each int8 one also as MODE_gate/_branch/_convs (what stays float), each ONNX one also as "
                             "MODE_fold, _merge, _split, _rw (the graph scnet.fast.onnx_form rewrites)")
     bench.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     bench.add_argument("--sizes", nargs="+", type=int, default=[224], help="square input sides (default 224)")

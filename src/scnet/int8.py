@@ -6,9 +6,11 @@ CPU provider fuses into int8 kernels (QLinearConv: u8 activations, s8 weights pe
 
 What stays in float: ``keep_fp32`` chooses which ops are quantized. SC-Conv's gate ``K3(x) * sigmoid(x + Up(...))``
 is the pattern post-training quantization is known to break (a sigmoid's output crushed to 8 bits, then a
-product), so it can be kept in float ("gate": Sigmoid and Mul unquantized), or everything but the convolutions
-and the classifier can ("convs": only Conv and Gemm run in int8), or nothing ("none"). The default is the one
-the measurements in docs/results/int8 favour.
+product), so it can be kept in float ("gate": Sigmoid and Mul unquantized), or the calibration branch can
+("branch": its pool, upsampling, sum, sigmoid and product left unquantized; the pool's and the product's outputs
+are still quantized where K2 and K4 read them, so what runs in float is the upsampled map, the sum and the sigmoid),
+or everything but the convolutions and the classifier can ("convs": only Conv and Gemm run in int8), or nothing
+("none"). The default is the one the measurements in docs/results/int8 favour.
 
 Why ONNX Runtime and not PyTorch's PT2E flow: with the pinned torch (2.14) and torchao (0.18), the x86
 Inductor quantizer fails on every exported ResNet graph, torchvision's resnet18 included ("Input partition
@@ -29,9 +31,9 @@ from .engines import OnnxModel, onnx_model, relative_error  # noqa: F401  (onnx_
 from .errors import SettingError
 from .layers.validate import check_image_batch
 
-__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_batches", "export_int8", "logit_fidelity", "top2_margins"]
+__all__ = ["quantize", "QuantizedModel", "KEEP_FP32", "calibration_branch_nodes", "calibration_batches", "export_int8", "logit_fidelity", "top2_margins"]
 
-KEEP_FP32 = ("none", "gate", "convs")  # what stays in float: nothing, the gate, all but the convolutions
+KEEP_FP32 = ("none", "gate", "branch", "convs")  # what stays in float: nothing, the gate, the calibration branch, all but the convolutions
 DEFAULT_KEEP = "none"
 _GATE_OPS = ("Sigmoid", "Mul")  # the gate's sigmoid and product (SE blocks have them too)
 _CONV_OPS = ("Conv", "Gemm", "MatMul")  # the convolutions and the classifier
@@ -79,6 +81,35 @@ class _Reader:
         return None if x is None else {"input": x.numpy()}
 
 
+# The calibration branch as the exporter writes it, from the features to the gated product: AvgPool(r) -> K2 (Conv,
+# and its norm where not yet folded) -> nearest Up (Resize; absent where the pooled map already has the features'
+# size) -> Add (the features) -> Sigmoid -> Mul (K3's output). Matched on the graph, so every form and variant of a
+# block is found the same way. (op, may be absent)
+_BRANCH_CHAIN = (("AveragePool", False), ("Conv", False), ("BatchNormalization", True), ("Resize", True), ("Add", False),
+                 ("Sigmoid", False), ("Mul", False))
+
+
+def calibration_branch_nodes(graph: Any) -> list[str]:
+    """The names of an ONNX graph's calibration-branch nodes other than K2's (see ``_BRANCH_CHAIN``): what
+    ``keep_fp32="branch"`` leaves in float. Only a whole chain counts, so an avd pool or a residual Add never does."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = []
+    for start in (n for n in graph.node if n.op_type == _BRANCH_CHAIN[0][0]):
+        chain = [start]
+        for op, optional in _BRANCH_CHAIN[1:]:
+            nxt = [r for r in readers.get(chain[-1].output[0], []) if r.op_type == op]
+            if len(nxt) == 1:
+                chain.append(nxt[0])
+            elif not optional:
+                break
+        if chain[-1].op_type == _BRANCH_CHAIN[-1][0]:
+            found += [n.name for n in chain if n.op_type not in ("Conv", "BatchNormalization")]
+    return found
+
+
 def _quantized_ops(keep_fp32: str) -> list[str]:
     """The op types to quantize: ONNX Runtime's own default set (its QDQ and QLinear registries) less those kept."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -96,13 +127,14 @@ def quantize(
 ) -> QuantizedModel:
     """An int8 copy of an eval-mode image model, calibrated on ``calibration_batches`` (normalised (N, C, H, W) tensors).
 
-    ``path``: where the int8 ONNX file is written (default: a temporary folder). ``keep_fp32``: "none", "gate"
-    or "convs" (see the module's docstring). ``engine``: what runs the int8 file, ONNX Runtime or OpenVINO
+    ``path``: where the int8 ONNX file is written (default: a temporary folder). ``keep_fp32``: "none", "gate",
+    "branch" or "convs" (see the module's docstring). ``engine``: what runs the int8 file, ONNX Runtime or OpenVINO
     (``engines.OnnxModel``; both turn the quantize/dequantize pairs into int8 kernels). ``rewrites``: the float32
     graph quantized, as ``export.export_onnx`` takes them. Raises ``ValueError``
     for a model in training mode (its norms would not be the ones it is deployed with) and for calibration data
     of another shape than the model takes.
     """
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,8 +152,10 @@ def quantize(
         fp32, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
         export_onnx(model, fp32, in_chans=batches[0].shape[1], example_size=max(batches[0].shape[-2:]), rewrites=rewrites)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # the dynamic sizes defeat its symbolic pass
+        kept = calibration_branch_nodes(onnx.load(str(prepared)).graph) if keep_fp32 == "branch" else []
         quantize_static(str(prepared), str(out), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32))
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=_quantized_ops(keep_fp32),
+                        nodes_to_exclude=kept)
     return QuantizedModel(out, threads, engine, spin, _folder=folder, keep_fp32=keep_fp32, calibration_images=sum(b.shape[0] for b in batches))
 
 

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..int8 import KEEP_FP32
+
 __all__ = ["BenchCase", "DTYPES", "MODES", "ONNX_FORMS", "form_mode", "grid", "make_inputs", "input_dtype", "prepare", "torch_settings"]
 
 # Modes as data: layout, how ``deploy`` rewrites the model (None: not at all), compilation, training.
@@ -29,8 +31,6 @@ MODES: dict[str, dict[str, Any]] = {
     # ``fast.onnx_form`` rewrites (ONNX_FORMS: norms folded only, one rewrite, or both).
     "onnx": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32"),
     "int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none"),
-    "int8_gate": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="gate"),
-    "int8_convs": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="convs"),
     "openvino": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="fp32", engine="openvino"),
     "openvino_int8": dict(channels_last=False, deploy=None, compile=False, train=False, onnx="none", engine="openvino"),
     "train": dict(channels_last=False, deploy=None, compile=False, train=True),
@@ -47,8 +47,12 @@ def form_mode(mode: str, form: str) -> str:
     return mode if form == "export" else f"{mode}_{form}"
 
 
+# int8 with more kept in float (``int8.KEEP_FP32``), on either engine: int8_gate, openvino_int8_branch, ...
+MODES.update({f"{mode}_{keep}": dict(MODES[mode], onnx=keep) for mode in ("int8", "openvino_int8")
+              for keep in KEEP_FP32 if keep != "none"})
+ONNX_MODES = tuple(m for m, spec in MODES.items() if "onnx" in spec)
 MODES.update({form_mode(mode, form): dict(MODES[mode], rewrites=rewrites)
-              for mode in ("onnx", "int8", "openvino", "openvino_int8") for form, rewrites in ONNX_FORMS.items()})
+              for mode in ONNX_MODES for form, rewrites in ONNX_FORMS.items()})
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
