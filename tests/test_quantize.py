@@ -136,6 +136,24 @@ def test_bench_times_onnx_runtime_and_int8_beside_the_torch_paths() -> None:
     assert all(r["error"] is None and r["images_per_s"] > 0 for r in report["results"])
 
 
+def test_an_onnx_bench_case_lets_its_torch_model_go_once_its_file_is_made() -> None:
+    """A table of many ONNX cases is held in memory at once; each keeps its engine, not the torch model as well."""
+    import gc
+    import weakref
+
+    from scnet.bench.cases import _onnx_runner, make_inputs
+
+    model = scnet.create_model("scnet_demo", num_classes=10).eval()
+    alive = weakref.ref(model)
+    run = _onnx_runner(model, "scnet_demo-held", "fp32", "onnxruntime", torch.device("cpu"), torch.float32)
+    del model
+    gc.collect()
+    assert alive() is not None  # the first call still has to export it
+    run(*make_inputs(1, 32, False, torch.device("cpu")))
+    gc.collect()
+    assert alive() is None
+
+
 def test_logit_fidelity_and_top2_margins_restated() -> None:
     """Agreement, relative error and margins on hand-made logits whose answers are known without the library."""
     from scnet.int8 import logit_fidelity, top2_margins

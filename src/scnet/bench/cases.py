@@ -175,6 +175,7 @@ def _onnx_runner(model: torch.nn.Module, name: str, kind: str, engine: str, devi
         raise ValueError(f"the ONNX modes run in float32 on the CPU, not {dtype} on {device.type}")
     made: dict[str, Callable] = {}
     key = (name, kind, rewrites)
+    held = {"model": model}  # until the file is made: a table of many cases keeps only their engines' copies
 
     def infer(x: torch.Tensor, y: torch.Tensor) -> None:
         if "run" not in made:
@@ -182,12 +183,13 @@ def _onnx_runner(model: torch.nn.Module, name: str, kind: str, engine: str, devi
             if key in _ONNX_FILES:
                 made["run"] = OnnxModel(_ONNX_FILES[key].path, **how)
             elif kind == "fp32":
-                made["run"] = onnx_model(model, x, rewrites=rewrites, **how)
+                made["run"] = onnx_model(held["model"], x, rewrites=rewrites, **how)
             else:
                 gen = torch.Generator().manual_seed(1)
                 batches = [torch.randn(x.shape, generator=gen) for _ in range(4)]
-                made["run"] = quantize(model, batches, keep_fp32=kind, rewrites=rewrites, **how)
+                made["run"] = quantize(held["model"], batches, keep_fp32=kind, rewrites=rewrites, **how)
             _ONNX_FILES.setdefault(key, made["run"])  # the first keeps its temporary folder alive
+            held.clear()
         made["run"](x)
 
     return infer
