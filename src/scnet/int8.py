@@ -87,6 +87,7 @@ class _Reader:
 # block is found the same way. (op, may be absent)
 _BRANCH_CHAIN = (("AveragePool", False), ("Conv", False), ("BatchNormalization", True), ("Resize", True), ("Add", False),
                  ("Sigmoid", False), ("Mul", False))
+_K2_OPS = ("Conv", "BatchNormalization")  # K2's steps of the chain: quantized like every convolution
 
 
 def calibration_branch_nodes(graph: Any) -> list[str]:
@@ -106,7 +107,7 @@ def calibration_branch_nodes(graph: Any) -> list[str]:
             elif not optional:
                 break
         if chain[-1].op_type == _BRANCH_CHAIN[-1][0]:
-            found += [n.name for n in chain if n.op_type not in ("Conv", "BatchNormalization")]
+            found += [n.name for n in chain if n.op_type not in _K2_OPS]
     return found
 
 
